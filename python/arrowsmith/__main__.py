@@ -1,0 +1,3 @@
+from arrowsmith.cli import main
+
+raise SystemExit(main())

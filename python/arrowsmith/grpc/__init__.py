@@ -1,0 +1,1 @@
+"""The gRPC front: the V2 inference service, grpc.health.v1 and server reflection."""

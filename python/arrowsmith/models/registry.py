@@ -1,0 +1,113 @@
+"""The models this server holds, by name: loading, warm-up and readiness. Knows no
+transport."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from arrowsmith import _native
+from arrowsmith.errors import ModelNotFoundError, ModelNotReadyError
+from arrowsmith.models import loader
+from arrowsmith.models.signature import TensorMetadata, native_signature, tensor_metadata
+from arrowsmith.models.warmup import warm_up
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A pyfunc model with what the data path needs of its MLflow metadata."""
+
+    name: str
+    version: str
+    uri: str
+    pyfunc: Any
+    #: The native input signature, or None when the model has none.
+    signature: _native.Signature | None
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    #: Names of the params the model's ParamSchema declares (None: no ParamSchema).
+    param_names: frozenset[str] | None
+    ready: bool = field(default=False)
+
+    @property
+    def versions(self) -> list[str]:
+        return [self.version] if self.version else []
+
+
+def load_model(uri: str, name: str | None = None) -> LoadedModel:
+    """Loads, describes and warms up one model."""
+    source = loader.resolve(uri)
+    path = loader.local_copy(source)
+    pyfunc = loader.load_pyfunc(path)
+    metadata = pyfunc.metadata
+    input_schema = metadata.get_input_schema()
+    params_schema = metadata.get_params_schema()
+    model = LoadedModel(
+        name=name or source.default_name,
+        version=source.version,
+        uri=uri,
+        pyfunc=pyfunc,
+        signature=native_signature(input_schema) if input_schema is not None else None,
+        inputs=tensor_metadata(input_schema, "input"),
+        outputs=tensor_metadata(metadata.get_output_schema(), "output"),
+        param_names=(
+            frozenset(p.name for p in params_schema.params) if params_schema is not None else None
+        ),
+    )
+    warm_up(model, loader.input_example(pyfunc, path))
+    model.ready = True
+    logger.info(
+        "model %s (version %s) from %s is ready: %d inputs, %d outputs",
+        model.name,
+        model.version or "-",
+        uri,
+        len(model.inputs),
+        len(model.outputs),
+    )
+    return model
+
+
+class ModelRegistry:
+    """Name -> model. Lookups are lock-free reads of a dict replaced whole on change."""
+
+    def __init__(self, expected: list[str]) -> None:
+        #: Names the server was asked to serve; it is ready only when all of them are.
+        self._expected = list(expected)
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def add(self, model: LoadedModel) -> None:
+        with self._lock:
+            self._models = {**self._models, model.name: model}
+
+    @property
+    def ready(self) -> bool:
+        models = self._models
+        return bool(self._expected) and all(
+            name in models and models[name].ready for name in self._expected
+        )
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The named model; NOT_FOUND for an unknown name or version, UNAVAILABLE while it
+        loads."""
+        model = self._models.get(name)
+        if model is None:
+            if name in self._expected:
+                raise ModelNotReadyError(f"model '{name}' is loading and not ready yet")
+            known = ", ".join(f"'{n}'" for n in self._models) or "none"
+            raise ModelNotFoundError(f"model '{name}' is not served here (models: {known})")
+        if version and version != model.version:
+            raise ModelNotFoundError(
+                f"model '{name}' has no version '{version}' here "
+                f"(served version: '{model.version or 'unversioned'}')"
+            )
+        if not model.ready:
+            raise ModelNotReadyError(f"model '{name}' is not ready yet")
+        return model

@@ -1,0 +1,105 @@
+"""An MLflow signature seen two ways: as the native `Signature` the data path enforces, and
+as V2 tensor metadata (MLServer's mapping: ColSpec -> shape [-1, 1], TensorSpec -> its own
+shape; unnamed tensors are `input-{i}` / `output-{i}`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from arrowsmith import _native
+
+#: MLflow column type -> V2 datatype. Types without a numeric V2 form travel as BYTES.
+_COLUMN_DATATYPES = {
+    "boolean": "BOOL",
+    "integer": "INT32",
+    "long": "INT64",
+    "float": "FP32",
+    "double": "FP64",
+    "string": "BYTES",
+    "binary": "BYTES",
+    "datetime": "BYTES",
+}
+
+#: numpy dtype name -> V2 datatype.
+_NUMPY_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """One input or output as the V2 metadata endpoint describes it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def numpy_dtype_name(dtype: np.dtype[Any]) -> str:
+    """The dtype name the native signature understands (`str`, `bytes`, `object` by kind)."""
+    kind_names = {"U": "str", "S": "bytes", "O": "object"}
+    return kind_names.get(dtype.kind, dtype.name)
+
+
+def numpy_datatype(dtype: np.dtype[Any]) -> str:
+    return _NUMPY_DATATYPES.get(dtype.name, "BYTES")
+
+
+def _column_type_name(spec: Any) -> str:
+    """MLflow's name for a ColSpec type; Array/Object/Map/AnyType by their class name."""
+    from mlflow.types import DataType
+
+    if isinstance(spec.type, DataType):
+        return str(spec.type.name)
+    return type(spec.type).__name__.lower()
+
+
+def native_signature(schema: Any) -> _native.Signature:
+    """The native form of an MLflow input `Schema`."""
+    if schema.is_tensor_spec():
+        return _native.Signature.tensors(
+            [
+                (spec.name, numpy_dtype_name(spec.type), [int(d) for d in spec.shape])
+                for spec in schema.inputs
+            ]
+        )
+    return _native.Signature.columns(
+        [(spec.name, _column_type_name(spec), bool(spec.required)) for spec in schema.inputs]
+    )
+
+
+def tensor_metadata(schema: Any | None, prefix: str) -> list[TensorMetadata]:
+    """V2 metadata of an MLflow `Schema` (inputs or outputs); none without a schema."""
+    if schema is None:
+        return []
+    if schema.is_tensor_spec():
+        return [
+            TensorMetadata(
+                name=spec.name or f"{prefix}-{i}",
+                datatype=numpy_datatype(spec.type),
+                shape=tuple(int(d) for d in spec.shape),
+            )
+            for i, spec in enumerate(schema.inputs)
+        ]
+    return [
+        TensorMetadata(
+            name=spec.name or f"{prefix}-{i}",
+            datatype=_COLUMN_DATATYPES.get(_column_type_name(spec), "BYTES"),
+            shape=(-1, 1),
+        )
+        for i, spec in enumerate(schema.inputs)
+    ]

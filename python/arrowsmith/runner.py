@@ -1,0 +1,33 @@
+"""The only caller of a model's `predict`: MLflow's refusals become INVALID_ARGUMENT, the
+model's own exceptions MODEL_ERROR with the model's message."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from arrowsmith.errors import InvalidInputError, ModelError
+
+if TYPE_CHECKING:
+    from arrowsmith.models.registry import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+#: MLflow error codes that mean "the input was wrong", not "the model failed".
+_INPUT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
+def predict(model: LoadedModel, payload: Any, params: dict[str, Any] | None) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if params:
+            return model.pyfunc.predict(payload, params=params)
+        return model.pyfunc.predict(payload)
+    except MlflowException as error:
+        if error.error_code in _INPUT_ERROR_CODES:
+            raise InvalidInputError(error.message) from error
+        raise ModelError(f"model '{model.name}' failed: {error.message}") from error
+    except Exception as error:
+        logger.warning("model %s raised %s: %s", model.name, type(error).__name__, error)
+        raise ModelError(f"model '{model.name}' failed: {type(error).__name__}: {error}") from error

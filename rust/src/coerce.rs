@@ -1,0 +1,309 @@
+//! MLflow's signature rules applied to decoded tensors: names matched and reordered, missing
+//! inputs refused, extras dropped, column values converted only where MLflow converts them
+//! (`_enforce_mlflow_datatype`), tensor specs matched strictly. No I/O, no batching.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    UInt16Type, UInt32Type, UInt8Type,
+};
+use arrow_array::{ArrayRef, StringArray};
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result};
+use crate::signature::{ColumnSpec, ColumnType, Signature, TensorSpec, TensorType};
+use crate::tensor::{shape_text, Tensor};
+
+/// What the model receives once its signature has been applied.
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// Columns in signature order, each one value per row (a DataFrame).
+    Columns { names: Vec<String>, columns: Vec<ArrayRef>, rows: usize },
+    /// Tensors in signature order.
+    Tensors(Vec<Tensor>),
+}
+
+/// Applies `signature` to the request's inputs.
+pub fn coerce(inputs: &[Tensor], signature: &Signature) -> Result<ModelInput> {
+    match signature {
+        Signature::Columns(specs) => coerce_columns(inputs, specs),
+        Signature::Tensors(specs) => coerce_tensors(inputs, specs).map(ModelInput::Tensors),
+    }
+}
+
+fn quoted_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = names.into_iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// What matching needs to know of a column or tensor spec.
+trait InputSpec {
+    fn spec_name(&self) -> Option<&str>;
+    fn required(&self) -> bool;
+}
+
+impl InputSpec for ColumnSpec {
+    fn spec_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn required(&self) -> bool {
+        self.required
+    }
+}
+
+impl InputSpec for TensorSpec {
+    fn spec_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn required(&self) -> bool {
+        true
+    }
+}
+
+/// Pairs each spec with the input that feeds it: by name when the signature has names,
+/// else by position.
+fn match_inputs<'a, S: InputSpec>(
+    inputs: &'a [Tensor],
+    specs: &'a [S],
+) -> Result<Vec<(&'a S, Option<&'a Tensor>)>> {
+    let named = specs.iter().any(|s| s.spec_name().is_some());
+    if !named {
+        if inputs.len() < specs.len() {
+            return Err(Error::request(format!(
+                "Model inference is missing inputs. The model signature declares {} inputs but \
+                 the request has {}.",
+                specs.len(),
+                inputs.len()
+            )));
+        }
+        return Ok(specs.iter().zip(inputs.iter().map(Some)).collect());
+    }
+    let pairs: Vec<_> = specs
+        .iter()
+        .map(|s| (s, inputs.iter().find(|t| Some(t.name.as_str()) == s.spec_name())))
+        .collect();
+    let missing: Vec<&str> = pairs
+        .iter()
+        .filter(|(s, t)| t.is_none() && s.required())
+        .filter_map(|(s, _)| s.spec_name())
+        .collect();
+    if !missing.is_empty() {
+        let extra: Vec<&str> = inputs
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !specs.iter().any(|s| s.spec_name() == Some(*n)))
+            .collect();
+        let mut message = format!("Model is missing inputs {}.", quoted_list(missing.iter().copied()));
+        if !extra.is_empty() {
+            message.push_str(&format!(" Note that there were extra inputs: {}.", quoted_list(extra)));
+        }
+        return Err(Error::InvalidInput {
+            input: missing.first().map(|n| (*n).to_owned()),
+            message,
+        });
+    }
+    Ok(pairs)
+}
+
+fn coerce_columns(inputs: &[Tensor], specs: &[ColumnSpec]) -> Result<ModelInput> {
+    let pairs = match_inputs(inputs, specs)?;
+    let mut names = Vec::with_capacity(pairs.len());
+    let mut columns = Vec::with_capacity(pairs.len());
+    let mut rows: Option<(usize, &str)> = None;
+    for (spec, tensor) in pairs {
+        let Some(tensor) = tensor else { continue };
+        let name = spec.name.clone().unwrap_or_else(|| tensor.name.clone());
+        let n = column_rows(tensor)?;
+        match rows {
+            Some((expected, first)) if expected != n => {
+                return Err(Error::input(
+                    &tensor.name,
+                    format!(
+                        "input '{}' has {n} rows but input '{first}' has {expected}; every \
+                         column needs the same number of rows",
+                        tensor.name
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => rows = Some((n, &tensor.name)),
+        }
+        columns.push(convert_column(&name, tensor, &spec.ty)?);
+        names.push(name);
+    }
+    Ok(ModelInput::Columns { names, columns, rows: rows.map_or(0, |(n, _)| n) })
+}
+
+/// A column arrives as shape `[n]` or `[n, 1]`.
+fn column_rows(tensor: &Tensor) -> Result<usize> {
+    match tensor.shape.as_slice() {
+        [n] | [n, 1] => Ok(*n),
+        shape => Err(Error::input(
+            &tensor.name,
+            format!(
+                "input '{}' has shape {}; a column of a column-based signature has shape [n] \
+                 or [n, 1]",
+                tensor.name,
+                shape_text(shape)
+            ),
+        )),
+    }
+}
+
+/// MLflow's allowed conversions for one column: upcasts within a kind, unsigned to a
+/// strictly wider signed type, small integers to double, int64 to float only when every
+/// value is 0 or 1; everything else is refused.
+fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<ArrayRef> {
+    use DataType as D;
+    let values = &tensor.values;
+    let refuse = || {
+        let mut message = format!(
+            "Incompatible input types for column {name}. Can not safely convert {} to {} \
+             (input '{}' is {}).",
+            tensor.datatype.numpy_name(),
+            target.numpy_name(),
+            tensor.name,
+            tensor.datatype.name()
+        );
+        if tensor.datatype == D::Fp64
+            && matches!(target, ColumnType::Integer | ColumnType::Long)
+            && has_nan_and_only_integers(values)
+        {
+            message.push_str(
+                " Hint: the type mismatch is likely caused by missing values. Integer columns \
+                 can not represent missing values; declare the column as double where values \
+                 may be missing.",
+            );
+        }
+        Err(Error::input(&tensor.name, message))
+    };
+    macro_rules! cast {
+        ($from:ty, $to:ty, $native:ty) => {
+            Ok(Arc::new(values.as_primitive::<$from>().unary::<_, $to>(|v| v as $native)) as ArrayRef)
+        };
+    }
+    match (target, tensor.datatype) {
+        (ColumnType::Other(kind), _) => Err(Error::Unsupported(format!(
+            "column '{name}' has MLflow type {kind}, which Arrowsmith does not accept over V2 yet"
+        ))),
+        (ColumnType::Datetime, _) => Err(Error::Unsupported(format!(
+            "column '{name}' is a datetime column, which Arrowsmith does not accept over V2 yet"
+        ))),
+        (ColumnType::Boolean, D::Bool)
+        | (ColumnType::Integer, D::Int32)
+        | (ColumnType::Long, D::Int64)
+        | (ColumnType::Float, D::Fp32)
+        | (ColumnType::Double, D::Fp64)
+        | (ColumnType::Binary, D::Bytes) => Ok(Arc::clone(values)),
+        (ColumnType::String, D::Bytes) => utf8_column(name, tensor),
+        (ColumnType::Integer, D::Int8) => cast!(Int8Type, Int32Type, i32),
+        (ColumnType::Integer, D::Int16) => cast!(Int16Type, Int32Type, i32),
+        (ColumnType::Integer, D::Uint8) => cast!(UInt8Type, Int32Type, i32),
+        (ColumnType::Integer, D::Uint16) => cast!(UInt16Type, Int32Type, i32),
+        (ColumnType::Long, D::Int8) => cast!(Int8Type, Int64Type, i64),
+        (ColumnType::Long, D::Int16) => cast!(Int16Type, Int64Type, i64),
+        (ColumnType::Long, D::Int32) => cast!(Int32Type, Int64Type, i64),
+        (ColumnType::Long, D::Uint8) => cast!(UInt8Type, Int64Type, i64),
+        (ColumnType::Long, D::Uint16) => cast!(UInt16Type, Int64Type, i64),
+        (ColumnType::Long, D::Uint32) => cast!(UInt32Type, Int64Type, i64),
+        (ColumnType::Float, D::Fp16) => Ok(Arc::new(
+            values.as_primitive::<Float16Type>().unary::<_, Float32Type>(|v| v.to_f32()),
+        )),
+        (ColumnType::Double, D::Fp16) => Ok(Arc::new(
+            values.as_primitive::<Float16Type>().unary::<_, Float64Type>(|v| v.to_f64()),
+        )),
+        (ColumnType::Double, D::Fp32) => cast!(Float32Type, Float64Type, f64),
+        (ColumnType::Double, D::Int8) => cast!(Int8Type, Float64Type, f64),
+        (ColumnType::Double, D::Int16) => cast!(Int16Type, Float64Type, f64),
+        (ColumnType::Double, D::Int32) => cast!(Int32Type, Float64Type, f64),
+        (ColumnType::Double, D::Uint8) => cast!(UInt8Type, Float64Type, f64),
+        (ColumnType::Double, D::Uint16) => cast!(UInt16Type, Float64Type, f64),
+        (ColumnType::Double, D::Uint32) => cast!(UInt32Type, Float64Type, f64),
+        (ColumnType::Double, D::Int64) if zeros_and_ones(values) => {
+            cast!(Int64Type, Float64Type, f64)
+        }
+        (ColumnType::Float, D::Int64) if zeros_and_ones(values) => {
+            cast!(Int64Type, Float32Type, f32)
+        }
+        _ => refuse(),
+    }
+}
+
+fn zeros_and_ones(values: &ArrayRef) -> bool {
+    values.as_primitive::<Int64Type>().values().iter().all(|v| *v == 0 || *v == 1)
+}
+
+fn has_nan_and_only_integers(values: &ArrayRef) -> bool {
+    let values = values.as_primitive::<Float64Type>().values();
+    values.iter().any(|v| v.is_nan()) && values.iter().all(|v| v.is_nan() || v.fract() == 0.0)
+}
+
+/// BYTES holding text: validated as UTF-8 once, sharing the buffers.
+fn utf8_column(name: &str, tensor: &Tensor) -> Result<ArrayRef> {
+    let binary = tensor.values.as_binary::<i32>();
+    let (offsets, values, nulls) = binary.clone().into_parts();
+    StringArray::try_new(offsets, values, nulls)
+        .map(|a| Arc::new(a) as ArrayRef)
+        .map_err(|_| {
+            let bad = binary.iter().position(|v| v.is_some_and(|b| std::str::from_utf8(b).is_err()));
+            Error::input(
+                &tensor.name,
+                format!(
+                    "input '{}' for string column {name} is not UTF-8 text (element {})",
+                    tensor.name,
+                    bad.unwrap_or_default()
+                ),
+            )
+        })
+}
+
+fn coerce_tensors(inputs: &[Tensor], specs: &[TensorSpec]) -> Result<Vec<Tensor>> {
+    let pairs = match_inputs(inputs, specs)?;
+    pairs
+        .into_iter()
+        .filter_map(|(spec, tensor)| tensor.map(|t| (spec, t)))
+        .map(|(spec, tensor)| check_tensor(spec, tensor))
+        .collect()
+}
+
+fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<Tensor> {
+    if !spec.ty.accepts(tensor.datatype) {
+        return Err(Error::input(
+            &tensor.name,
+            format!(
+                "dtype of input '{}' is {} ({}) but the model expects {}",
+                tensor.name,
+                tensor.datatype.numpy_name(),
+                tensor.datatype.name(),
+                spec.ty.numpy_name()
+            ),
+        ));
+    }
+    let fits = spec.shape.len() == tensor.shape.len()
+        && spec
+            .shape
+            .iter()
+            .zip(&tensor.shape)
+            .all(|(&want, &got)| want == -1 || usize::try_from(want) == Ok(got));
+    if !fits {
+        return Err(Error::input(
+            &tensor.name,
+            format!(
+                "Shape of input '{}' {} does not match expected shape {}",
+                tensor.name,
+                shape_text(&tensor.shape),
+                shape_text(&spec.shape)
+            ),
+        ));
+    }
+    let mut checked = tensor.clone();
+    if let Some(name) = &spec.name {
+        checked.name.clone_from(name);
+    }
+    if spec.ty == TensorType::Str {
+        checked.values = utf8_column(&checked.name, tensor)?;
+    }
+    Ok(checked)
+}

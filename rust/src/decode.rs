@@ -1,0 +1,429 @@
+//! `ModelInferRequest` bytes -> named Arrow tensors, checked against their shapes before
+//! anything else looks at them. Knows the V2 wire format, nothing about MLflow.
+
+use std::sync::Arc;
+
+use arrow_array::types::{
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow_array::{ArrayRef, ArrowPrimitiveType, BinaryArray, BooleanArray, PrimitiveArray};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer};
+use bytes::Bytes;
+use prost::Message;
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result};
+use crate::proto::{model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest};
+use crate::tensor::{params_from_proto, shape_text, Parameters, Tensor};
+
+#[cfg(target_endian = "big")]
+compile_error!("raw tensor contents are little-endian; big-endian hosts would need a byte swap");
+
+/// A decoded inference request.
+#[derive(Debug, Clone)]
+pub struct InferRequest {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub parameters: Parameters,
+    pub inputs: Vec<Tensor>,
+    /// Names of the outputs the client asked for; empty means all of them.
+    pub requested_outputs: Vec<String>,
+}
+
+/// Decodes a serialized `ModelInferRequest`. `raw_input_contents` are borrowed from `buf`
+/// (no copy) wherever their alignment suits Arrow.
+pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
+    let message = ModelInferRequest::decode(buf)
+        .map_err(|e| Error::request(format!("the request is not a valid ModelInferRequest: {e}")))?;
+    let ModelInferRequest {
+        model_name,
+        model_version,
+        id,
+        parameters,
+        inputs,
+        outputs,
+        raw_input_contents,
+    } = message;
+
+    let uses_raw = !raw_input_contents.is_empty();
+    if uses_raw && raw_input_contents.len() != inputs.len() {
+        return Err(Error::request(format!(
+            "the request has {} inputs but {} raw_input_contents entries; raw_input_contents \
+             needs one entry per input, in the order of the inputs",
+            inputs.len(),
+            raw_input_contents.len()
+        )));
+    }
+    let mut raw = raw_input_contents.into_iter();
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        if uses_raw && input.contents.is_some() {
+            return Err(Error::input(
+                &input.name,
+                format!(
+                    "input '{}' carries `contents` while the request uses raw_input_contents; \
+                     a request puts all of its inputs in one or the other",
+                    input.name
+                ),
+            ));
+        }
+        tensors.push(decode_input(input, raw.next())?);
+    }
+    for (i, tensor) in tensors.iter().enumerate() {
+        if tensors[..i].iter().any(|t| t.name == tensor.name) {
+            return Err(Error::input(
+                &tensor.name,
+                format!("input '{}' appears more than once in the request", tensor.name),
+            ));
+        }
+    }
+    Ok(InferRequest {
+        model_name,
+        model_version,
+        id,
+        parameters: params_from_proto(parameters),
+        inputs: tensors,
+        requested_outputs: outputs.into_iter().map(|o| o.name).collect(),
+    })
+}
+
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
+    let InferInputTensor {
+        name,
+        datatype,
+        shape,
+        parameters,
+        contents,
+    } = input;
+    let datatype = DataType::parse(&datatype).ok_or_else(|| {
+        Error::input(
+            &name,
+            format!(
+                "input '{name}' has datatype '{datatype}', which is not a V2 datatype; expected \
+                 one of {}",
+                DataType::all_names()
+            ),
+        )
+    })?;
+    let shape = checked_shape(&name, &shape)?;
+    let count = element_count(&name, &shape)?;
+    let values = match (raw, contents) {
+        (Some(raw), _) => array_from_raw(&name, datatype, &shape, count, raw)?,
+        (None, Some(contents)) => array_from_contents(&name, datatype, &shape, count, contents)?,
+        (None, None) if count == 0 => array_from_contents(
+            &name,
+            datatype,
+            &shape,
+            0,
+            InferTensorContents::default(),
+        )?,
+        (None, None) => {
+            return Err(Error::input(
+                &name,
+                format!(
+                    "input '{name}' carries no data (neither contents nor raw_input_contents) \
+                     but its shape {} needs {count} elements",
+                    shape_text(&shape)
+                ),
+            ))
+        }
+    };
+    Ok(Tensor {
+        name,
+        datatype,
+        shape,
+        values,
+        parameters: params_from_proto(parameters),
+    })
+}
+
+fn checked_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>> {
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            Error::input(
+                name,
+                format!(
+                    "input '{name}' has shape {}; dimensions must be zero or more",
+                    shape_text(shape)
+                ),
+            )
+        })
+}
+
+fn element_count(name: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::input(
+                name,
+                format!("input '{name}' has shape {}, too large to hold", shape_text(shape)),
+            )
+        })
+}
+
+fn array_from_raw(
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+    count: usize,
+    raw: Bytes,
+) -> Result<ArrayRef> {
+    let Some(size) = datatype.element_size() else {
+        return bytes_from_raw(name, shape, count, &raw);
+    };
+    let expected = count * size;
+    if raw.len() != expected {
+        return Err(Error::input(
+            name,
+            format!(
+                "input '{name}' has {} bytes in raw_input_contents but shape {} of {} needs \
+                 {count} x {size} = {expected} bytes",
+                raw.len(),
+                shape_text(shape),
+                datatype.name()
+            ),
+        ));
+    }
+    Ok(match datatype {
+        DataType::Bool => {
+            if let Some(pos) = raw.iter().position(|&b| b > 1) {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "input '{name}' has byte {} at element {pos} of its BOOL data; BOOL \
+                         elements are one byte, 0 or 1",
+                        raw[pos]
+                    ),
+                ));
+            }
+            // Arrow packs booleans into bits: this copy is inherent to the format.
+            Arc::new(BooleanArray::new(
+                BooleanBuffer::collect_bool(count, |i| raw[i] == 1),
+                None,
+            ))
+        }
+        DataType::Uint8 => raw_array::<UInt8Type>(raw),
+        DataType::Uint16 => raw_array::<UInt16Type>(raw),
+        DataType::Uint32 => raw_array::<UInt32Type>(raw),
+        DataType::Uint64 => raw_array::<UInt64Type>(raw),
+        DataType::Int8 => raw_array::<Int8Type>(raw),
+        DataType::Int16 => raw_array::<Int16Type>(raw),
+        DataType::Int32 => raw_array::<Int32Type>(raw),
+        DataType::Int64 => raw_array::<Int64Type>(raw),
+        DataType::Fp16 => raw_array::<Float16Type>(raw),
+        DataType::Fp32 => raw_array::<Float32Type>(raw),
+        DataType::Fp64 => raw_array::<Float64Type>(raw),
+        DataType::Bytes => unreachable!("BYTES has no fixed element size"),
+    })
+}
+
+fn raw_array<T: ArrowPrimitiveType>(raw: Bytes) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(raw_scalars::<T::Native>(raw), None))
+}
+
+/// Little-endian raw bytes as a typed Arrow buffer. The buffer borrows `raw` (and through it
+/// the request) when the data is aligned for `T`.
+fn raw_scalars<T: ArrowNativeType>(raw: Bytes) -> ScalarBuffer<T> {
+    let len = raw.len() / std::mem::size_of::<T>();
+    if raw.as_ptr().align_offset(std::mem::align_of::<T>()) == 0 {
+        ScalarBuffer::new(Buffer::from(raw), 0, len)
+    } else {
+        // The one forced copy: protobuf puts a field at any byte offset and Arrow needs
+        // T-aligned values.
+        let mut aligned = MutableBuffer::new(raw.len());
+        aligned.extend_from_slice(&raw);
+        ScalarBuffer::new(aligned.into(), 0, len)
+    }
+}
+
+/// BYTES in raw form: each element a 4-byte little-endian length, then that many bytes.
+fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Result<ArrayRef> {
+    let mut offsets = Vec::with_capacity(count + 1);
+    offsets.push(0i32);
+    // Arrow keeps the elements contiguous, without the length prefixes: a copy.
+    let mut values = Vec::with_capacity(raw.len().saturating_sub(4 * count));
+    let mut rest = raw;
+    let too_short = |found: usize| {
+        Error::input(
+            name,
+            format!(
+                "input '{name}' has {found} BYTES elements in raw_input_contents but shape {} \
+                 needs {count}",
+                shape_text(shape)
+            ),
+        )
+    };
+    for i in 0..count {
+        let Some((prefix, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(too_short(i));
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if tail.len() < len {
+            return Err(Error::input(
+                name,
+                format!(
+                    "input '{name}': BYTES element {i} declares {len} bytes but only {} remain \
+                     in raw_input_contents",
+                    tail.len()
+                ),
+            ));
+        }
+        values.extend_from_slice(&tail[..len]);
+        offsets.push(offset_i32(name, values.len())?);
+        rest = &tail[len..];
+    }
+    if !rest.is_empty() {
+        return Err(Error::input(
+            name,
+            format!(
+                "input '{name}' has {} bytes left in raw_input_contents after the {count} BYTES \
+                 elements its shape {} holds",
+                rest.len(),
+                shape_text(shape)
+            ),
+        ));
+    }
+    Ok(binary_array(offsets, values))
+}
+
+fn offset_i32(name: &str, len: usize) -> Result<i32> {
+    i32::try_from(len).map_err(|_| {
+        Error::input(name, format!("input '{name}' holds over 2 GiB of BYTES data"))
+    })
+}
+
+fn binary_array(offsets: Vec<i32>, values: Vec<u8>) -> ArrayRef {
+    Arc::new(BinaryArray::new(
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        Buffer::from_vec(values),
+        None,
+    ))
+}
+
+/// The `InferTensorContents` field that carries each datatype.
+fn contents_field(datatype: DataType) -> &'static str {
+    match datatype {
+        DataType::Bool => "bool_contents",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
+        DataType::Int64 => "int64_contents",
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => "uint_contents",
+        DataType::Uint64 => "uint64_contents",
+        DataType::Fp16 => "(none: FP16 travels in raw_input_contents only)",
+        DataType::Fp32 => "fp32_contents",
+        DataType::Fp64 => "fp64_contents",
+        DataType::Bytes => "bytes_contents",
+    }
+}
+
+fn filled_fields(c: &InferTensorContents) -> Vec<(&'static str, usize)> {
+    [
+        ("bool_contents", c.bool_contents.len()),
+        ("int_contents", c.int_contents.len()),
+        ("int64_contents", c.int64_contents.len()),
+        ("uint_contents", c.uint_contents.len()),
+        ("uint64_contents", c.uint64_contents.len()),
+        ("fp32_contents", c.fp32_contents.len()),
+        ("fp64_contents", c.fp64_contents.len()),
+        ("bytes_contents", c.bytes_contents.len()),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+fn array_from_contents(
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+    count: usize,
+    contents: InferTensorContents,
+) -> Result<ArrayRef> {
+    let field = contents_field(datatype);
+    if datatype == DataType::Fp16 && count > 0 {
+        return Err(Error::input(
+            name,
+            format!("input '{name}' is FP16, which has no typed contents field; send it in raw_input_contents"),
+        ));
+    }
+    let filled = filled_fields(&contents);
+    if let Some((other, _)) = filled.iter().find(|(f, _)| *f != field) {
+        return Err(Error::input(
+            name,
+            format!(
+                "input '{name}' has datatype {} but carries values in {other}; {} values go in {field}",
+                datatype.name(),
+                datatype.name()
+            ),
+        ));
+    }
+    let found = filled.first().map_or(0, |(_, n)| *n);
+    if found != count {
+        return Err(Error::input(
+            name,
+            format!(
+                "input '{name}' has {found} values in {field} but shape {} needs {count}",
+                shape_text(shape)
+            ),
+        ));
+    }
+    Ok(match datatype {
+        DataType::Bool => Arc::new(BooleanArray::from(contents.bool_contents)),
+        DataType::Int8 => narrowed::<Int8Type, i32>(name, "INT8", contents.int_contents)?,
+        DataType::Int16 => narrowed::<Int16Type, i32>(name, "INT16", contents.int_contents)?,
+        DataType::Int32 => moved::<Int32Type>(contents.int_contents),
+        DataType::Int64 => moved::<Int64Type>(contents.int64_contents),
+        DataType::Uint8 => narrowed::<UInt8Type, u32>(name, "UINT8", contents.uint_contents)?,
+        DataType::Uint16 => narrowed::<UInt16Type, u32>(name, "UINT16", contents.uint_contents)?,
+        DataType::Uint32 => moved::<UInt32Type>(contents.uint_contents),
+        DataType::Uint64 => moved::<UInt64Type>(contents.uint64_contents),
+        DataType::Fp16 => moved::<Float16Type>(Vec::new()),
+        DataType::Fp32 => moved::<Float32Type>(contents.fp32_contents),
+        DataType::Fp64 => moved::<Float64Type>(contents.fp64_contents),
+        DataType::Bytes => {
+            let mut offsets = Vec::with_capacity(count + 1);
+            offsets.push(0i32);
+            let total: usize = contents.bytes_contents.iter().map(Bytes::len).sum();
+            // Arrow keeps the elements in one contiguous buffer: a copy.
+            let mut values = Vec::with_capacity(total);
+            for element in &contents.bytes_contents {
+                values.extend_from_slice(element);
+                offsets.push(offset_i32(name, values.len())?);
+            }
+            binary_array(offsets, values)
+        }
+    })
+}
+
+/// Typed contents whose protobuf type is the tensor's own: the vector becomes the buffer.
+fn moved<T: ArrowPrimitiveType>(values: Vec<T::Native>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(values), None))
+}
+
+/// INT8/16 and UINT8/16 travel widened to 32 bits; narrow them back, refusing values that
+/// do not fit.
+fn narrowed<T, W>(name: &str, datatype: &str, values: Vec<W>) -> Result<ArrayRef>
+where
+    T: ArrowPrimitiveType,
+    T::Native: TryFrom<W>,
+    W: Copy + std::fmt::Display,
+{
+    let narrow: Result<Vec<T::Native>> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            T::Native::try_from(v).map_err(|_| {
+                Error::input(
+                    name,
+                    format!("input '{name}' has value {v} at element {i}, outside the range of {datatype}"),
+                )
+            })
+        })
+        .collect();
+    Ok(Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(narrow?), None)))
+}

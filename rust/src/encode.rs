@@ -1,0 +1,207 @@
+//! Predictions (Arrow arrays with shapes) -> `ModelInferResponse` bytes. Every output goes in
+//! `raw_output_contents`, the form tritonclient reads for numeric tensors: fixed-width values
+//! little-endian, BOOL one byte each, BYTES as 4-byte little-endian length + bytes.
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, BooleanArray};
+use arrow_buffer::Buffer;
+use arrow_schema::DataType as ArrowType;
+use bytes::BufMut;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::Message;
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result};
+use crate::proto::{model_infer_response::InferOutputTensor, ModelInferResponse};
+use crate::tensor::{params_to_proto, shape_text, Parameters};
+
+/// `raw_output_contents` is field 6 of `ModelInferResponse`.
+const RAW_OUTPUT_CONTENTS_TAG: u32 = 6;
+
+/// One output tensor: values flattened in row-major order, and the shape they fill.
+#[derive(Debug, Clone)]
+pub struct OutputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub values: ArrayRef,
+}
+
+/// Everything a response carries.
+#[derive(Debug, Clone, Default)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub parameters: Parameters,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// A response checked and ready to be written: the message without its raw contents, which
+/// are appended straight from the Arrow buffers when writing.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    header: ModelInferResponse,
+    raw: Vec<RawContents>,
+}
+
+#[derive(Debug)]
+enum RawContents {
+    /// Fixed-width values, already little-endian in memory.
+    Fixed(Buffer),
+    Bools(BooleanArray),
+    /// Binary or UTF-8 values, length-prefixed on writing.
+    Bytes(ArrayRef),
+}
+
+impl RawContents {
+    fn len(&self) -> usize {
+        match self {
+            RawContents::Fixed(buffer) => buffer.len(),
+            RawContents::Bools(values) => values.len(),
+            RawContents::Bytes(values) => {
+                4 * values.len() + byte_elements(values).map(<[u8]>::len).sum::<usize>()
+            }
+        }
+    }
+
+    fn write(&self, out: &mut impl BufMut) {
+        match self {
+            RawContents::Fixed(buffer) => out.put_slice(buffer.as_slice()),
+            RawContents::Bools(values) => {
+                for v in values.values() {
+                    out.put_u8(u8::from(v));
+                }
+            }
+            RawContents::Bytes(values) => {
+                for element in byte_elements(values) {
+                    out.put_u32_le(element.len() as u32);
+                    out.put_slice(element);
+                }
+            }
+        }
+    }
+}
+
+/// The elements of a binary or string array as byte slices (nulls were refused earlier).
+fn byte_elements(values: &ArrayRef) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+    match values.data_type() {
+        ArrowType::Binary => Box::new(values.as_binary::<i32>().iter().map(Option::unwrap_or_default)),
+        ArrowType::LargeBinary => {
+            Box::new(values.as_binary::<i64>().iter().map(Option::unwrap_or_default))
+        }
+        ArrowType::BinaryView => Box::new(values.as_binary_view().iter().map(Option::unwrap_or_default)),
+        ArrowType::Utf8 => Box::new(values.as_string::<i32>().iter().map(|s| s.unwrap_or_default().as_bytes())),
+        ArrowType::LargeUtf8 => {
+            Box::new(values.as_string::<i64>().iter().map(|s| s.unwrap_or_default().as_bytes()))
+        }
+        ArrowType::Utf8View => {
+            Box::new(values.as_string_view().iter().map(|s| s.unwrap_or_default().as_bytes()))
+        }
+        other => unreachable!("{other} is not a BYTES type"),
+    }
+}
+
+/// Checks the outputs and lays out the response.
+pub fn prepare_response(response: InferResponse) -> Result<EncodedResponse> {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    let mut raw = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        let (datatype, contents) = raw_contents(&output)?;
+        outputs.push(InferOutputTensor {
+            name: output.name,
+            datatype: datatype.name().to_owned(),
+            shape: output.shape,
+            parameters: std::collections::HashMap::new(),
+            contents: None,
+        });
+        raw.push(contents);
+    }
+    let header = ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        id: response.id,
+        parameters: params_to_proto(&response.parameters),
+        outputs,
+        raw_output_contents: Vec::new(),
+    };
+    Ok(EncodedResponse { header, raw })
+}
+
+fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawContents)> {
+    let values = &output.values;
+    let datatype = DataType::from_arrow(values.data_type()).ok_or_else(|| {
+        Error::Internal(format!(
+            "output '{}' holds {} values, which have no V2 datatype",
+            output.name,
+            values.data_type()
+        ))
+    })?;
+    let elements = output
+        .shape
+        .iter()
+        .try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+    if elements != i64::try_from(values.len()).ok() {
+        return Err(Error::Internal(format!(
+            "output '{}' has shape {} but {} values",
+            output.name,
+            shape_text(&output.shape),
+            values.len()
+        )));
+    }
+    if values.null_count() > 0 {
+        return Err(Error::Internal(format!(
+            "output '{}' has {} missing (null) values, which V2 tensors cannot carry",
+            output.name,
+            values.null_count()
+        )));
+    }
+    let contents = match datatype.element_size() {
+        None => RawContents::Bytes(values.clone()),
+        Some(_) if datatype == DataType::Bool => RawContents::Bools(values.as_boolean().clone()),
+        Some(size) => {
+            let data = values.to_data();
+            RawContents::Fixed(data.buffers()[0].slice_with_length(data.offset() * size, data.len() * size))
+        }
+    };
+    Ok((datatype, contents))
+}
+
+impl EncodedResponse {
+    /// The serialized size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.header.encoded_len()
+            + self
+                .raw
+                .iter()
+                .map(|r| {
+                    let len = r.len();
+                    key_len(RAW_OUTPUT_CONTENTS_TAG) + encoded_len_varint(len as u64) + len
+                })
+                .sum::<usize>()
+    }
+
+    /// Serializes into `out`, which must have `encoded_len()` bytes of room. Repeated fields
+    /// may follow the rest of the message on the wire, so the raw contents are appended
+    /// after the header without building a second copy of them.
+    pub fn write_to(&self, out: &mut impl BufMut) {
+        self.header
+            .encode(out)
+            .expect("the caller provides encoded_len() bytes of room");
+        for contents in &self.raw {
+            encode_key(RAW_OUTPUT_CONTENTS_TAG, WireType::LengthDelimited, out);
+            encode_varint(contents.len() as u64, out);
+            contents.write(out);
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_to(&mut out);
+        out
+    }
+}
+
+/// Prepares and serializes a response in one step.
+pub fn encode_response(response: InferResponse) -> Result<Vec<u8>> {
+    prepare_response(response).map(|r| r.to_vec())
+}

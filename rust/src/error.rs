@@ -1,0 +1,41 @@
+//! The crate's one error type. Each variant is a kind the front ends map to a status code;
+//! the Python binding converts it in exactly one place (`py/errors.rs`).
+
+/// Why a request could not be decoded, coerced or answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The client sent something the protocol or the model's signature does not allow.
+    /// `input` names the tensor or column at fault when there is one.
+    #[error("{message}")]
+    InvalidInput {
+        input: Option<String>,
+        message: String,
+    },
+    /// Well-formed, but a feature Arrowsmith does not offer (e.g. an MLflow column type
+    /// without a V2 mapping).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A fault on the server's side, e.g. a prediction that cannot be expressed in V2.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An invalid-input error about the named input.
+    pub fn input(name: &str, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            input: Some(name.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// An invalid-input error about the request as a whole.
+    pub fn request(message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            input: None,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,200 @@
+//! `arrowsmith._native`: a thin binding over the pure-Rust core. Each entry point owns its
+//! inputs, then detaches from the interpreter while Rust works.
+
+mod buffers;
+mod errors;
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, StructArray};
+use arrow_schema::{Field, Fields};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::coerce::{coerce, ModelInput};
+use crate::decode::{decode_request as decode, InferRequest as CoreRequest};
+use crate::encode::{prepare_response, InferResponse, OutputTensor};
+use crate::signature::{ColumnSpec, ColumnType, Signature as CoreSignature, TensorSpec, TensorType};
+use crate::tensor::{ParamValue, Parameters, Tensor};
+
+use buffers::{borrow_bytes, import_array, ArrowArray};
+
+/// A tensor as Python sees it: name, V2 datatype, shape, flat values.
+type TensorView = (String, &'static str, Vec<usize>, ArrowArray);
+
+fn tensor_view(tensor: &Tensor) -> TensorView {
+    (
+        tensor.name.clone(),
+        tensor.datatype.name(),
+        tensor.shape.clone(),
+        ArrowArray::new(Arc::clone(&tensor.values)),
+    )
+}
+
+fn params_dict<'py>(py: Python<'py>, params: &Parameters) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in params {
+        match value {
+            ParamValue::Bool(v) => dict.set_item(name, v)?,
+            ParamValue::Int64(v) => dict.set_item(name, v)?,
+            ParamValue::String(v) => dict.set_item(name, v)?,
+            ParamValue::Double(v) => dict.set_item(name, v)?,
+            ParamValue::Uint64(v) => dict.set_item(name, v)?,
+        }
+    }
+    Ok(dict)
+}
+
+/// A model's input signature, converted once when the model loads.
+#[pyclass(name = "Signature", module = "arrowsmith._native", frozen)]
+struct Signature(CoreSignature);
+
+#[pymethods]
+impl Signature {
+    /// A column-based signature from `(name or None, MLflow type name, required)` triples.
+    #[staticmethod]
+    fn columns(specs: Vec<(Option<String>, String, bool)>) -> Self {
+        Self(CoreSignature::Columns(
+            specs
+                .into_iter()
+                .map(|(name, ty, required)| ColumnSpec { name, ty: ColumnType::parse(&ty), required })
+                .collect(),
+        ))
+    }
+
+    /// A tensor-based signature from `(name or None, numpy dtype name, shape)` triples.
+    #[staticmethod]
+    fn tensors(specs: Vec<(Option<String>, String, Vec<i64>)>) -> PyResult<Self> {
+        let specs = specs
+            .into_iter()
+            .map(|(name, dtype, shape)| {
+                let ty = TensorType::parse(&dtype)
+                    .ok_or_else(|| PyValueError::new_err(format!("unknown tensor dtype '{dtype}'")))?;
+                Ok(TensorSpec { name, ty, shape })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Self(CoreSignature::Tensors(specs)))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+
+/// A decoded `ModelInferRequest`.
+#[pyclass(name = "InferRequest", module = "arrowsmith._native", frozen)]
+struct InferRequest(CoreRequest);
+
+#[pymethods]
+impl InferRequest {
+    #[getter]
+    fn model_name(&self) -> &str {
+        &self.0.model_name
+    }
+
+    #[getter]
+    fn model_version(&self) -> &str {
+        &self.0.model_version
+    }
+
+    #[getter]
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    #[getter]
+    fn parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        params_dict(py, &self.0.parameters)
+    }
+
+    #[getter]
+    fn requested_outputs(&self) -> Vec<String> {
+        self.0.requested_outputs.clone()
+    }
+
+    /// The inputs as sent: `(name, datatype, shape, values)`.
+    fn inputs(&self) -> Vec<TensorView> {
+        self.0.inputs.iter().map(tensor_view).collect()
+    }
+
+    /// Each input's own parameters (e.g. `content_type`), by input name.
+    fn input_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for tensor in &self.0.inputs {
+            dict.set_item(&tensor.name, params_dict(py, &tensor.parameters)?)?;
+        }
+        Ok(dict)
+    }
+
+    /// Applies the model's signature. A column-based signature gives one Arrow struct array
+    /// (a record batch, one field per column, in signature order); a tensor-based one gives
+    /// the tensors in signature order.
+    fn coerce(&self, py: Python<'_>, signature: &Signature) -> PyResult<Py<PyAny>> {
+        let input = py.detach(|| coerce(&self.0.inputs, &signature.0))?;
+        Ok(match input {
+            ModelInput::Columns { names, columns, rows } => {
+                let fields: Fields = names
+                    .iter()
+                    .zip(&columns)
+                    .map(|(name, c)| Field::new(name, c.data_type().clone(), false))
+                    .collect();
+                let batch = StructArray::try_new_with_length(fields, columns, None, rows)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                let batch: ArrayRef = Arc::new(batch);
+                ArrowArray::new(batch).into_pyobject(py)?.into_any().unbind()
+            }
+            ModelInput::Tensors(tensors) => tensors
+                .iter()
+                .map(tensor_view)
+                .collect::<Vec<_>>()
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
+        })
+    }
+}
+
+/// Decodes `ModelInferRequest` bytes; raw contents stay in `data` where alignment allows.
+#[pyfunction]
+fn decode_request(py: Python<'_>, data: Bound<'_, PyBytes>) -> PyResult<InferRequest> {
+    let buf = borrow_bytes(data);
+    Ok(InferRequest(py.detach(|| decode(buf))?))
+}
+
+/// Serializes a `ModelInferResponse`. `outputs` are `(name, shape, values)` with values any
+/// object exporting `__arrow_c_array__`, flattened in row-major order.
+#[pyfunction]
+#[pyo3(signature = (model_name, model_version, id, outputs))]
+fn encode_response<'py>(
+    py: Python<'py>,
+    model_name: String,
+    model_version: String,
+    id: String,
+    outputs: Vec<(String, Vec<i64>, Bound<'py, PyAny>)>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let outputs = outputs
+        .into_iter()
+        .map(|(name, shape, values)| {
+            Ok(OutputTensor { name, shape, values: import_array(&values)? })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let response = InferResponse { model_name, model_version, id, parameters: Parameters::new(), outputs };
+    let encoded = py.detach(|| prepare_response(response))?;
+    // The Python bytes object is new and not yet shared, so it is filled without the GIL.
+    PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
+        py.detach(|| encoded.write_to(&mut out));
+        Ok(())
+    })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ArrowArray>()?;
+    m.add_class::<InferRequest>()?;
+    m.add_class::<Signature>()?;
+    m.add_function(wrap_pyfunction!(decode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_response, m)?)?;
+    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    Ok(())
+}
