@@ -54,7 +54,8 @@ def to_ndarray(
             array = array.cast(pa.string())
         except pa.ArrowInvalid as error:
             raise InvalidInputError("a BYTES input with content_type 'str' is not UTF-8") from error
-    return array.to_numpy(zero_copy_only=False).reshape(shape)
+    values_np: np.ndarray[Any, Any] = array.to_numpy(zero_copy_only=False)
+    return values_np.reshape(shape)
 
 
 def _frame_from_batch(batch: _native.ArrowArray) -> Any:

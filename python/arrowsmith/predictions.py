@@ -75,7 +75,6 @@ def select_outputs(outputs: list[OutputTensor], requested: list[str]) -> list[Ou
     unknown = [name for name in requested if name not in by_name]
     if unknown:
         raise InvalidInputError(
-            f"requested outputs {unknown} are not outputs of the model "
-            f"(outputs: {sorted(by_name)})"
+            f"requested outputs {unknown} are not outputs of the model (outputs: {sorted(by_name)})"
         )
     return [by_name[name] for name in requested]

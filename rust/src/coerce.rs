@@ -2,12 +2,13 @@
 //! inputs refused, extras dropped, column values converted only where MLflow converts them
 //! (`_enforce_mlflow_datatype`), tensor specs matched strictly. No I/O, no batching.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    UInt16Type, UInt32Type, UInt8Type,
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
+    UInt32Type, UInt8Type,
 };
 use arrow_array::{ArrayRef, StringArray};
 
@@ -20,7 +21,11 @@ use crate::tensor::{shape_text, Tensor};
 #[derive(Debug, Clone)]
 pub enum ModelInput {
     /// Columns in signature order, each one value per row (a DataFrame).
-    Columns { names: Vec<String>, columns: Vec<ArrayRef>, rows: usize },
+    Columns {
+        names: Vec<String>,
+        columns: Vec<ArrayRef>,
+        rows: usize,
+    },
     /// Tensors in signature order.
     Tensors(Vec<Tensor>),
 }
@@ -82,7 +87,14 @@ fn match_inputs<'a, S: InputSpec>(
     }
     let pairs: Vec<_> = specs
         .iter()
-        .map(|s| (s, inputs.iter().find(|t| Some(t.name.as_str()) == s.spec_name())))
+        .map(|s| {
+            (
+                s,
+                inputs
+                    .iter()
+                    .find(|t| Some(t.name.as_str()) == s.spec_name()),
+            )
+        })
         .collect();
     let missing: Vec<&str> = pairs
         .iter()
@@ -95,9 +107,16 @@ fn match_inputs<'a, S: InputSpec>(
             .map(|t| t.name.as_str())
             .filter(|n| !specs.iter().any(|s| s.spec_name() == Some(*n)))
             .collect();
-        let mut message = format!("Model is missing inputs {}.", quoted_list(missing.iter().copied()));
+        let mut message = format!(
+            "Model is missing inputs {}.",
+            quoted_list(missing.iter().copied())
+        );
         if !extra.is_empty() {
-            message.push_str(&format!(" Note that there were extra inputs: {}.", quoted_list(extra)));
+            let _ = write!(
+                message,
+                " Note that there were extra inputs: {}.",
+                quoted_list(extra)
+            );
         }
         return Err(Error::InvalidInput {
             input: missing.first().map(|n| (*n).to_owned()),
@@ -133,7 +152,11 @@ fn coerce_columns(inputs: &[Tensor], specs: &[ColumnSpec]) -> Result<ModelInput>
         columns.push(convert_column(&name, tensor, &spec.ty)?);
         names.push(name);
     }
-    Ok(ModelInput::Columns { names, columns, rows: rows.map_or(0, |(n, _)| n) })
+    Ok(ModelInput::Columns {
+        names,
+        columns,
+        rows: rows.map_or(0, |(n, _)| n),
+    })
 }
 
 /// A column arrives as shape `[n]` or `[n, 1]`.
@@ -181,7 +204,11 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
     };
     macro_rules! cast {
         ($from:ty, $to:ty, $native:ty) => {
-            Ok(Arc::new(values.as_primitive::<$from>().unary::<_, $to>(|v| v as $native)) as ArrayRef)
+            Ok(Arc::new(
+                values
+                    .as_primitive::<$from>()
+                    .unary::<_, $to>(|v| v as $native),
+            ) as ArrayRef)
         };
     }
     match (target, tensor.datatype) {
@@ -209,10 +236,14 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
         (ColumnType::Long, D::Uint16) => cast!(UInt16Type, Int64Type, i64),
         (ColumnType::Long, D::Uint32) => cast!(UInt32Type, Int64Type, i64),
         (ColumnType::Float, D::Fp16) => Ok(Arc::new(
-            values.as_primitive::<Float16Type>().unary::<_, Float32Type>(|v| v.to_f32()),
+            values
+                .as_primitive::<Float16Type>()
+                .unary::<_, Float32Type>(half::f16::to_f32),
         )),
         (ColumnType::Double, D::Fp16) => Ok(Arc::new(
-            values.as_primitive::<Float16Type>().unary::<_, Float64Type>(|v| v.to_f64()),
+            values
+                .as_primitive::<Float16Type>()
+                .unary::<_, Float64Type>(half::f16::to_f64),
         )),
         (ColumnType::Double, D::Fp32) => cast!(Float32Type, Float64Type, f64),
         (ColumnType::Double, D::Int8) => cast!(Int8Type, Float64Type, f64),
@@ -232,7 +263,11 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
 }
 
 fn zeros_and_ones(values: &ArrayRef) -> bool {
-    values.as_primitive::<Int64Type>().values().iter().all(|v| *v == 0 || *v == 1)
+    values
+        .as_primitive::<Int64Type>()
+        .values()
+        .iter()
+        .all(|v| *v == 0 || *v == 1)
 }
 
 fn has_nan_and_only_integers(values: &ArrayRef) -> bool {
@@ -247,7 +282,9 @@ fn utf8_column(name: &str, tensor: &Tensor) -> Result<ArrayRef> {
     StringArray::try_new(offsets, values, nulls)
         .map(|a| Arc::new(a) as ArrayRef)
         .map_err(|_| {
-            let bad = binary.iter().position(|v| v.is_some_and(|b| std::str::from_utf8(b).is_err()));
+            let bad = binary
+                .iter()
+                .position(|v| v.is_some_and(|b| std::str::from_utf8(b).is_err()));
             Error::input(
                 &tensor.name,
                 format!(

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use arrow_array::types::{
-    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{ArrayRef, ArrowPrimitiveType, BinaryArray, BooleanArray, PrimitiveArray};
-use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{
+    ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer,
+};
 use bytes::Bytes;
 use prost::Message;
 
@@ -35,8 +37,9 @@ pub struct InferRequest {
 /// Decodes a serialized `ModelInferRequest`. `raw_input_contents` are borrowed from `buf`
 /// (no copy) wherever their alignment suits Arrow.
 pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
-    let message = ModelInferRequest::decode(buf)
-        .map_err(|e| Error::request(format!("the request is not a valid ModelInferRequest: {e}")))?;
+    let message = ModelInferRequest::decode(buf).map_err(|e| {
+        Error::request(format!("the request is not a valid ModelInferRequest: {e}"))
+    })?;
     let ModelInferRequest {
         model_name,
         model_version,
@@ -75,7 +78,10 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
         if tensors[..i].iter().any(|t| t.name == tensor.name) {
             return Err(Error::input(
                 &tensor.name,
-                format!("input '{}' appears more than once in the request", tensor.name),
+                format!(
+                    "input '{}' appears more than once in the request",
+                    tensor.name
+                ),
             ));
         }
     }
@@ -112,13 +118,9 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
     let values = match (raw, contents) {
         (Some(raw), _) => array_from_raw(&name, datatype, &shape, count, raw)?,
         (None, Some(contents)) => array_from_contents(&name, datatype, &shape, count, contents)?,
-        (None, None) if count == 0 => array_from_contents(
-            &name,
-            datatype,
-            &shape,
-            0,
-            InferTensorContents::default(),
-        )?,
+        (None, None) if count == 0 => {
+            array_from_contents(&name, datatype, &shape, 0, InferTensorContents::default())?
+        }
         (None, None) => {
             return Err(Error::input(
                 &name,
@@ -162,7 +164,10 @@ fn element_count(name: &str, shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| {
             Error::input(
                 name,
-                format!("input '{name}' has shape {}, too large to hold", shape_text(shape)),
+                format!(
+                    "input '{name}' has shape {}, too large to hold",
+                    shape_text(shape)
+                ),
             )
         })
 }
@@ -224,7 +229,10 @@ fn array_from_raw(
 }
 
 fn raw_array<T: ArrowPrimitiveType>(raw: Bytes) -> ArrayRef {
-    Arc::new(PrimitiveArray::<T>::new(raw_scalars::<T::Native>(raw), None))
+    Arc::new(PrimitiveArray::<T>::new(
+        raw_scalars::<T::Native>(raw),
+        None,
+    ))
 }
 
 /// Little-endian raw bytes as a typed Arrow buffer. The buffer borrows `raw` (and through it
@@ -294,7 +302,10 @@ fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Resu
 
 fn offset_i32(name: &str, len: usize) -> Result<i32> {
     i32::try_from(len).map_err(|_| {
-        Error::input(name, format!("input '{name}' holds over 2 GiB of BYTES data"))
+        Error::input(
+            name,
+            format!("input '{name}' holds over 2 GiB of BYTES data"),
+        )
     })
 }
 
@@ -374,12 +385,12 @@ fn array_from_contents(
     }
     Ok(match datatype {
         DataType::Bool => Arc::new(BooleanArray::from(contents.bool_contents)),
-        DataType::Int8 => narrowed::<Int8Type, i32>(name, "INT8", contents.int_contents)?,
-        DataType::Int16 => narrowed::<Int16Type, i32>(name, "INT16", contents.int_contents)?,
+        DataType::Int8 => narrowed::<Int8Type, i32>(name, "INT8", &contents.int_contents)?,
+        DataType::Int16 => narrowed::<Int16Type, i32>(name, "INT16", &contents.int_contents)?,
         DataType::Int32 => moved::<Int32Type>(contents.int_contents),
         DataType::Int64 => moved::<Int64Type>(contents.int64_contents),
-        DataType::Uint8 => narrowed::<UInt8Type, u32>(name, "UINT8", contents.uint_contents)?,
-        DataType::Uint16 => narrowed::<UInt16Type, u32>(name, "UINT16", contents.uint_contents)?,
+        DataType::Uint8 => narrowed::<UInt8Type, u32>(name, "UINT8", &contents.uint_contents)?,
+        DataType::Uint16 => narrowed::<UInt16Type, u32>(name, "UINT16", &contents.uint_contents)?,
         DataType::Uint32 => moved::<UInt32Type>(contents.uint_contents),
         DataType::Uint64 => moved::<UInt64Type>(contents.uint64_contents),
         DataType::Fp16 => moved::<Float16Type>(Vec::new()),
@@ -407,7 +418,7 @@ fn moved<T: ArrowPrimitiveType>(values: Vec<T::Native>) -> ArrayRef {
 
 /// INT8/16 and UINT8/16 travel widened to 32 bits; narrow them back, refusing values that
 /// do not fit.
-fn narrowed<T, W>(name: &str, datatype: &str, values: Vec<W>) -> Result<ArrayRef>
+fn narrowed<T, W>(name: &str, datatype: &str, values: &[W]) -> Result<ArrayRef>
 where
     T: ArrowPrimitiveType,
     T::Native: TryFrom<W>,
@@ -425,5 +436,8 @@ where
             })
         })
         .collect();
-    Ok(Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(narrow?), None)))
+    Ok(Arc::new(PrimitiveArray::<T>::new(
+        ScalarBuffer::from(narrow?),
+        None,
+    )))
 }

@@ -85,18 +85,42 @@ impl RawContents {
 /// The elements of a binary or string array as byte slices (nulls were refused earlier).
 fn byte_elements(values: &ArrayRef) -> Box<dyn Iterator<Item = &[u8]> + '_> {
     match values.data_type() {
-        ArrowType::Binary => Box::new(values.as_binary::<i32>().iter().map(Option::unwrap_or_default)),
-        ArrowType::LargeBinary => {
-            Box::new(values.as_binary::<i64>().iter().map(Option::unwrap_or_default))
-        }
-        ArrowType::BinaryView => Box::new(values.as_binary_view().iter().map(Option::unwrap_or_default)),
-        ArrowType::Utf8 => Box::new(values.as_string::<i32>().iter().map(|s| s.unwrap_or_default().as_bytes())),
-        ArrowType::LargeUtf8 => {
-            Box::new(values.as_string::<i64>().iter().map(|s| s.unwrap_or_default().as_bytes()))
-        }
-        ArrowType::Utf8View => {
-            Box::new(values.as_string_view().iter().map(|s| s.unwrap_or_default().as_bytes()))
-        }
+        ArrowType::Binary => Box::new(
+            values
+                .as_binary::<i32>()
+                .iter()
+                .map(Option::unwrap_or_default),
+        ),
+        ArrowType::LargeBinary => Box::new(
+            values
+                .as_binary::<i64>()
+                .iter()
+                .map(Option::unwrap_or_default),
+        ),
+        ArrowType::BinaryView => Box::new(
+            values
+                .as_binary_view()
+                .iter()
+                .map(Option::unwrap_or_default),
+        ),
+        ArrowType::Utf8 => Box::new(
+            values
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().as_bytes()),
+        ),
+        ArrowType::LargeUtf8 => Box::new(
+            values
+                .as_string::<i64>()
+                .iter()
+                .map(|s| s.unwrap_or_default().as_bytes()),
+        ),
+        ArrowType::Utf8View => Box::new(
+            values
+                .as_string_view()
+                .iter()
+                .map(|s| s.unwrap_or_default().as_bytes()),
+        ),
         other => unreachable!("{other} is not a BYTES type"),
     }
 }
@@ -136,10 +160,11 @@ fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawContents)> {
             values.data_type()
         ))
     })?;
-    let elements = output
-        .shape
-        .iter()
-        .try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+    let elements =
+        output.shape.iter().try_fold(
+            1i64,
+            |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
+        );
     if elements != i64::try_from(values.len()).ok() {
         return Err(Error::Internal(format!(
             "output '{}' has shape {} but {} values",
@@ -160,7 +185,9 @@ fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawContents)> {
         Some(_) if datatype == DataType::Bool => RawContents::Bools(values.as_boolean().clone()),
         Some(size) => {
             let data = values.to_data();
-            RawContents::Fixed(data.buffers()[0].slice_with_length(data.offset() * size, data.len() * size))
+            RawContents::Fixed(
+                data.buffers()[0].slice_with_length(data.offset() * size, data.len() * size),
+            )
         }
     };
     Ok((datatype, contents))

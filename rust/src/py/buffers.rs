@@ -41,7 +41,7 @@ impl ArrowArray {
     fn __arrow_c_array__<'py>(
         &self,
         py: Python<'py>,
-        requested_schema: Option<Bound<'py, PyAny>>,
+        requested_schema: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyCapsule>, Bound<'py, PyCapsule>)> {
         // The array is offered in its own type; a consumer asking for another casts itself.
         let _ = requested_schema;
@@ -65,8 +65,12 @@ impl ArrowArray {
 pub fn import_array(source: &Bound<'_, PyAny>) -> PyResult<ArrayRef> {
     let (schema, array): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) =
         source.call_method0("__arrow_c_array__")?.extract()?;
-    let schema_ptr = schema.pointer_checked(Some(SCHEMA_CAPSULE))?.cast::<FFI_ArrowSchema>();
-    let array_ptr = array.pointer_checked(Some(ARRAY_CAPSULE))?.cast::<FFI_ArrowArray>();
+    let schema_ptr = schema
+        .pointer_checked(Some(SCHEMA_CAPSULE))?
+        .cast::<FFI_ArrowSchema>();
+    let array_ptr = array
+        .pointer_checked(Some(ARRAY_CAPSULE))?
+        .cast::<FFI_ArrowArray>();
     // Safety: the capsules are named per the Arrow PyCapsule interface, so their pointers are
     // a valid FFI_ArrowSchema and FFI_ArrowArray. `from_raw` moves the array struct out and
     // marks the capsule's copy released, so the data has exactly one owner (the returned

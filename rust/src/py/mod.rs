@@ -15,7 +15,9 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::coerce::{coerce, ModelInput};
 use crate::decode::{decode_request as decode, InferRequest as CoreRequest};
 use crate::encode::{prepare_response, InferResponse, OutputTensor};
-use crate::signature::{ColumnSpec, ColumnType, Signature as CoreSignature, TensorSpec, TensorType};
+use crate::signature::{
+    ColumnSpec, ColumnType, Signature as CoreSignature, TensorSpec, TensorType,
+};
 use crate::tensor::{ParamValue, Parameters, Tensor};
 
 use buffers::{borrow_bytes, import_array, ArrowArray};
@@ -58,7 +60,11 @@ impl Signature {
         Self(CoreSignature::Columns(
             specs
                 .into_iter()
-                .map(|(name, ty, required)| ColumnSpec { name, ty: ColumnType::parse(&ty), required })
+                .map(|(name, ty, required)| ColumnSpec {
+                    name,
+                    ty: ColumnType::parse(&ty),
+                    required,
+                })
                 .collect(),
         ))
     }
@@ -69,8 +75,9 @@ impl Signature {
         let specs = specs
             .into_iter()
             .map(|(name, dtype, shape)| {
-                let ty = TensorType::parse(&dtype)
-                    .ok_or_else(|| PyValueError::new_err(format!("unknown tensor dtype '{dtype}'")))?;
+                let ty = TensorType::parse(&dtype).ok_or_else(|| {
+                    PyValueError::new_err(format!("unknown tensor dtype '{dtype}'"))
+                })?;
                 Ok(TensorSpec { name, ty, shape })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -133,7 +140,11 @@ impl InferRequest {
     fn coerce(&self, py: Python<'_>, signature: &Signature) -> PyResult<Py<PyAny>> {
         let input = py.detach(|| coerce(&self.0.inputs, &signature.0))?;
         Ok(match input {
-            ModelInput::Columns { names, columns, rows } => {
+            ModelInput::Columns {
+                names,
+                columns,
+                rows,
+            } => {
                 let fields: Fields = names
                     .iter()
                     .zip(&columns)
@@ -142,7 +153,10 @@ impl InferRequest {
                 let batch = StructArray::try_new_with_length(fields, columns, None, rows)
                     .map_err(|e| PyValueError::new_err(e.to_string()))?;
                 let batch: ArrayRef = Arc::new(batch);
-                ArrowArray::new(batch).into_pyobject(py)?.into_any().unbind()
+                ArrowArray::new(batch)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind()
             }
             ModelInput::Tensors(tensors) => tensors
                 .iter()
@@ -176,10 +190,20 @@ fn encode_response<'py>(
     let outputs = outputs
         .into_iter()
         .map(|(name, shape, values)| {
-            Ok(OutputTensor { name, shape, values: import_array(&values)? })
+            Ok(OutputTensor {
+                name,
+                shape,
+                values: import_array(&values)?,
+            })
         })
         .collect::<PyResult<Vec<_>>>()?;
-    let response = InferResponse { model_name, model_version, id, parameters: Parameters::new(), outputs };
+    let response = InferResponse {
+        model_name,
+        model_version,
+        id,
+        parameters: Parameters::new(),
+        outputs,
+    };
     let encoded = py.detach(|| prepare_response(response))?;
     // The Python bytes object is new and not yet shared, so it is filled without the GIL.
     PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
@@ -195,6 +219,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Signature>()?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(encode_response, m)?)?;
-    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "build_profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }

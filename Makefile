@@ -1,0 +1,59 @@
+# Arrowsmith developer commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+INSTALLED := $(VENV)/.installed
+MODEL ?= examples/wine/model
+
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos bench-floors bench-decode
+
+help: ## list the commands
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(INSTALLED): requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(INSTALLED) ## create .venv with the pinned development packages
+
+build: $(INSTALLED) ## build the native extension in release mode into .venv
+	$(VENV)/bin/maturin develop --release -q
+
+dev: $(INSTALLED) ## fast debug build of the native extension (warns at import)
+	$(VENV)/bin/maturin develop -q
+
+$(MODEL)/MLmodel: $(INSTALLED)
+	$(PY) examples/wine/train.py --output $(MODEL)
+
+example-model: $(MODEL)/MLmodel ## train the red-wine example model if it is missing
+
+serve-example: build example-model ## serve the example model on 127.0.0.1:8081 (gRPC)
+	$(PY) -m arrowsmith serve $(MODEL) --name wine
+
+test-rust: ## Rust tests of the pure core (no Python)
+	cd rust && cargo test --no-default-features --quiet
+
+test-python: build ## Python tests, against real server processes
+	$(PY) -m pytest
+
+test: test-rust test-python ## every test
+
+lint: $(INSTALLED) ## formatters in check mode, linters, type checks
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff format --check python tests benchmarks examples
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest arrowsmith._native
+	cd rust && cargo fmt --check && cargo clippy --all-targets --no-default-features -- -D warnings && cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/hadolint Dockerfile
+
+fmt: $(INSTALLED) ## format Python and Rust
+	$(VENV)/bin/ruff format python tests benchmarks examples
+	$(VENV)/bin/ruff check --fix python tests benchmarks examples
+	cd rust && cargo fmt
+
+protos: $(INSTALLED) ## regenerate the Python messages from protos/
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=python/arrowsmith/_proto \
+		--pyi_out=python/arrowsmith/_proto protos/grpc_service.proto
