@@ -2,7 +2,15 @@
 
 from typing import Any, Final, TypeAlias, final
 
-__all__: list[str]
+__all__ = [
+    "ArrowArray",
+    "InferRequest",
+    "Signature",
+    "build_profile",
+    "decode_request",
+    "encode_response",
+]
+
 build_profile: Final[str]
 
 #: (name, V2 datatype, shape, flat values)

@@ -20,11 +20,14 @@ def serve(config: ServerConfig) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from arrowsmith import _native
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.grpc.server import GrpcFront
     from arrowsmith.models.loader import default_name
     from arrowsmith.models.registry import ModelRegistry, load_model
 
+    if _native.build_profile == "debug":
+        logger.warning("the native extension is a debug build: expect it to be slow")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
