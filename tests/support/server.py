@@ -1,0 +1,151 @@
+"""Run `arrowsmith serve` as a real child process for the end-to-end tests.
+
+Each server gets its own free port and log file, so tests never fight over a fixed port and
+a failed start-up shows the server's own words. Readiness is judged the way a client sees it:
+tritonclient's ServerReady over gRPC.
+"""
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+STARTUP_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.1
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 4000
+# gRPC backs off exponentially between connection attempts (1 s, 1.6 s, ... up to minutes),
+# so a server that starts slowly would be noticed late; keep retrying every ~0.1 s instead.
+FAST_RECONNECT_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def free_port() -> int:
+    """Ask the kernel for a free 127.0.0.1 TCP port (free now; the server binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerHandle:
+    """A running server: where to reach it, its process and its log."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    @property
+    def url(self) -> str:
+        """The address tritonclient and grpc channels take."""
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        """Everything the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self) -> str:
+        """The end of the log, enough to explain a failure without flooding the report."""
+        return self.log_text()[-LOG_TAIL_CHARS:]
+
+
+class StartServer(Protocol):
+    """The `start_server` fixture: start a dedicated server, stopped when the test ends."""
+
+    def __call__(
+        self, model_dir: pathlib.Path, *extra_args: str, name: str | None = None
+    ) -> ServerHandle:
+        """Start `arrowsmith serve model_dir *extra_args [--name name]` and wait until ready."""
+        ...
+
+
+def server_command(model_dir: pathlib.Path, port: int, *extra_args: str) -> list[str]:
+    """The documented CLI, run with this interpreter so the tests' venv serves the model."""
+    return [
+        sys.executable,
+        "-m",
+        "arrowsmith",
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(port),
+        *extra_args,
+    ]
+
+
+def _wait_until_ready(handle: ServerHandle) -> None:
+    """Poll ServerReady until it says yes; fail with the log if the server dies or stalls."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with grpcclient.InferenceServerClient(handle.url, channel_args=FAST_RECONNECT_ARGS) as client:
+        while time.monotonic() < deadline:
+            exit_code = handle.process.poll()
+            if exit_code is not None:
+                pytest.fail(
+                    f"server exited with code {exit_code} before it was ready; log tail:\n"
+                    f"{handle.log_tail()}"
+                )
+            with contextlib.suppress(InferenceServerException):
+                if client.is_server_ready():
+                    return
+            time.sleep(POLL_INTERVAL_S)
+    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s; log tail:\n{handle.log_tail()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first (the graceful path a container runtime uses), SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_server(
+    model_dir: pathlib.Path,
+    *extra_args: str,
+    name: str | None = None,
+    log_dir: pathlib.Path,
+) -> Iterator[ServerHandle]:
+    """Start a server for `model_dir`, yield it once ready, and always stop it afterwards."""
+    port = free_port()
+    args = [*extra_args, *(["--name", name] if name is not None else [])]
+    log_path = log_dir / f"arrowsmith-{name or model_dir.name}-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            server_command(model_dir, port, *args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    handle = ServerHandle(port=port, process=process, log_path=log_path)
+    try:
+        _wait_until_ready(handle)
+        yield handle
+        exit_code = process.poll()
+        if exit_code is not None:
+            pytest.fail(f"server died while in use (exit code {exit_code}):\n{handle.log_tail()}")
+    finally:
+        _stop(process)
