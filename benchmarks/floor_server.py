@@ -1,0 +1,90 @@
+"""The transport floor: a V2 gRPC server that answers every ModelInfer with canned bytes.
+
+No request is parsed and no response is built per call (bytes in, bytes out, no
+(de)serializers), so its throughput is what grpcio itself costs per call: the ceiling any
+ModelInfer server built on that front can reach. `--mode` picks the synchronous server
+(thread pool) or grpc.aio, whose per-call costs the front's choice rests on.
+
+On start it prints `listening on PORT` (flushed), so `--port 0` can be used by a driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+SERVICE = "inference.GRPCInferenceService"
+MAX_MESSAGE = 256 * 1024 * 1024
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+# The wine model's answer to the first CSV row (FP32 inputs over gRPC), repeated.
+PREDICTION = 5.576883936610762
+
+
+def canned_response(rows: int) -> bytes:
+    """A serialized ModelInferResponse: one FP64 output "output-0" of `rows` raw values."""
+    response = pb.ModelInferResponse(model_name="wine", model_version="1")
+    response.outputs.add(name="output-0", datatype="FP64", shape=[rows])
+    response.raw_output_contents.append(np.full(rows, PREDICTION, dtype="<f8").tobytes())
+    return response.SerializeToString()
+
+
+def _handlers(behaviour: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """ModelInfer only, raw bytes both ways."""
+    method = grpc.unary_unary_rpc_method_handler(behaviour)
+    return grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": method})
+
+
+def serve_sync(port: int, threads: int, answer: bytes) -> None:
+    """grpcio's synchronous server; each call runs on one of `threads` pool threads."""
+
+    def model_infer(_request: bytes, _context: grpc.ServicerContext) -> bytes:
+        return answer
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
+    server.add_generic_rpc_handlers((_handlers(model_infer),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print(f"listening on {bound}", flush=True)
+    server.wait_for_termination()
+
+
+async def serve_aio(port: int, answer: bytes) -> None:
+    """grpc.aio's server; every call is a coroutine on the one event loop."""
+
+    async def model_infer(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers((_handlers(model_infer),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"listening on {bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("sync", "aio"), required=True)
+    parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument("--threads", type=int, default=8, help="sync mode's pool size")
+    parser.add_argument("--response-rows", type=int, default=1)
+    args = parser.parse_args()
+    answer = canned_response(args.response_rows)
+    if args.mode == "sync":
+        serve_sync(args.port, args.threads, answer)
+    else:
+        asyncio.run(serve_aio(args.port, answer))
+
+
+if __name__ == "__main__":
+    main()
