@@ -36,8 +36,8 @@ class DataPlane:
         """Answers a serialized ModelInferRequest with a serialized ModelInferResponse."""
         request = _native.decode_request(request_bytes)
         model = self.registry.get(request.model_name, request.model_version)
-        payload = model_input(request, model)
-        predictions = predict(model, payload, model_params(request, model))
+        payload, enforced = model_input(request, model)
+        predictions = predict(model, payload, model_params(request, model), enforced)
         outputs = output_tensors(predictions, [o.name for o in model.outputs])
         outputs = select_outputs(outputs, request.requested_outputs)
         return _native.encode_response(model.name, model.version, request.id, outputs)

@@ -58,20 +58,56 @@ def to_ndarray(
     return values_np.reshape(shape)
 
 
-def _frame_from_batch(batch: _native.ArrowArray) -> Any:
+def _frame(batch: _native.ArrowArray, schema: Any) -> Any:
+    """The enforced columns as the DataFrame MLflow's enforcement would hand the model:
+    text as object columns, datetime columns parsed to datetime64[ns] as MLflow parses
+    them."""
+    import numpy as np
     import pyarrow as pa
 
-    return pa.record_batch(batch).to_pandas()
+    record_batch = pa.record_batch(batch)
+    frame = record_batch.to_pandas()
+    types = {spec.name: getattr(spec.type, "name", None) for spec in schema.inputs}
+    for field in record_batch.schema:
+        if not pa.types.is_string(field.type):
+            continue
+        column = frame[field.name].astype(object)
+        if types.get(field.name) == "datetime":
+            try:
+                column = column.astype(np.dtype("datetime64[ns]"), errors="raise")
+            except ValueError as error:
+                raise InvalidInputError(
+                    f"Failed to convert column {field.name} from type object to datetime.",
+                    field.name,
+                ) from error
+        frame[field.name] = column
+    return frame
+
+
+def _tensor(spec_dtype: Any, datatype: str, shape: list[int], values: Any) -> Any:
+    """One enforced tensor; text and bytes specs get numpy's own str/bytes arrays, the
+    dtypes MLflow's strict tensor check compares with."""
+    import numpy as np
+
+    array = to_ndarray(datatype, shape, values)
+    if spec_dtype.kind in "US":
+        return np.array(array.reshape(-1).tolist(), dtype=spec_dtype.kind).reshape(shape)
+    return array
 
 
 def _signature_input(request: _native.InferRequest, model: LoadedModel) -> Any:
-    assert model.signature is not None
+    schema = model.input_schema
+    assert model.signature is not None and schema is not None
     coerced = request.coerce(model.signature)
     if isinstance(coerced, _native.ArrowArray):
-        return _frame_from_batch(coerced)
-    arrays = {name: to_ndarray(dt, shape, values) for name, dt, shape, values in coerced}
-    named = any(spec.name for spec in model.pyfunc.metadata.get_input_schema().inputs)
-    return arrays if named else next(iter(arrays.values()))
+        return _frame(coerced, schema)
+    specs = {spec.name: spec.type for spec in schema.inputs}
+    first = schema.inputs[0].type
+    arrays = {
+        name: _tensor(specs.get(name, first), dt, shape, values)
+        for name, dt, shape, values in coerced
+    }
+    return arrays if schema.has_input_names() else next(iter(arrays.values()))
 
 
 def _column(array: np.ndarray[Any, Any]) -> Any:
@@ -109,16 +145,16 @@ def _as_sent(request: _native.InferRequest, content_type: str | None) -> Any:
     return arrays
 
 
-def model_input(request: _native.InferRequest, model: LoadedModel) -> Any:
-    """The value to call `model.pyfunc.predict` with."""
+def model_input(request: _native.InferRequest, model: LoadedModel) -> tuple[Any, bool]:
+    """The value to call the model with, and whether the signature was enforced on it."""
     content_type = request.parameters.get("content_type")
     if content_type is not None and content_type not in CONTENT_TYPES:
         raise InvalidInputError(
             f"request content_type '{content_type}' is not one of {', '.join(CONTENT_TYPES)}"
         )
     if model.signature is not None and content_type is None:
-        return _signature_input(request, model)
-    return _as_sent(request, content_type)
+        return _signature_input(request, model), True
+    return _as_sent(request, content_type), False
 
 
 def model_params(request: _native.InferRequest, model: LoadedModel) -> dict[str, Any] | None:

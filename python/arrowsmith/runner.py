@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from arrowsmith.errors import InvalidInputError, ModelError
+from arrowsmith.models.fast_path import enforce_params
 
 if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel
@@ -17,10 +18,16 @@ logger = logging.getLogger(__name__)
 _INPUT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
 
 
-def predict(model: LoadedModel, payload: Any, params: dict[str, Any] | None) -> Any:
+def predict(
+    model: LoadedModel, payload: Any, params: dict[str, Any] | None, enforced: bool = False
+) -> Any:
+    """Predicts. `enforced`: the payload already conforms to the signature (the native side
+    applied it), so models on the fast path skip MLflow's second enforcement."""
     from mlflow.exceptions import MlflowException
 
     try:
+        if enforced and model.fast_predict is not None:
+            return model.fast_predict(payload, params=enforce_params(params, model.pyfunc))
         if params:
             return model.pyfunc.predict(payload, params=params)
         return model.pyfunc.predict(payload)

@@ -215,16 +215,15 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
         (ColumnType::Other(kind), _) => Err(Error::Unsupported(format!(
             "column '{name}' has MLflow type {kind}, which Arrowsmith does not accept over V2 yet"
         ))),
-        (ColumnType::Datetime, _) => Err(Error::Unsupported(format!(
-            "column '{name}' is a datetime column, which Arrowsmith does not accept over V2 yet"
-        ))),
-        (ColumnType::Boolean, D::Bool)
+        // Text for the caller to parse as datetime64[ns], as MLflow parses object columns.
+        (ColumnType::Datetime | ColumnType::String, D::Bytes) => utf8_column(name, tensor),
+        // MLflow hands object columns to a boolean column unchanged (to keep None values).
+        (ColumnType::Boolean, D::Bool | D::Bytes)
         | (ColumnType::Integer, D::Int32)
         | (ColumnType::Long, D::Int64)
         | (ColumnType::Float, D::Fp32)
         | (ColumnType::Double, D::Fp64)
         | (ColumnType::Binary, D::Bytes) => Ok(Arc::clone(values)),
-        (ColumnType::String, D::Bytes) => utf8_column(name, tensor),
         (ColumnType::Integer, D::Int8) => cast!(Int8Type, Int32Type, i32),
         (ColumnType::Integer, D::Int16) => cast!(Int16Type, Int32Type, i32),
         (ColumnType::Integer, D::Uint8) => cast!(UInt8Type, Int32Type, i32),
@@ -297,6 +296,12 @@ fn utf8_column(name: &str, tensor: &Tensor) -> Result<ArrayRef> {
 }
 
 fn coerce_tensors(inputs: &[Tensor], specs: &[TensorSpec]) -> Result<Vec<Tensor>> {
+    // Without names MLflow checks the first input against the first spec only.
+    let specs = if specs.iter().any(|s| s.name.is_some()) {
+        specs
+    } else {
+        &specs[..specs.len().min(1)]
+    };
     let pairs = match_inputs(inputs, specs)?;
     pairs
         .into_iter()
@@ -306,17 +311,8 @@ fn coerce_tensors(inputs: &[Tensor], specs: &[TensorSpec]) -> Result<Vec<Tensor>
 }
 
 fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<Tensor> {
-    if !spec.ty.accepts(tensor.datatype) {
-        return Err(Error::input(
-            &tensor.name,
-            format!(
-                "dtype of input '{}' is {} ({}) but the model expects {}",
-                tensor.name,
-                tensor.datatype.numpy_name(),
-                tensor.datatype.name(),
-                spec.ty.numpy_name()
-            ),
-        ));
+    if spec.ty == TensorType::Object && spec.shape == [-1] {
+        return Ok(named_as(spec, tensor.clone()));
     }
     let fits = spec.shape.len() == tensor.shape.len()
         && spec
@@ -328,19 +324,35 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<Tensor> {
         return Err(Error::input(
             &tensor.name,
             format!(
-                "Shape of input '{}' {} does not match expected shape {}",
+                "Shape of input '{}' {} does not match expected shape {}.",
                 tensor.name,
                 shape_text(&tensor.shape),
                 shape_text(&spec.shape)
             ),
         ));
     }
-    let mut checked = tensor.clone();
-    if let Some(name) = &spec.name {
-        checked.name.clone_from(name);
+    if !spec.ty.accepts(tensor.datatype) {
+        return Err(Error::input(
+            &tensor.name,
+            format!(
+                "dtype of input '{}' {} ({}) does not match expected dtype {}",
+                tensor.name,
+                tensor.datatype.numpy_name(),
+                tensor.datatype.name(),
+                spec.ty.numpy_name()
+            ),
+        ));
     }
+    let mut checked = named_as(spec, tensor.clone());
     if spec.ty == TensorType::Str {
         checked.values = utf8_column(&checked.name, tensor)?;
     }
     Ok(checked)
+}
+
+fn named_as(spec: &TensorSpec, mut tensor: Tensor) -> Tensor {
+    if let Some(name) = &spec.name {
+        tensor.name.clone_from(name);
+    }
+    tensor
 }

@@ -64,8 +64,10 @@ pub enum TensorType {
     Fixed(DataType),
     /// `str` (numpy kind U): BYTES holding UTF-8 text.
     Str,
-    /// `bytes` (numpy kind S) or `object`: BYTES as they come.
+    /// `bytes` (numpy kind S): BYTES as they come.
     Bytes,
+    /// `object`: BYTES; a spec of shape `[-1]` takes anything (MLflow's ragged arrays).
+    Object,
 }
 
 impl TensorType {
@@ -73,7 +75,8 @@ impl TensorType {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "str" => Some(TensorType::Str),
-            "bytes" | "object" => Some(TensorType::Bytes),
+            "bytes" => Some(TensorType::Bytes),
+            "object" => Some(TensorType::Object),
             other => DataType::ALL
                 .into_iter()
                 .find(|t| *t != DataType::Bytes && t.numpy_name() == other)
@@ -85,7 +88,8 @@ impl TensorType {
         match self {
             TensorType::Fixed(t) => t.numpy_name(),
             TensorType::Str => "str",
-            TensorType::Bytes => "object",
+            TensorType::Bytes => "bytes",
+            TensorType::Object => "object",
         }
     }
 
@@ -93,7 +97,7 @@ impl TensorType {
     pub fn accepts(self, datatype: DataType) -> bool {
         match self {
             TensorType::Fixed(t) => t == datatype,
-            TensorType::Str | TensorType::Bytes => datatype == DataType::Bytes,
+            TensorType::Str | TensorType::Bytes | TensorType::Object => datatype == DataType::Bytes,
         }
     }
 }

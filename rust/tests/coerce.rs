@@ -261,7 +261,7 @@ fn tensor_specs_are_strict() {
         &[1, 2, 2],
         Arc::new(Float32Array::from(vec![0.0; 4])),
     );
-    assert!(refusal(coerce(&[floats], &signature)).contains("expects uint8"));
+    assert!(refusal(coerce(&[floats], &signature)).contains("does not match expected dtype uint8"));
     let wrong = tensor(
         "img",
         DataType::Uint8,

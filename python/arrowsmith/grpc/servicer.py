@@ -11,7 +11,8 @@ import grpc
 
 from arrowsmith._proto import grpc_service_pb2 as pb
 from arrowsmith.dataplane import DataPlane
-from arrowsmith.errors import GRPC_STATUS, ArrowsmithError, ModelNotFoundError
+from arrowsmith.errors import GRPC_STATUS, ArrowsmithError
+from arrowsmith.models.signature import TensorMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,23 @@ class InferenceServicer:
     def model_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             model = self.dataplane.model(request.name, request.version)
-        except ModelNotFoundError as error:
-            _abort(context, error)
         except ArrowsmithError as error:
             _abort(context, error)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
+
+        def tensor(t: TensorMetadata) -> Any:
+            described = pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=t.datatype, shape=t.shape
+            )
+            described.parameters["content_type"].string_param = t.content_type
+            return described
+
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=model.versions,
             platform="mlflow",
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
-            outputs=[
-                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs
-            ],
+            inputs=[tensor(t) for t in model.inputs],
+            outputs=[tensor(t) for t in model.outputs],
+            properties=model.properties,
         )
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from arrowsmith import _native
 from arrowsmith.errors import ModelNotFoundError, ModelNotReadyError
-from arrowsmith.models import loader
-from arrowsmith.models.signature import TensorMetadata, native_signature, tensor_metadata
+from arrowsmith.models import fast_path, loader
+from arrowsmith.models.signature import (
+    TensorMetadata,
+    default_content_type,
+    native_signature,
+    tensor_metadata,
+)
 from arrowsmith.models.warmup import warm_up
 
 logger = logging.getLogger(__name__)
@@ -25,17 +31,37 @@ class LoadedModel:
     version: str
     uri: str
     pyfunc: Any
-    #: The native input signature, or None when the model has none.
+    #: The MLflow input schema and its native form; None when the model has no signature.
+    input_schema: Any | None
     signature: _native.Signature | None
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     #: Names of the params the model's ParamSchema declares (None: no ParamSchema).
     param_names: frozenset[str] | None
+    #: The flavor's predict function, called directly once the signature is enforced
+    #: natively; None: every call goes through `PyFuncModel.predict`.
+    fast_predict: Callable[..., Any] | None = None
     ready: bool = field(default=False)
 
     @property
     def versions(self) -> list[str]:
         return [self.version] if self.version else []
+
+    @property
+    def predict_path(self) -> str:
+        return fast_path.FAST if self.fast_predict is not None else fast_path.PYFUNC
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """Model-level metadata: the MLflow flavor, the default content type, the path."""
+        properties = {
+            "mlflow_loader_module": str(self.pyfunc.loader_module),
+            "predict_path": self.predict_path,
+        }
+        content_type = default_content_type(self.input_schema)
+        if content_type is not None:
+            properties["content_type"] = content_type
+        return properties
 
 
 def load_model(uri: str, name: str | None = None) -> LoadedModel:
@@ -51,22 +77,25 @@ def load_model(uri: str, name: str | None = None) -> LoadedModel:
         version=source.version,
         uri=uri,
         pyfunc=pyfunc,
+        input_schema=input_schema,
         signature=native_signature(input_schema) if input_schema is not None else None,
         inputs=tensor_metadata(input_schema, "input"),
         outputs=tensor_metadata(metadata.get_output_schema(), "output"),
         param_names=(
             frozenset(p.name for p in params_schema.params) if params_schema is not None else None
         ),
+        fast_predict=fast_path.flavor_predict(pyfunc),
     )
     warm_up(model, loader.input_example(pyfunc, path))
     model.ready = True
     logger.info(
-        "model %s (version %s) from %s is ready: %d inputs, %d outputs",
+        "model %s (version %s) from %s is ready: %d inputs, %d outputs, predict path %s",
         model.name,
         model.version or "-",
         uri,
         len(model.inputs),
         len(model.outputs),
+        model.predict_path,
     )
     return model
 

@@ -11,17 +11,19 @@ import numpy as np
 
 from arrowsmith import _native
 
-#: MLflow column type -> V2 datatype. Types without a numeric V2 form travel as BYTES.
+#: MLflow column type -> (V2 datatype, MLServer content type). Types without a numeric V2
+#: form travel as BYTES; Array/Object/Map/AnyType columns as JSON text (`pd_json`).
 _COLUMN_DATATYPES = {
-    "boolean": "BOOL",
-    "integer": "INT32",
-    "long": "INT64",
-    "float": "FP32",
-    "double": "FP64",
-    "string": "BYTES",
-    "binary": "BYTES",
-    "datetime": "BYTES",
+    "boolean": ("BOOL", "np"),
+    "integer": ("INT32", "np"),
+    "long": ("INT64", "np"),
+    "float": ("FP32", "np"),
+    "double": ("FP64", "np"),
+    "string": ("BYTES", "str"),
+    "binary": ("BYTES", "base64"),
+    "datetime": ("BYTES", "datetime"),
 }
+_JSON_COLUMN = ("BYTES", "pd_json")
 
 #: numpy dtype name -> V2 datatype.
 _NUMPY_DATATYPES = {
@@ -47,6 +49,8 @@ class TensorMetadata:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    #: How MLServer's codecs (and Arrowsmith) read the tensor: np, str, base64, ...
+    content_type: str
 
 
 def numpy_dtype_name(dtype: np.dtype[Any]) -> str:
@@ -92,14 +96,24 @@ def tensor_metadata(schema: Any | None, prefix: str) -> list[TensorMetadata]:
                 name=spec.name or f"{prefix}-{i}",
                 datatype=numpy_datatype(spec.type),
                 shape=tuple(int(d) for d in spec.shape),
+                content_type="np",
             )
             for i, spec in enumerate(schema.inputs)
         ]
-    return [
-        TensorMetadata(
-            name=spec.name or f"{prefix}-{i}",
-            datatype=_COLUMN_DATATYPES.get(_column_type_name(spec), "BYTES"),
-            shape=(-1, 1),
+    described = []
+    for i, spec in enumerate(schema.inputs):
+        datatype, content_type = _COLUMN_DATATYPES.get(_column_type_name(spec), _JSON_COLUMN)
+        described.append(
+            TensorMetadata(spec.name or f"{prefix}-{i}", datatype, (-1, 1), content_type)
         )
-        for i, spec in enumerate(schema.inputs)
-    ]
+    return described
+
+
+def default_content_type(schema: Any | None) -> str | None:
+    """The form a model takes its input in, as MLServer names it: `pd` for columns, `dict`
+    for named tensors, `np` for one unnamed tensor; None without a signature."""
+    if schema is None:
+        return None
+    if not schema.is_tensor_spec():
+        return "pd"
+    return "dict" if schema.has_input_names() else "np"
