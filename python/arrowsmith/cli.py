@@ -1,5 +1,5 @@
-"""`arrowsmith serve MODEL_URI`: flags, each also an ARROWSMITH_* environment variable,
-become a ServerConfig. No serving logic here."""
+"""`arrowsmith serve MODEL_URI` (or `--config FILE` for several models): flags, each also an
+ARROWSMITH_* environment variable, become a ServerConfig. No serving logic here."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from arrowsmith import __version__
 from arrowsmith.config import DEFAULT_MAX_MESSAGE_SIZE, ModelConfig, ServerConfig
+
+#: Per-model settings a config file may give for each model (the flags give defaults).
+MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_size")
 
 
 def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
@@ -28,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
-        help="serve an MLflow model over the V2 gRPC protocol",
+        help="serve MLflow models over the V2 gRPC protocol",
         description="Every flag can also be set as ARROWSMITH_<FLAG>, e.g. ARROWSMITH_GRPC_PORT.",
     )
     serve.add_argument(
@@ -37,9 +41,45 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("model-uri", None),
         help="a local model folder, runs:/..., or models:/Name/3, models:/Name@alias, ...",
     )
+    serve.add_argument(
+        "--config",
+        default=_env("config", None),
+        help="a YAML file with `models:`, a list of {uri, name, max_batch_size, "
+        "max_batch_delay_ms, max_queue_size}, to serve several models",
+    )
     serve.add_argument("--name", default=_env("name", None), help="the name clients use")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--grpc-port", type=int, default=_env("grpc-port", 8081, int))
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("metrics-port", 8082, int),
+        help="Prometheus /metrics port; 0 turns metrics serving off",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_env("workers", os.cpu_count() or 1, int),
+        help="server processes sharing the ports, each loading the models (default: cores)",
+    )
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=_env("max-batch-size", 64, int),
+        help="rows per model call; 1 turns batching off (default 64)",
+    )
+    serve.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=_env("max-batch-delay-ms", 0.0, float),
+        help="how long a batch may wait for more requests (default 0: never wait)",
+    )
+    serve.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=_env("max-queue-size", 1024, int),
+        help="requests waiting per model before RESOURCE_EXHAUSTED (default 1024)",
+    )
     serve.add_argument(
         "--max-message-size",
         type=int,
@@ -56,16 +96,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig, ...]:
+    import yaml
+
+    document = yaml.safe_load(Path(path).read_text())
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path} needs a non-empty `models:` list")
+    models = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "uri" not in entry:
+            raise ValueError(f"{path}: each model needs at least a `uri` ({entry!r})")
+        unknown = set(entry) - set(MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown model settings {sorted(unknown)}")
+        models.append(ModelConfig(**{**defaults, "name": None, **entry}))
+    return tuple(models)
+
+
 def parse_config(argv: Sequence[str]) -> ServerConfig:
-    args = _parser().parse_args(argv)
-    if args.model_uri is None:
-        _parser().error("serve needs a MODEL_URI (or ARROWSMITH_MODEL_URI)")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    defaults = {
+        "max_batch_size": args.max_batch_size,
+        "max_batch_delay_ms": args.max_batch_delay_ms,
+        "max_queue_size": args.max_queue_size,
+    }
+    if args.config is not None:
+        if args.model_uri is not None:
+            parser.error("give a MODEL_URI or --config, not both")
+        models = _models_from_file(args.config, defaults)
+    elif args.model_uri is not None:
+        models = (ModelConfig(uri=args.model_uri, name=args.name, **defaults),)
+    else:
+        parser.error("serve needs a MODEL_URI (or ARROWSMITH_MODEL_URI) or --config")
     return ServerConfig(
-        models=(ModelConfig(uri=args.model_uri, name=args.name),),
+        models=models,
         host=args.host,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         max_message_size=args.max_message_size,
         grpc_threads=args.grpc_threads,
+        workers=args.workers,
         log_level=args.log_level.upper(),
     )
 
@@ -73,9 +145,13 @@ def parse_config(argv: Sequence[str]) -> ServerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_config(sys.argv[1:] if argv is None else argv)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from arrowsmith.workers import supervise
+
+        return supervise(config)
     from arrowsmith.server import serve
 
     return serve(config)

@@ -13,6 +13,20 @@ class ModelConfig:
     uri: str
     #: None: the registered model's or the folder's name.
     name: str | None = None
+    #: Rows per model call; requests that arrive while the model runs join the next call.
+    max_batch_size: int = 64
+    #: How long a batch may wait for more requests once its first request is queued.
+    max_batch_delay_ms: float = 0.0
+    #: Requests waiting at most; past it, RESOURCE_EXHAUSTED.
+    max_queue_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0:
+            raise ValueError(f"max_batch_size of {self.uri} must be positive")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms of {self.uri} must not be negative")
+        if self.max_queue_size <= 0:
+            raise ValueError(f"max_queue_size of {self.uri} must be positive")
 
 
 @dataclass(frozen=True)
@@ -20,15 +34,27 @@ class ServerConfig:
     models: tuple[ModelConfig, ...]
     host: str = "127.0.0.1"
     grpc_port: int = 8081
+    #: Prometheus /metrics; 0 turns it off.
+    metrics_port: int = 8082
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     grpc_threads: int = 32
+    #: Server processes sharing the ports (SO_REUSEPORT), each loading every model.
+    workers: int = 1
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("no model to serve")
-        if not 0 <= self.grpc_port <= 65535:
-            raise ValueError(f"--grpc-port {self.grpc_port} is not a port number")
+        names = [m.name for m in self.models if m.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique: {names}")
+        for flag, port in (("--grpc-port", self.grpc_port), ("--metrics-port", self.metrics_port)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{flag} {port} is not a port number")
+        if self.workers <= 0:
+            raise ValueError("--workers must be positive")
+        if self.workers > 1 and self.grpc_port == 0:
+            raise ValueError("several --workers share one --grpc-port, which cannot be 0")
         if self.max_message_size <= 0:
             raise ValueError("--max-message-size must be positive")
         if self.grpc_threads <= 0:

@@ -4,13 +4,13 @@ any later front end) calls this and nothing below it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from arrowsmith import __version__, _native
+from arrowsmith import __version__, _native, metrics
+from arrowsmith.errors import ArrowsmithError, ModelNotReadyError
 from arrowsmith.models.registry import LoadedModel, ModelRegistry
-from arrowsmith.payload import model_input, model_params
-from arrowsmith.predictions import output_tensors, select_outputs
-from arrowsmith.runner import predict
+from arrowsmith.payload import job_for
 
 SERVER_NAME = "arrowsmith"
 
@@ -32,12 +32,31 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> LoadedModel:
         return self.registry.get(name, version)
 
-    def infer(self, request_bytes: bytes) -> bytes:
-        """Answers a serialized ModelInferRequest with a serialized ModelInferResponse."""
-        request = _native.decode_request(request_bytes)
-        model = self.registry.get(request.model_name, request.model_version)
-        payload, enforced = model_input(request, model)
-        predictions = predict(model, payload, model_params(request, model), enforced)
-        outputs = output_tensors(predictions, [o.name for o in model.outputs])
-        outputs = select_outputs(outputs, request.requested_outputs)
-        return _native.encode_response(model.name, model.version, request.id, outputs)
+    def infer(
+        self,
+        request_bytes: bytes,
+        timeout: float | None = None,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
+        protocol: str = "grpc",
+    ) -> bytes:
+        """Answers a serialized ModelInferRequest with a serialized ModelInferResponse.
+
+        `timeout`: seconds left before the client's deadline. `on_cancel` registers a
+        callback the transport calls when the client goes away."""
+        # Only served models' names become metric labels, never what a client made up.
+        model_name = ""
+        try:
+            request = _native.decode_request(request_bytes)
+            model = self.registry.get(request.model_name, request.model_version)
+            model_name = model.name
+            if model.runner is None:
+                raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
+            job = job_for(request, model, timeout)
+            if on_cancel is not None:
+                on_cancel(job.cancel)
+            response = model.runner.batcher.submit(job)
+        except ArrowsmithError as error:
+            metrics.count_request(model_name, protocol, error.code.value)
+            raise
+        metrics.count_request(model_name, protocol, "OK")
+        return response

@@ -15,7 +15,9 @@ class ErrorCode(enum.Enum):
     UNSUPPORTED_INPUT = "UNSUPPORTED_INPUT"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     MODEL_NOT_READY = "MODEL_NOT_READY"
+    QUEUE_FULL = "QUEUE_FULL"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
     MODEL_ERROR = "MODEL_ERROR"
     INTERNAL = "INTERNAL"
 
@@ -26,7 +28,9 @@ GRPC_STATUS: dict[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED_INPUT: "UNIMPLEMENTED",
     ErrorCode.MODEL_NOT_FOUND: "NOT_FOUND",
     ErrorCode.MODEL_NOT_READY: "UNAVAILABLE",
+    ErrorCode.QUEUE_FULL: "RESOURCE_EXHAUSTED",
     ErrorCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    ErrorCode.CANCELLED: "CANCELLED",
     ErrorCode.MODEL_ERROR: "INTERNAL",
     ErrorCode.INTERNAL: "INTERNAL",
 }
@@ -37,7 +41,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_INPUT: 501,
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.MODEL_NOT_READY: 503,
+    ErrorCode.QUEUE_FULL: 429,
     ErrorCode.DEADLINE_EXCEEDED: 504,
+    # nginx's "client closed request": nobody is left to read it.
+    ErrorCode.CANCELLED: 499,
     ErrorCode.MODEL_ERROR: 500,
     ErrorCode.INTERNAL: 500,
 }
@@ -78,8 +85,18 @@ class ModelNotReadyError(ArrowsmithError):
     code = ErrorCode.MODEL_NOT_READY
 
 
+class QueueFullError(ArrowsmithError):
+    """The model's queue holds max_queue_size requests: back-pressure, retry later."""
+
+    code = ErrorCode.QUEUE_FULL
+
+
 class DeadlineExceededError(ArrowsmithError):
     code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class CancelledError(ArrowsmithError):
+    code = ErrorCode.CANCELLED
 
 
 class ModelError(ArrowsmithError):

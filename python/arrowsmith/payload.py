@@ -1,4 +1,5 @@
-"""A decoded request -> the value a pyfunc model is called with.
+"""A decoded request -> a batchable job, and a batch of jobs -> the value a pyfunc model
+is called with.
 
 With a signature and no explicit content type, the native side has already applied the
 signature: columns arrive as one Arrow record batch (-> DataFrame), tensors as arrays
@@ -11,7 +12,7 @@ whose `content_type` is `str` has its BYTES decoded as UTF-8 text.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from arrowsmith import _native
 from arrowsmith.errors import InvalidInputError
@@ -95,17 +96,16 @@ def _tensor(spec_dtype: Any, datatype: str, shape: list[int], values: Any) -> An
     return array
 
 
-def _signature_input(request: _native.InferRequest, model: LoadedModel) -> Any:
+def _enforced_input(batch: _native.Batch, model: LoadedModel) -> Any:
     schema = model.input_schema
-    assert model.signature is not None and schema is not None
-    coerced = request.coerce(model.signature)
-    if isinstance(coerced, _native.ArrowArray):
-        return _frame(coerced, schema)
+    assert schema is not None
+    if batch.form == "columns":
+        return _frame(batch.frame(), schema)
     specs = {spec.name: spec.type for spec in schema.inputs}
     first = schema.inputs[0].type
     arrays = {
         name: _tensor(specs.get(name, first), dt, shape, values)
-        for name, dt, shape, values in coerced
+        for name, dt, shape, values in batch.inputs()
     }
     return arrays if schema.has_input_names() else next(iter(arrays.values()))
 
@@ -117,27 +117,35 @@ def _column(array: np.ndarray[Any, Any]) -> Any:
     return array if array.ndim == 1 else list(array)
 
 
-def _as_sent(request: _native.InferRequest, content_type: str | None) -> Any:
+def _as_sent_form(request: _native.InferRequest, content_type: str | None) -> str:
+    """The form inputs sent as they are take: the content type asked for, else `np` for one
+    input, `pd` when every input is a column, `dict` otherwise."""
+    if content_type is not None:
+        return content_type
+    inputs = request.inputs()
+    if not inputs:
+        raise InvalidInputError("the request has no inputs")
+    if len(inputs) == 1:
+        return "np"
+    one_column = all(len(shape) == 1 or shape[1:] == [1] for _, _, shape, _ in inputs)
+    return "pd" if one_column else "dict"
+
+
+def _as_sent_input(batch: _native.Batch) -> Any:
     import pandas as pd
 
     text_inputs = {
         name
-        for name, params in request.input_parameters().items()
+        for name, params in batch.input_parameters().items()
         if params.get("content_type") == "str"
     }
-    inputs = request.inputs()
-    if not inputs:
-        raise InvalidInputError("the request has no inputs")
     arrays = {
         name: to_ndarray(dt, shape, values, as_text=name in text_inputs)
-        for name, dt, shape, values in inputs
+        for name, dt, shape, values in batch.inputs()
     }
-    if content_type is None:
-        one_column = all(len(shape) == 1 or shape[1:] == [1] for _, _, shape, _ in inputs)
-        content_type = "np" if len(arrays) == 1 else "pd" if one_column else "dict"
-    if content_type == "np":
+    if batch.form == "np":
         return next(iter(arrays.values()))
-    if content_type == "pd":
+    if batch.form == "pd":
         try:
             return pd.DataFrame({name: _column(a) for name, a in arrays.items()})
         except ValueError as error:
@@ -145,23 +153,45 @@ def _as_sent(request: _native.InferRequest, content_type: str | None) -> Any:
     return arrays
 
 
-def model_input(request: _native.InferRequest, model: LoadedModel) -> tuple[Any, bool]:
-    """The value to call the model with, and whether the signature was enforced on it."""
+def job_for(
+    request: _native.InferRequest, model: LoadedModel, timeout: float | None = None
+) -> _native.Job:
+    """The request as a job for the model's batcher. With a signature (and no explicit
+    content type) the signature is applied here, so bad input is refused before it can
+    join a batch."""
     content_type = request.parameters.get("content_type")
     if content_type is not None and content_type not in CONTENT_TYPES:
         raise InvalidInputError(
             f"request content_type '{content_type}' is not one of {', '.join(CONTENT_TYPES)}"
         )
     if model.signature is not None and content_type is None:
-        return _signature_input(request, model), True
-    return _as_sent(request, content_type), False
+        return request.signature_job(model.signature, timeout)
+    return request.as_sent_job(_as_sent_form(request, content_type), timeout)
 
 
-def model_params(request: _native.InferRequest, model: LoadedModel) -> dict[str, Any] | None:
-    """Request parameters meant for the model, as MLflow `params`."""
+def batch_input(batch: _native.Batch, model: LoadedModel) -> tuple[Any, bool]:
+    """The value to call the model with for a whole batch, and whether the signature was
+    enforced on it."""
+    if batch.form in ("columns", "tensors"):
+        return _enforced_input(batch, model), True
+    return _as_sent_input(batch), False
+
+
+def model_input(request: _native.InferRequest, model: LoadedModel) -> tuple[Any, bool]:
+    """The model input for one request on its own (a batch of one)."""
+    return batch_input(job_for(request, model).as_batch(), model)
+
+
+class _HasParameters(Protocol):
+    @property
+    def parameters(self) -> dict[str, Any]: ...
+
+
+def model_params(source: _HasParameters, model: LoadedModel) -> dict[str, Any] | None:
+    """Request (or batch) parameters meant for the model, as MLflow `params`."""
     params = {
         name: value
-        for name, value in request.parameters.items()
+        for name, value in source.parameters.items()
         if name not in _RESERVED_PARAMS and not name.startswith("triton_")
     }
     if not params:

@@ -30,6 +30,31 @@ pub enum ModelInput {
     Tensors(Vec<Tensor>),
 }
 
+impl ModelInput {
+    /// The input as tensors with rows along the first dimension (a column becomes a
+    /// tensor of shape `[rows]`), the form batching works on.
+    pub fn into_tensors(self) -> Vec<Tensor> {
+        match self {
+            ModelInput::Tensors(tensors) => tensors,
+            ModelInput::Columns {
+                names,
+                columns,
+                rows,
+            } => names
+                .into_iter()
+                .zip(columns)
+                .map(|(name, values)| Tensor {
+                    name,
+                    datatype: DataType::from_arrow(values.data_type()).unwrap_or(DataType::Bytes),
+                    shape: vec![rows],
+                    values,
+                    parameters: crate::tensor::Parameters::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Applies `signature` to the request's inputs.
 pub fn coerce(inputs: &[Tensor], signature: &Signature) -> Result<ModelInput> {
     match signature {

@@ -18,6 +18,21 @@ pub enum Error {
     /// A fault on the server's side, e.g. a prediction that cannot be expressed in V2.
     #[error("{0}")]
     Internal(String),
+    /// The model itself raised; the message is the model's.
+    #[error("{0}")]
+    Model(String),
+    /// The model's queue is full: back-pressure, the client may retry later.
+    #[error("{0}")]
+    QueueFull(String),
+    /// The request's deadline passed before it ran.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The client went away.
+    #[error("{0}")]
+    Cancelled(String),
+    /// The model cannot take requests now (e.g. the server is stopping).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {

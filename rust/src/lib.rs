@@ -4,6 +4,7 @@
 //! The core is plain Rust (testable with `cargo test --no-default-features`); the PyO3
 //! binding lives in `py/` behind the `python` feature.
 
+pub mod batch;
 pub mod coerce;
 pub mod datatype;
 pub mod decode;

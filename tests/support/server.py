@@ -75,7 +75,10 @@ class StartServer(Protocol):
 
 
 def server_command(model_dir: pathlib.Path, port: int, *extra_args: str) -> list[str]:
-    """The documented CLI, run with this interpreter so the tests' venv serves the model."""
+    """The documented CLI, run with this interpreter so the tests' venv serves the model.
+
+    One worker and no metrics port unless `extra_args` say otherwise (later flags win):
+    parallel test servers must not share ports, and one process starts fastest."""
     return [
         sys.executable,
         "-m",
@@ -86,6 +89,10 @@ def server_command(model_dir: pathlib.Path, port: int, *extra_args: str) -> list
         "127.0.0.1",
         "--grpc-port",
         str(port),
+        "--workers",
+        "1",
+        "--metrics-port",
+        "0",
         *extra_args,
     ]
 

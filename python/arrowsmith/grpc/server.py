@@ -17,15 +17,16 @@ from arrowsmith.grpc.servicer import SERVICE_NAME, InferenceServicer
 class GrpcFront:
     """A started gRPC server whose health follows the server's readiness."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane) -> None:
+    def __init__(self, config: ServerConfig, dataplane: DataPlane, reuse_port: bool) -> None:
         size = config.max_message_size
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
-                # One server per port: a second process must not silently share it.
-                ("grpc.so_reuseport", 0),
+                # Workers share the port on purpose; a lone server must not share it by
+                # accident with a process already there.
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
         )
         servicer = InferenceServicer(dataplane)

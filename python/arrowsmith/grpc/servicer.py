@@ -30,7 +30,7 @@ class InferenceServicer:
 
     def model_infer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
-            return self.dataplane.infer(request)
+            return self.dataplane.infer(request, context.time_remaining(), context.add_callback)
         except ArrowsmithError as error:
             _abort(context, error)
         except Exception as error:

@@ -7,9 +7,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arrowsmith import _native
+from arrowsmith.config import ModelConfig
 from arrowsmith.errors import ModelNotFoundError, ModelNotReadyError
 from arrowsmith.models import fast_path, loader
 from arrowsmith.models.signature import (
@@ -19,6 +20,9 @@ from arrowsmith.models.signature import (
     tensor_metadata,
 )
 from arrowsmith.models.warmup import warm_up
+
+if TYPE_CHECKING:
+    from arrowsmith.batching import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class LoadedModel:
     #: The flavor's predict function, called directly once the signature is enforced
     #: natively; None: every call goes through `PyFuncModel.predict`.
     fast_predict: Callable[..., Any] | None = None
+    runner: ModelRunner | None = None
     ready: bool = field(default=False)
 
     @property
@@ -64,8 +69,11 @@ class LoadedModel:
         return properties
 
 
-def load_model(uri: str, name: str | None = None) -> LoadedModel:
-    """Loads, describes and warms up one model."""
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Loads, describes and warms up one model, then starts its batcher."""
+    from arrowsmith.batching import ModelRunner
+
+    uri, name = config.uri, config.name
     source = loader.resolve(uri)
     path = loader.local_copy(source)
     pyfunc = loader.load_pyfunc(path)
@@ -87,6 +95,15 @@ def load_model(uri: str, name: str | None = None) -> LoadedModel:
         fast_predict=fast_path.flavor_predict(pyfunc),
     )
     warm_up(model, loader.input_example(pyfunc, path))
+    batcher = _native.Batcher(
+        model.name,
+        model.version,
+        config.max_batch_size,
+        config.max_batch_delay_ms,
+        config.max_queue_size,
+    )
+    model.runner = ModelRunner(model, batcher)
+    model.runner.start()
     model.ready = True
     logger.info(
         "model %s (version %s) from %s is ready: %d inputs, %d outputs, predict path %s",
@@ -122,6 +139,13 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return list(self._models)
+
+    def stop(self, timeout: float) -> None:
+        """Stops every model's batcher; queued requests are answered first."""
+        for model in self._models.values():
+            model.ready = False
+            if model.runner is not None:
+                model.runner.stop(timeout)
 
     def get(self, name: str, version: str = "") -> LoadedModel:
         """The named model; NOT_FOUND for an unknown name or version, UNAVAILABLE while it

@@ -8,6 +8,11 @@ use crate::error::Error;
 pyo3::import_exception!(arrowsmith.errors, InvalidInputError);
 pyo3::import_exception!(arrowsmith.errors, UnsupportedError);
 pyo3::import_exception!(arrowsmith.errors, InternalError);
+pyo3::import_exception!(arrowsmith.errors, ModelError);
+pyo3::import_exception!(arrowsmith.errors, QueueFullError);
+pyo3::import_exception!(arrowsmith.errors, DeadlineExceededError);
+pyo3::import_exception!(arrowsmith.errors, CancelledError);
+pyo3::import_exception!(arrowsmith.errors, ModelNotReadyError);
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> Self {
@@ -15,6 +20,29 @@ impl From<Error> for PyErr {
             Error::InvalidInput { input, message } => InvalidInputError::new_err((message, input)),
             Error::Unsupported(message) => UnsupportedError::new_err(message),
             Error::Internal(message) => InternalError::new_err(message),
+            Error::Model(message) => ModelError::new_err(message),
+            Error::QueueFull(message) => QueueFullError::new_err(message),
+            Error::DeadlineExceeded(message) => DeadlineExceededError::new_err(message),
+            Error::Cancelled(message) => CancelledError::new_err(message),
+            Error::Unavailable(message) => ModelNotReadyError::new_err(message),
         }
+    }
+}
+
+/// The native error for an `arrowsmith.errors.ErrorCode` name, so an error raised in Python
+/// (by the model, say) can answer requests that wait in Rust.
+pub fn error_from_code(code: &str, message: String) -> Error {
+    match code {
+        "INVALID_INPUT" => Error::InvalidInput {
+            input: None,
+            message,
+        },
+        "UNSUPPORTED_INPUT" => Error::Unsupported(message),
+        "MODEL_ERROR" => Error::Model(message),
+        "QUEUE_FULL" => Error::QueueFull(message),
+        "DEADLINE_EXCEEDED" => Error::DeadlineExceeded(message),
+        "CANCELLED" => Error::Cancelled(message),
+        "MODEL_NOT_READY" => Error::Unavailable(message),
+        _ => Error::Internal(message),
     }
 }

@@ -1,6 +1,7 @@
 //! `arrowsmith._native`: a thin binding over the pure-Rust core. Each entry point owns its
 //! inputs, then detaches from the interpreter while Rust works.
 
+mod batching;
 mod buffers;
 mod errors;
 
@@ -12,20 +13,21 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::batch::Job as CoreJob;
 use crate::coerce::{coerce, ModelInput};
 use crate::decode::{decode_request as decode, InferRequest as CoreRequest};
-use crate::encode::{prepare_response, InferResponse, OutputTensor};
 use crate::signature::{
     ColumnSpec, ColumnType, Signature as CoreSignature, TensorSpec, TensorType,
 };
 use crate::tensor::{ParamValue, Parameters, Tensor};
 
-use buffers::{borrow_bytes, import_array, ArrowArray};
+use batching::Job;
+use buffers::{borrow_bytes, ArrowArray};
 
 /// A tensor as Python sees it: name, V2 datatype, shape, flat values.
-type TensorView = (String, &'static str, Vec<usize>, ArrowArray);
+pub(crate) type TensorView = (String, &'static str, Vec<usize>, ArrowArray);
 
-fn tensor_view(tensor: &Tensor) -> TensorView {
+pub(crate) fn tensor_view(tensor: &Tensor) -> TensorView {
     (
         tensor.name.clone(),
         tensor.datatype.name(),
@@ -34,7 +36,25 @@ fn tensor_view(tensor: &Tensor) -> TensorView {
     )
 }
 
-fn params_dict<'py>(py: Python<'py>, params: &Parameters) -> PyResult<Bound<'py, PyDict>> {
+/// Named columns as one Arrow struct array (a record batch), for pyarrow and pandas.
+pub(crate) fn record_batch(
+    (names, columns): (Vec<String>, Vec<ArrayRef>),
+    rows: usize,
+) -> PyResult<ArrowArray> {
+    let fields: Fields = names
+        .iter()
+        .zip(&columns)
+        .map(|(name, c)| Field::new(name, c.data_type().clone(), false))
+        .collect();
+    let batch = StructArray::try_new_with_length(fields, columns, None, rows)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(ArrowArray::new(Arc::new(batch)))
+}
+
+pub(crate) fn params_dict<'py>(
+    py: Python<'py>,
+    params: &Parameters,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, value) in params {
         match value {
@@ -134,38 +154,43 @@ impl InferRequest {
         Ok(dict)
     }
 
-    /// Applies the model's signature. A column-based signature gives one Arrow struct array
-    /// (a record batch, one field per column, in signature order); a tensor-based one gives
-    /// the tensors in signature order.
-    fn coerce(&self, py: Python<'_>, signature: &Signature) -> PyResult<Py<PyAny>> {
+    /// A batchable job of the inputs with the model's signature applied: columns (form
+    /// "columns") or tensors (form "tensors"). Refuses bad input here, before any batching.
+    #[pyo3(signature = (signature, timeout = None))]
+    fn signature_job(
+        &self,
+        py: Python<'_>,
+        signature: &Signature,
+        timeout: Option<f64>,
+    ) -> PyResult<Job> {
+        let deadline = batching::deadline_after(timeout)?;
         let input = py.detach(|| coerce(&self.0.inputs, &signature.0))?;
-        Ok(match input {
-            ModelInput::Columns {
-                names,
-                columns,
-                rows,
-            } => {
-                let fields: Fields = names
-                    .iter()
-                    .zip(&columns)
-                    .map(|(name, c)| Field::new(name, c.data_type().clone(), false))
-                    .collect();
-                let batch = StructArray::try_new_with_length(fields, columns, None, rows)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                let batch: ArrayRef = Arc::new(batch);
-                ArrowArray::new(batch)
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind()
-            }
-            ModelInput::Tensors(tensors) => tensors
-                .iter()
-                .map(tensor_view)
-                .collect::<Vec<_>>()
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-        })
+        let form = match input {
+            ModelInput::Columns { .. } => "columns",
+            ModelInput::Tensors(_) => "tensors",
+        };
+        Ok(self.job(form.to_owned(), input.into_tensors(), deadline))
+    }
+
+    /// A batchable job of the inputs as sent, for the model input form `form` (a content
+    /// type such as "np", "pd" or "dict").
+    #[pyo3(signature = (form, timeout = None))]
+    fn as_sent_job(&self, form: String, timeout: Option<f64>) -> PyResult<Job> {
+        let deadline = batching::deadline_after(timeout)?;
+        Ok(self.job(form, self.0.inputs.clone(), deadline))
+    }
+}
+
+impl InferRequest {
+    fn job(&self, form: String, tensors: Vec<Tensor>, deadline: Option<std::time::Instant>) -> Job {
+        Job(Arc::new(CoreJob::new(
+            self.0.id.clone(),
+            form,
+            self.0.parameters.clone(),
+            self.0.requested_outputs.clone(),
+            tensors,
+            deadline,
+        )))
     }
 }
 
@@ -176,49 +201,15 @@ fn decode_request(py: Python<'_>, data: Bound<'_, PyBytes>) -> PyResult<InferReq
     Ok(InferRequest(py.detach(|| decode(buf))?))
 }
 
-/// Serializes a `ModelInferResponse`. `outputs` are `(name, shape, values)` with values any
-/// object exporting `__arrow_c_array__`, flattened in row-major order.
-#[pyfunction]
-#[pyo3(signature = (model_name, model_version, id, outputs))]
-fn encode_response<'py>(
-    py: Python<'py>,
-    model_name: String,
-    model_version: String,
-    id: String,
-    outputs: Vec<(String, Vec<i64>, Bound<'py, PyAny>)>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let outputs = outputs
-        .into_iter()
-        .map(|(name, shape, values)| {
-            Ok(OutputTensor {
-                name,
-                shape,
-                values: import_array(&values)?,
-            })
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    let response = InferResponse {
-        model_name,
-        model_version,
-        id,
-        parameters: Parameters::new(),
-        outputs,
-    };
-    let encoded = py.detach(|| prepare_response(response))?;
-    // The Python bytes object is new and not yet shared, so it is filled without the GIL.
-    PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
-        py.detach(|| encoded.write_to(&mut out));
-        Ok(())
-    })
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ArrowArray>()?;
     m.add_class::<InferRequest>()?;
     m.add_class::<Signature>()?;
+    m.add_class::<batching::Batch>()?;
+    m.add_class::<batching::Batcher>()?;
+    m.add_class::<batching::Job>()?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
-    m.add_function(wrap_pyfunction!(encode_response, m)?)?;
     m.add(
         "build_profile",
         if cfg!(debug_assertions) {

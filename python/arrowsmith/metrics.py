@@ -1,0 +1,64 @@
+"""Prometheus metrics: what the batcher decided and what it cost, per model and worker.
+
+With several worker processes, each writes its samples to a shared folder
+(prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set by the supervisor
+before any import of prometheus_client) and the supervisor serves the sum; the `worker`
+label keeps the workers apart."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: This process's worker index ("0" when there is only one).
+WORKER = os.environ.get("ARROWSMITH_WORKER_INDEX", "0")
+
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+_SECOND_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+REQUESTS = Counter(
+    "arrowsmith_requests",
+    "Inference requests answered, by model, protocol and status.",
+    ["model", "protocol", "status", "worker"],
+)
+BATCH_ROWS = Histogram(
+    "arrowsmith_batch_rows", "Rows per model call.", ["model", "worker"], buckets=_ROW_BUCKETS
+)
+BATCH_REQUESTS = Histogram(
+    "arrowsmith_batch_requests",
+    "Requests per model call.",
+    ["model", "worker"],
+    buckets=_ROW_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "arrowsmith_queue_wait_seconds",
+    "Time a request waited for its batch to start.",
+    ["model", "worker"],
+    buckets=_SECOND_BUCKETS,
+)
+PREDICT_TIME = Histogram(
+    "arrowsmith_predict_seconds",
+    "Time of one model call (input building, predict, output split).",
+    ["model", "worker"],
+    buckets=_SECOND_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "arrowsmith_queue_depth",
+    "Requests waiting when the last batch was formed.",
+    ["model", "worker"],
+    multiprocess_mode="livesum",
+)
+
+
+def observe_batch(model: str, rows: list[int], queue_waits: list[float], depth: int) -> None:
+    BATCH_ROWS.labels(model, WORKER).observe(sum(rows))
+    BATCH_REQUESTS.labels(model, WORKER).observe(len(rows))
+    wait = QUEUE_WAIT.labels(model, WORKER)
+    for seconds in queue_waits:
+        wait.observe(seconds)
+    QUEUE_DEPTH.labels(model, WORKER).set(depth)
+
+
+def count_request(model: str, protocol: str, status: str) -> None:
+    REQUESTS.labels(model, protocol, status, WORKER).inc()

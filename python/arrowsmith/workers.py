@@ -1,0 +1,112 @@
+"""Several server processes on the same ports (SO_REUSEPORT lets the kernel spread the
+connections): a supervisor starts N workers, restarts one that crashes, serves their
+combined metrics, and on SIGTERM stops them all, each draining its in-flight requests.
+A worker that fails while loading its models stops the whole server: restarting it would
+only fail again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from arrowsmith.config import ModelConfig, ServerConfig
+from arrowsmith.server import DRAIN_SECONDS, configure_logging, stop_on_signals
+
+logger = logging.getLogger("arrowsmith.workers")
+
+_CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
+#: A worker exiting with an error sooner than this after its start failed to load.
+_LOAD_FAILURE_SECONDS = 120.0
+
+
+def _spawn(index: int, config: ServerConfig, metrics_dir: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        _CONFIG_ENV: json.dumps(dataclasses.asdict(config)),
+        "ARROWSMITH_WORKER_INDEX": str(index),
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
+    return subprocess.Popen([sys.executable, "-m", "arrowsmith.workers"], env=env)
+
+
+def _serve_metrics(config: ServerConfig, metrics_dir: str) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    start_http_server(config.metrics_port, addr=config.host, registry=registry)
+    logger.info("metrics of %d workers on :%d/metrics", config.workers, config.metrics_port)
+
+
+def supervise(config: ServerConfig) -> int:
+    configure_logging(config)
+    stop = stop_on_signals()
+    metrics_dir = tempfile.mkdtemp(prefix="arrowsmith-metrics-")
+    workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    status = 0
+    try:
+        for index in range(config.workers):
+            workers[index] = (_spawn(index, config, metrics_dir), time.monotonic())
+        if config.metrics_port:
+            _serve_metrics(config, metrics_dir)
+        while not stop.wait(0.5):
+            for index, (process, started) in list(workers.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                _mark_dead(process.pid, metrics_dir)
+                if code != 0 and time.monotonic() - started < _LOAD_FAILURE_SECONDS:
+                    logger.error("worker %d failed while starting (exit %d); stopping", index, code)
+                    status = 1
+                    stop.set()
+                    break
+                logger.warning("worker %d ended (exit %s); starting it again", index, code)
+                workers[index] = (_spawn(index, config, metrics_dir), time.monotonic())
+    finally:
+        _stop_all([process for process, _ in workers.values()])
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
+
+
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every worker, then wait for each to drain; kill the ones that hang."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_SECONDS + 5
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error("worker %d did not stop in time; killing it", process.pid)
+            process.kill()
+            process.wait()
+
+
+def worker_main() -> int:
+    """Entry point of a worker process: the supervisor's configuration, one server."""
+    from arrowsmith.server import serve
+
+    raw = json.loads(os.environ[_CONFIG_ENV])
+    models = tuple(ModelConfig(**m) for m in raw.pop("models"))
+    config = ServerConfig(models=models, **{**raw, "workers": 1})
+    return serve(config, worker=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())

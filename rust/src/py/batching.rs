@@ -1,0 +1,201 @@
+//! The batcher as Python sees it. Request threads block in `Batcher.submit` with the
+//! interpreter released; the model's runner thread loops on `Batcher.next_batch`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::batch::{Batch as CoreBatch, BatchConfig, Batcher as CoreBatcher, Job as CoreJob};
+use crate::encode::OutputTensor;
+
+use super::buffers::{import_array, ArrowArray};
+use super::errors::error_from_code;
+use super::{params_dict, record_batch, tensor_view, TensorView};
+
+/// One request, ready to join a batch.
+#[pyclass(name = "Job", module = "arrowsmith._native", frozen)]
+pub struct Job(pub Arc<CoreJob>);
+
+pub fn deadline_after(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    timeout
+        .map(|seconds| {
+            Duration::try_from_secs_f64(seconds.max(0.0))
+                .map(|d| Instant::now() + d)
+                .map_err(|e| PyValueError::new_err(format!("timeout {seconds}: {e}")))
+        })
+        .transpose()
+}
+
+#[pymethods]
+impl Job {
+    /// The job as a batch of its own, outside any queue.
+    fn as_batch(&self) -> Batch {
+        Batch(CoreBatch::of(Arc::clone(&self.0)))
+    }
+
+    /// The client went away: the job leaves the queue and its waiter returns.
+    fn cancel(&self) {
+        self.0.abandon();
+    }
+}
+
+/// One model's queue and batch former.
+#[pyclass(name = "Batcher", module = "arrowsmith._native", frozen)]
+pub struct Batcher(Arc<CoreBatcher>);
+
+#[pymethods]
+impl Batcher {
+    #[new]
+    #[pyo3(signature = (model_name, model_version, max_batch_size, max_batch_delay_ms, max_queue_size))]
+    fn new(
+        model_name: String,
+        model_version: String,
+        max_batch_size: usize,
+        max_batch_delay_ms: f64,
+        max_queue_size: usize,
+    ) -> PyResult<Self> {
+        if max_batch_size == 0 || max_queue_size == 0 {
+            return Err(PyValueError::new_err(
+                "max_batch_size and max_queue_size must be positive",
+            ));
+        }
+        let max_delay = Duration::try_from_secs_f64(max_batch_delay_ms / 1000.0)
+            .map_err(|e| PyValueError::new_err(format!("max_batch_delay_ms: {e}")))?;
+        let config = BatchConfig {
+            max_batch_rows: max_batch_size,
+            max_delay,
+            max_queue: max_queue_size,
+        };
+        Ok(Self(Arc::new(CoreBatcher::new(
+            config,
+            model_name,
+            model_version,
+        ))))
+    }
+
+    /// Queues the job and blocks, without the interpreter lock, until its response bytes.
+    fn submit<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Bound<'py, PyBytes>> {
+        let job = Arc::clone(&job.0);
+        let batcher = Arc::clone(&self.0);
+        let encoded = py.detach(move || {
+            batcher.submit(&job)?;
+            batcher.wait(&job)
+        })?;
+        PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
+            py.detach(|| encoded.write_to(&mut out));
+            Ok(())
+        })
+    }
+
+    /// The next batch, waiting for one without the interpreter lock; None once closed and
+    /// drained.
+    fn next_batch(&self, py: Python<'_>) -> Option<Batch> {
+        let batcher = Arc::clone(&self.0);
+        py.detach(move || batcher.next_batch()).map(Batch)
+    }
+
+    /// Refuses new requests; the runner drains the queue, then `next_batch` returns None.
+    fn close(&self) {
+        self.0.close();
+    }
+
+    #[getter]
+    fn depth(&self) -> usize {
+        self.0.depth()
+    }
+}
+
+/// Requests predicted together.
+#[pyclass(name = "Batch", module = "arrowsmith._native", frozen)]
+pub struct Batch(CoreBatch);
+
+#[pymethods]
+impl Batch {
+    /// How the runner builds the model input: "columns", "tensors", or a content type.
+    #[getter]
+    fn form(&self) -> &str {
+        &self.0.first().form
+    }
+
+    #[getter]
+    fn parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        params_dict(py, &self.0.first().parameters)
+    }
+
+    #[getter]
+    fn requested_outputs(&self) -> Vec<String> {
+        self.0.first().requested_outputs.clone()
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Rows of each request.
+    fn rows(&self) -> Vec<usize> {
+        self.0.rows()
+    }
+
+    /// Seconds each request waited in the queue.
+    fn queue_waits(&self) -> Vec<f64> {
+        self.0.queue_waits()
+    }
+
+    /// Each input's own parameters (e.g. `content_type`), by input name.
+    fn input_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for tensor in &self.0.first().tensors {
+            dict.set_item(&tensor.name, params_dict(py, &tensor.parameters)?)?;
+        }
+        Ok(dict)
+    }
+
+    /// The batch's tensors, concatenated along the rows.
+    fn inputs(&self, py: Python<'_>) -> PyResult<Vec<TensorView>> {
+        let tensors = py.detach(|| self.0.inputs())?;
+        Ok(tensors.iter().map(tensor_view).collect())
+    }
+
+    /// The batch's columns as one Arrow record batch (struct array).
+    fn frame(&self, py: Python<'_>) -> PyResult<ArrowArray> {
+        let tensors = py.detach(|| self.0.inputs())?;
+        let rows = self.0.rows().iter().sum();
+        record_batch(
+            tensors.into_iter().map(|t| (t.name, t.values)).unzip(),
+            rows,
+        )
+    }
+
+    /// Answers every request from the model's outputs `(name, shape, values)`, split by rows.
+    fn complete(
+        &self,
+        py: Python<'_>,
+        outputs: Vec<(String, Vec<i64>, Bound<'_, PyAny>)>,
+    ) -> PyResult<()> {
+        let outputs = outputs
+            .into_iter()
+            .map(|(name, shape, values)| {
+                Ok(OutputTensor {
+                    name,
+                    shape,
+                    values: import_array(&values)?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| self.0.complete(outputs));
+        Ok(())
+    }
+
+    /// Answers every request with one error, given by its `arrowsmith.errors.ErrorCode` name.
+    fn fail(&self, code: &str, message: String) {
+        self.0.fail(&error_from_code(code, message));
+    }
+
+    /// One batch per request, to retry a failed batch request by request.
+    fn singles(&self) -> Vec<Batch> {
+        self.0.singles().into_iter().map(Batch).collect()
+    }
+}
