@@ -19,8 +19,14 @@ MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_
 
 def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
     """The default of `--flag-name`: $ARROWSMITH_FLAG_NAME when set."""
-    value = os.environ.get("ARROWSMITH_" + flag.upper().replace("-", "_"))
-    return default if value is None else convert(value)
+    variable = "ARROWSMITH_" + flag.upper().replace("-", "_")
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        return convert(value)
+    except ValueError:
+        raise ValueError(f"{variable}={value!r} is not a valid --{flag}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig, ...]:
     import yaml
 
-    document = yaml.safe_load(Path(path).read_text())
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
     entries = document.get("models") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path} needs a non-empty `models:` list")
@@ -110,7 +119,10 @@ def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig,
         unknown = set(entry) - set(MODEL_KEYS)
         if unknown:
             raise ValueError(f"{path}: unknown model settings {sorted(unknown)}")
-        models.append(ModelConfig(**{**defaults, "name": None, **entry}))
+        try:
+            models.append(ModelConfig(**{**defaults, "name": None, **entry}))
+        except TypeError as error:
+            raise ValueError(f"{path}: {error}") from None
     return tuple(models)
 
 

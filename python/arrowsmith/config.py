@@ -20,7 +20,26 @@ class ModelConfig:
     #: Requests waiting at most; past it, RESOURCE_EXHAUSTED.
     max_queue_size: int = 1024
 
+    @property
+    def served_name(self) -> str:
+        """The name clients use: the given one, else the URI's default."""
+        from arrowsmith.models.loader import default_name
+
+        return self.name or default_name(self.uri)
+
     def __post_init__(self) -> None:
+        if not isinstance(self.uri, str):
+            raise ValueError(f"a model uri must be text, not {self.uri!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ValueError(f"the name of {self.uri} must be text, not {self.name!r}")
+        for setting, kind in (
+            ("max_batch_size", int),
+            ("max_queue_size", int),
+            ("max_batch_delay_ms", (int, float)),
+        ):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"{setting} of {self.uri} must be a number, not {value!r}")
         if self.max_batch_size <= 0:
             raise ValueError(f"max_batch_size of {self.uri} must be positive")
         if self.max_batch_delay_ms < 0:
@@ -45,9 +64,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("no model to serve")
-        names = [m.name for m in self.models if m.name is not None]
-        if len(names) != len(set(names)):
-            raise ValueError(f"model names must be unique: {names}")
+        names = [m.served_name for m in self.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"two models would be served as {repeated}: give them distinct names")
         for flag, port in (("--grpc-port", self.grpc_port), ("--metrics-port", self.metrics_port)):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{flag} {port} is not a port number")

@@ -120,11 +120,11 @@ def _column(array: np.ndarray[Any, Any]) -> Any:
 def _as_sent_form(request: _native.InferRequest, content_type: str | None) -> str:
     """The form inputs sent as they are take: the content type asked for, else `np` for one
     input, `pd` when every input is a column, `dict` otherwise."""
-    if content_type is not None:
-        return content_type
     inputs = request.inputs()
     if not inputs:
         raise InvalidInputError("the request has no inputs")
+    if content_type is not None:
+        return content_type
     if len(inputs) == 1:
         return "np"
     one_column = all(len(shape) == 1 or shape[1:] == [1] for _, _, shape, _ in inputs)

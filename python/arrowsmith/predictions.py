@@ -16,21 +16,24 @@ OutputTensor = tuple[str, list[int], Any]
 
 
 def _arrow_values(name: str, values: Any) -> Any:
-    """Flat Arrow values for one output; datetimes become ISO text, since V2 has no time
-    type."""
+    """Flat Arrow values for one output. Times and dates become ISO 8601 text, since V2 has
+    no time type."""
     import numpy as np
     import pyarrow as pa
 
-    array = np.asarray(values)
-    if array.dtype.kind in "mM":
-        array = np.datetime_as_string(array) if array.dtype.kind == "M" else array.astype(str)
-    flat = array.reshape(-1)
+    flat = np.asarray(values).reshape(-1)
+    if flat.dtype.kind == "M":
+        flat = np.datetime_as_string(flat)
+    elif flat.dtype.kind == "m":
+        flat = flat.astype(str)
     try:
-        if flat.dtype == object:
-            return pa.array(flat, from_pandas=True)
-        return pa.array(flat)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        array = pa.array(flat, from_pandas=True) if flat.dtype == object else pa.array(flat)
+        if pa.types.is_temporal(array.type):
+            # Python or pandas time objects (time-zone aware ones included) in an object array.
+            array = pa.array([None if v is None else v.isoformat() for v in flat], pa.string())
+    except pa.lib.ArrowException as error:
         raise InternalError(f"output '{name}' cannot be encoded: {error}") from error
+    return array
 
 
 def _ndarray_output(name: str, values: Any) -> OutputTensor:
@@ -48,18 +51,18 @@ def output_tensors(predictions: Any, output_names: list[str]) -> list[OutputTens
     def name_at(i: int) -> str:
         return output_names[i] if i < len(output_names) else f"output-{i}"
 
-    if isinstance(predictions, pd.DataFrame):
-        rows = len(predictions)
-        return [
-            (str(column), [rows, 1], _arrow_values(str(column), predictions[column].to_numpy()))
-            for column in predictions.columns
-        ]
-    if isinstance(predictions, pd.Series):
-        name = str(predictions.name) if predictions.name is not None else name_at(0)
-        return [(name, [len(predictions)], _arrow_values(name, predictions.to_numpy()))]
-    if isinstance(predictions, dict):
-        return [_ndarray_output(str(key), value) for key, value in predictions.items()]
     try:
+        if isinstance(predictions, pd.DataFrame):
+            rows = len(predictions)
+            return [
+                (str(column), [rows, 1], _arrow_values(str(column), predictions[column].to_numpy()))
+                for column in predictions.columns
+            ]
+        if isinstance(predictions, pd.Series):
+            name = str(predictions.name) if predictions.name is not None else name_at(0)
+            return [(name, [len(predictions)], _arrow_values(name, predictions.to_numpy()))]
+        if isinstance(predictions, dict):
+            return [_ndarray_output(str(key), value) for key, value in predictions.items()]
         return [_ndarray_output(name_at(0), predictions)]
     except (TypeError, ValueError) as error:
         raise InternalError(

@@ -42,13 +42,12 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     from arrowsmith import _native
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.grpc.server import GrpcFront
-    from arrowsmith.models.loader import default_name
     from arrowsmith.models.registry import ModelRegistry, load_model
 
     if _native.build_profile == "debug":
         logger.warning("the native extension is a debug build: expect it to be slow")
     stop = stop_on_signals()
-    registry = ModelRegistry([m.name or default_name(m.uri) for m in config.models])
+    registry = ModelRegistry([m.served_name for m in config.models])
     front = GrpcFront(config, DataPlane(registry), reuse_port=worker)
     front.start()
     logger.info("gRPC listening on %s:%d (live, not ready)", config.host, front.port)

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def default_name(uri: str) -> str:
 
 
 def _local_path(uri: str) -> Path:
-    return Path(urlparse(uri).path if uri.startswith("file:") else uri).expanduser().resolve()
+    path = unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+    return Path(path).expanduser().resolve()
 
 
 def resolve(uri: str) -> ModelSource:

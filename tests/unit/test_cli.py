@@ -1,0 +1,252 @@
+"""`arrowsmith serve`'s flags, their ARROWSMITH_* environment variables and a `--config` file
+become one validated ServerConfig; bad values stop the CLI with exit code 2 and a readable
+message."""
+
+import os
+import pathlib
+
+import pytest
+from arrowsmith import __version__, cli
+from arrowsmith.config import DEFAULT_MAX_MESSAGE_SIZE, ModelConfig, ServerConfig
+
+#: Settings of each model rather than of the server.
+MODEL_FIELDS = ("name", "max_batch_size", "max_batch_delay_ms", "max_queue_size")
+
+# flag, its environment variable, a value to set, the config field and its parsed value.
+SETTINGS = [
+    ("--name", "ARROWSMITH_NAME", "wine", "name", "wine"),
+    ("--host", "ARROWSMITH_HOST", "0.0.0.0", "host", "0.0.0.0"),
+    ("--grpc-port", "ARROWSMITH_GRPC_PORT", "9001", "grpc_port", 9001),
+    ("--metrics-port", "ARROWSMITH_METRICS_PORT", "0", "metrics_port", 0),
+    ("--workers", "ARROWSMITH_WORKERS", "3", "workers", 3),
+    ("--max-batch-size", "ARROWSMITH_MAX_BATCH_SIZE", "8", "max_batch_size", 8),
+    ("--max-batch-delay-ms", "ARROWSMITH_MAX_BATCH_DELAY_MS", "2.5", "max_batch_delay_ms", 2.5),
+    ("--max-queue-size", "ARROWSMITH_MAX_QUEUE_SIZE", "5", "max_queue_size", 5),
+    ("--max-message-size", "ARROWSMITH_MAX_MESSAGE_SIZE", "1024", "max_message_size", 1024),
+    ("--grpc-threads", "ARROWSMITH_GRPC_THREADS", "4", "grpc_threads", 4),
+    ("--log-level", "ARROWSMITH_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+]
+SETTING_IDS = [s[0] for s in SETTINGS]
+SETTING_ARGS = ("flag", "variable", "value", "field", "parsed")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the developer's shell exports must not leak into the defaults."""
+    for _, variable, *_ in SETTINGS:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("ARROWSMITH_MODEL_URI", raising=False)
+    monkeypatch.delenv("ARROWSMITH_CONFIG", raising=False)
+
+
+def setting(config: ServerConfig, field: str) -> object:
+    return getattr(config.models[0] if field in MODEL_FIELDS else config, field)
+
+
+def write_config(directory: pathlib.Path, text: str) -> str:
+    path = directory / "models.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults() -> None:
+    """Local-only, one worker per core, batching on without waiting."""
+    config = cli.parse_config(["serve", "models:/wine/1"])
+    assert config == ServerConfig(
+        models=(
+            ModelConfig(
+                uri="models:/wine/1",
+                name=None,
+                max_batch_size=64,
+                max_batch_delay_ms=0.0,
+                max_queue_size=1024,
+            ),
+        ),
+        host="127.0.0.1",
+        grpc_port=8081,
+        metrics_port=8082,
+        max_message_size=256 * 1024 * 1024,
+        grpc_threads=32,
+        workers=os.cpu_count() or 1,
+        log_level="INFO",
+    )
+    assert DEFAULT_MAX_MESSAGE_SIZE == 256 * 1024 * 1024
+
+
+@pytest.mark.parametrize(SETTING_ARGS, SETTINGS, ids=SETTING_IDS)
+def test_flag(flag: str, variable: str, value: str, field: str, parsed: object) -> None:
+    config = cli.parse_config(["serve", "model", flag, value])
+    assert setting(config, field) == parsed
+
+
+@pytest.mark.parametrize(SETTING_ARGS, SETTINGS, ids=SETTING_IDS)
+def test_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    variable: str,
+    value: str,
+    field: str,
+    parsed: object,
+) -> None:
+    """Each flag's default is read from its variable when the parser is built."""
+    monkeypatch.setenv(variable, value)
+    config = cli.parse_config(["serve", "model"])
+    assert setting(config, field) == parsed
+
+
+@pytest.mark.parametrize(SETTING_ARGS, SETTINGS, ids=SETTING_IDS)
+def test_flag_overrides_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    variable: str,
+    value: str,
+    field: str,
+    parsed: object,
+) -> None:
+    monkeypatch.setenv(variable, "2" if isinstance(parsed, int | float) else "from-env")
+    config = cli.parse_config(["serve", "model", flag, value])
+    assert setting(config, field) == parsed
+
+
+def test_model_uri_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container can be configured without arguments at all."""
+    monkeypatch.setenv("ARROWSMITH_MODEL_URI", "models:/wine@champion")
+    assert cli.parse_config(["serve"]).models[0].uri == "models:/wine@champion"
+    assert cli.parse_config(["serve", "runs:/abc/model"]).models[0].uri == "runs:/abc/model"
+
+
+def test_missing_model_uri_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.parse_config(["serve"])
+    assert raised.value.code == 2
+    assert "MODEL_URI" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grpc-port", "70000"], "--grpc-port 70000 is not a port number"),
+        (["--grpc-port", "-1"], "--grpc-port -1 is not a port number"),
+        (["--metrics-port", "70000"], "--metrics-port 70000 is not a port number"),
+        (["--max-message-size", "-5"], "--max-message-size must be positive"),
+        (["--max-message-size", "0"], "--max-message-size must be positive"),
+        (["--grpc-threads", "0"], "--grpc-threads must be positive"),
+        (["--workers", "0"], "--workers must be positive"),
+        (
+            ["--workers", "2", "--grpc-port", "0"],
+            "several --workers share one --grpc-port, which cannot be 0",
+        ),
+        (["--max-batch-size", "0"], "max_batch_size of model must be positive"),
+        (["--max-batch-delay-ms", "-1"], "max_batch_delay_ms of model must not be negative"),
+        (["--max-queue-size", "0"], "max_queue_size of model must be positive"),
+    ],
+)
+def test_invalid_values(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    """The config refuses them; main() turns that into exit code 2 and one line."""
+    with pytest.raises(ValueError, match=message):
+        cli.parse_config(["serve", "model", *args])
+    assert cli.main(["serve", "model", *args]) == 2
+    assert capsys.readouterr().err == f"arrowsmith: {message}\n"
+
+
+def test_invalid_environment_value_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ARROWSMITH_GRPC_PORT", "eighty")
+    assert cli.main(["serve", "model"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("arrowsmith: ")
+    assert "ARROWSMITH_GRPC_PORT='eighty' is not a valid --grpc-port" in error
+
+
+def test_non_numeric_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["serve", "model", "--grpc-port", "eighty"])
+    assert raised.value.code == 2
+    assert "--grpc-port" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--version"])
+    assert raised.value.code == 0
+    assert capsys.readouterr().out.strip() == f"arrowsmith {__version__}"
+
+
+def test_config_without_models_is_refused() -> None:
+    with pytest.raises(ValueError, match="no model"):
+        ServerConfig(models=())
+
+
+def test_config_file_serves_several_models(tmp_path: pathlib.Path) -> None:
+    """Each model's own settings win; the flags give the others."""
+    path = write_config(
+        tmp_path,
+        "models:\n"
+        "  - uri: models:/wine/2\n"
+        "    max_batch_size: 16\n"
+        "  - uri: ./pixels\n"
+        "    name: images\n"
+        "    max_queue_size: 7\n",
+    )
+    config = cli.parse_config(["serve", "--config", path, "--max-batch-delay-ms", "1.5"])
+    assert config.models == (
+        ModelConfig("models:/wine/2", None, 16, 1.5, 1024),
+        ModelConfig("./pixels", "images", 64, 1.5, 7),
+    )
+
+
+def test_config_file_from_environment(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARROWSMITH_CONFIG", write_config(tmp_path, "models:\n  - uri: m\n"))
+    assert [m.uri for m in cli.parse_config(["serve"]).models] == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models: []\n", "needs a non-empty `models:` list"),
+        ("- uri: m\n", "needs a non-empty `models:` list"),
+        ("models:\n  - name: wine\n", "each model needs at least a `uri`"),
+        ("models:\n  - uri: m\n    batch: 3\n", "unknown model settings ['batch']"),
+        (
+            "models:\n  - {uri: a, name: same}\n  - {uri: b, name: same}\n",
+            "two models would be served as ['same']",
+        ),
+        (
+            "models:\n  - uri: models:/wine/1\n  - uri: models:/wine/2\n",
+            "two models would be served as ['wine']",
+        ),
+        ("models:\n  - {uri: m, max_batch_size: '8'}\n", "max_batch_size of m must be a number"),
+        ("models:\n  - {uri: m, max_queue_size: true}\n", "max_queue_size of m must be a number"),
+        ("models: [unclosed\n", "is not valid YAML"),
+        ("models:\n  - {uri: a, max_batch_size: 0}\n", "max_batch_size of a must be positive"),
+    ],
+)
+def test_bad_config_files(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = write_config(tmp_path, text)
+    assert cli.main(["serve", "--config", path]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("arrowsmith: ")
+    assert message in error
+
+
+def test_missing_config_file_exits_2(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.yaml"
+    assert cli.main(["serve", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_model_uri_and_config_file_together_is_a_usage_error(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, "models:\n  - uri: m\n")
+    with pytest.raises(SystemExit) as raised:
+        cli.parse_config(["serve", "model", "--config", path])
+    assert raised.value.code == 2
+    assert "not both" in capsys.readouterr().err
