@@ -1,0 +1,95 @@
+//! Command-line options, parsed by hand to keep the build lean.
+
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+arrowsmith-bench: drive a V2 gRPC server's ModelInfer and report throughput and latency.
+
+usage: arrowsmith-bench --body FILE [options]
+
+  --target HOST:PORT        server address (default 127.0.0.1:8081)
+  --body FILE               a serialized ModelInferRequest, sent as every request
+  --concurrency LIST        closed loop: requests in flight, e.g. 1,8,32 (default 8)
+  --rate LIST               open loop instead: requests per second, e.g. 1000,2000
+  --connections N           HTTP/2 connections shared by the requests (default: one per
+                            request in flight, at most 8)
+  --duration SECONDS        measured time per level (default 10)
+  --warmup SECONDS          unmeasured time before each level (default 2)
+  --requests N              stop a level after N measured requests (default: no limit)
+  --expect-rows N           check every answer's outputs have N rows (default: any)
+  --json FILE               also write the results as JSON
+";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: String,
+    pub body: String,
+    pub concurrency: Vec<usize>,
+    pub rates: Vec<f64>,
+    pub connections: Option<usize>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub requests: Option<u64>,
+    pub expect_rows: Option<i64>,
+    pub json: Option<String>,
+}
+
+fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{flag}: '{v}' is not a number"))
+        })
+        .collect()
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{flag}: '{value}' is not a number of seconds"))
+}
+
+pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        target: "127.0.0.1:8081".into(),
+        body: String::new(),
+        concurrency: vec![8],
+        rates: Vec::new(),
+        connections: None,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        requests: None,
+        expect_rows: None,
+        json: None,
+    };
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--target" => options.target = value,
+            "--body" => options.body = value,
+            "--concurrency" => options.concurrency = list(&flag, &value)?,
+            "--rate" => options.rates = list(&flag, &value)?,
+            "--connections" => options.connections = Some(list(&flag, &value)?[0]),
+            "--duration" => options.duration = seconds(&flag, &value)?,
+            "--warmup" => options.warmup = seconds(&flag, &value)?,
+            "--requests" => options.requests = Some(list(&flag, &value)?[0]),
+            "--expect-rows" => options.expect_rows = Some(list(&flag, &value)?[0]),
+            "--json" => options.json = Some(value),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if options.body.is_empty() {
+        return Err("--body is required".into());
+    }
+    if options.concurrency.contains(&0) || options.rates.iter().any(|r| *r <= 0.0) {
+        return Err("concurrency and rates must be positive".into());
+    }
+    Ok(options)
+}
