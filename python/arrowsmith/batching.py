@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from arrowsmith import _native, metrics
 from arrowsmith.errors import ArrowsmithError
 from arrowsmith.payload import batch_input, model_params
-from arrowsmith.predictions import output_tensors, select_outputs
+from arrowsmith.predictions import content_type, output_tensors, select_outputs
 from arrowsmith.runner import predict
 
 if TYPE_CHECKING:
@@ -55,7 +55,10 @@ class ModelRunner:
             payload, enforced = batch_input(batch, self.model)
             predictions = predict(self.model, payload, model_params(batch, self.model), enforced)
             outputs = output_tensors(predictions, [o.name for o in self.model.outputs])
-            batch.complete(select_outputs(outputs, batch.requested_outputs))
+            batch.complete(
+                select_outputs(outputs, batch.requested_outputs),
+                {"content_type": content_type(predictions)},
+            )
         except Exception as error:
             if len(batch) > 1:
                 logger.info(

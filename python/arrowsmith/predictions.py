@@ -1,4 +1,5 @@
-"""A model's predictions -> named output tensors (flat Arrow values plus a shape).
+"""A model's predictions -> named output tensors (flat Arrow values plus a shape), and
+the response-level `content_type` parameter saying what kind of object they came from.
 
 numpy arrays keep their shape; a DataFrame gives one output per column, shape [n, 1]
 (MLServer's convention); a Series one output of shape [n]; a dict one output per key.
@@ -68,6 +69,20 @@ def output_tensors(predictions: Any, output_names: list[str]) -> list[OutputTens
         raise InternalError(
             f"the model returned {type(predictions).__name__}, which has no V2 form: {error}"
         ) from error
+
+
+def content_type(predictions: Any) -> str:
+    """The kind of object the model returned, in MLServer's content-type words, so a front
+    end can rebuild it (e.g. MLflow's /invocations answers a DataFrame as records)."""
+    import pandas as pd
+
+    if isinstance(predictions, pd.DataFrame):
+        return "pd"
+    if isinstance(predictions, pd.Series):
+        return "pd_series"
+    if isinstance(predictions, dict):
+        return "dict"
+    return "np"
 
 
 def select_outputs(outputs: list[OutputTensor], requested: list[str]) -> list[OutputTensor]:

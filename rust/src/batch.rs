@@ -440,10 +440,11 @@ impl Batch {
 
     /// Splits the model's outputs by request and answers each one. With several requests,
     /// every output must have exactly the batch's rows; otherwise all of them get INTERNAL.
-    pub fn complete(&self, outputs: Vec<OutputTensor>) {
+    /// `parameters` go into every response (e.g. the kind of object the model returned).
+    pub fn complete(&self, outputs: Vec<OutputTensor>, parameters: &Parameters) {
         if self.jobs.len() == 1 {
             let job = &self.jobs[0];
-            job.finish(prepare_response(self.response(job, outputs)));
+            job.finish(prepare_response(self.response(job, outputs, parameters)));
             return;
         }
         let rows = self.rows();
@@ -477,17 +478,22 @@ impl Batch {
                     }
                 })
                 .collect();
-            job.finish(prepare_response(self.response(job, part)));
+            job.finish(prepare_response(self.response(job, part, parameters)));
             offset += n;
         }
     }
 
-    fn response(&self, job: &Job, outputs: Vec<OutputTensor>) -> InferResponse {
+    fn response(
+        &self,
+        job: &Job,
+        outputs: Vec<OutputTensor>,
+        parameters: &Parameters,
+    ) -> InferResponse {
         InferResponse {
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
             id: job.id.clone(),
-            parameters: Parameters::new(),
+            parameters: parameters.clone(),
             outputs,
         }
     }

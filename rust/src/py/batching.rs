@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::batch::{Batch as CoreBatch, BatchConfig, Batcher as CoreBatcher, Job as CoreJob};
 use crate::encode::OutputTensor;
+use crate::tensor::{ParamValue, Parameters};
 
 use super::buffers::{import_array, ArrowArray};
 use super::errors::error_from_code;
@@ -169,12 +170,20 @@ impl Batch {
         )
     }
 
-    /// Answers every request from the model's outputs `(name, shape, values)`, split by rows.
+    /// Answers every request from the model's outputs `(name, shape, values)`, split by rows;
+    /// `parameters` (text values) go into every response.
+    #[pyo3(signature = (outputs, parameters = None))]
     fn complete(
         &self,
         py: Python<'_>,
         outputs: Vec<(String, Vec<i64>, Bound<'_, PyAny>)>,
+        parameters: Option<std::collections::BTreeMap<String, String>>,
     ) -> PyResult<()> {
+        let parameters: Parameters = parameters
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, ParamValue::String(v)))
+            .collect();
         let outputs = outputs
             .into_iter()
             .map(|(name, shape, values)| {
@@ -185,7 +194,7 @@ impl Batch {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        py.detach(|| self.0.complete(outputs));
+        py.detach(|| self.0.complete(outputs, &parameters));
         Ok(())
     }
 
