@@ -60,29 +60,62 @@ def to_ndarray(
 
 
 def _frame(batch: _native.ArrowArray, schema: Any) -> Any:
-    """The enforced columns as the DataFrame MLflow's enforcement would hand the model:
-    text as object columns, datetime columns parsed to datetime64[ns] as MLflow parses
-    them."""
-    import numpy as np
+    """The enforced columns as the DataFrame MLflow's enforcement would hand the model.
+
+    Numeric columns are final. Text becomes object columns. Two of MLflow's object-column
+    rules need Python values, so they run through MLflow's own `_enforce_mlflow_datatype`:
+    datetime columns (ISO text, read as MLServer's datetime codec reads it) and bytes sent
+    for a double column (MLflow parses those with `pd.to_numeric`)."""
+    import pandas as pd
     import pyarrow as pa
 
     record_batch = pa.record_batch(batch)
+    if record_batch.num_columns == 0:
+        return pd.DataFrame({})
     frame = record_batch.to_pandas()
-    types = {spec.name: getattr(spec.type, "name", None) for spec in schema.inputs}
-    for field in record_batch.schema:
-        if not pa.types.is_string(field.type):
-            continue
-        column = frame[field.name].astype(object)
-        if types.get(field.name) == "datetime":
-            try:
-                column = column.astype(np.dtype("datetime64[ns]"), errors="raise")
-            except ValueError as error:
-                raise InvalidInputError(
-                    f"Failed to convert column {field.name} from type object to datetime.",
-                    field.name,
-                ) from error
-        frame[field.name] = column
+    named = schema.has_input_names()
+    types = {spec.name: spec.type for spec in schema.inputs} if named else None
+    for position, field in enumerate(record_batch.schema):
+        column_type = types[field.name] if types is not None else schema.inputs[position].type
+        type_name = getattr(column_type, "name", None)
+        if pa.types.is_string(field.type):
+            column = frame[field.name].astype(object)
+            if type_name == "datetime":
+                column = _mlflow_column(
+                    field.name, _parse_datetimes(field.name, column), column_type
+                )
+            frame[field.name] = column
+        elif pa.types.is_binary(field.type) and type_name == "double":
+            frame[field.name] = _mlflow_column(field.name, frame[field.name], column_type)
     return frame
+
+
+def _parse_datetimes(name: str, column: Any) -> Any:
+    import datetime
+
+    import pandas as pd
+
+    try:
+        values = [datetime.datetime.fromisoformat(text) for text in column]
+    except ValueError as error:
+        raise InvalidInputError(
+            f"column {name} holds text that is not an ISO 8601 date-time: {error}", name
+        ) from error
+    return pd.Series(values, index=column.index, name=name, dtype=object)
+
+
+def _mlflow_column(name: str, column: Any, column_type: Any) -> Any:
+    """One column through MLflow's own conversion rule for it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models.utils import _enforce_mlflow_datatype
+
+    try:
+        return _enforce_mlflow_datatype(name, column, column_type)
+    except MlflowException as error:
+        raise InvalidInputError(error.message, name) from error
+    except (TypeError, ValueError) as error:
+        # pandas' own refusals inside MLflow's rule (e.g. dates out of datetime64[ns]).
+        raise InvalidInputError(f"column {name} cannot be converted: {error}", name) from error
 
 
 def _tensor(spec_dtype: Any, datatype: str, shape: list[int], values: Any) -> Any:
@@ -188,15 +221,19 @@ class _HasParameters(Protocol):
 
 
 def model_params(source: _HasParameters, model: LoadedModel) -> dict[str, Any] | None:
-    """Request (or batch) parameters meant for the model, as MLflow `params`."""
+    """Request (or batch) parameters meant for the model, as MLflow `params`: None when the
+    request had none; reserved ones are never passed, and a model without a ParamSchema gets
+    none of them (as MLflow drops them)."""
+    parameters = source.parameters
+    if not parameters:
+        return None
     params = {
         name: value
-        for name, value in source.parameters.items()
+        for name, value in parameters.items()
         if name not in _RESERVED_PARAMS and not name.startswith("triton_")
     }
-    if not params:
-        return None
     if model.param_names is None:
-        logger.debug("model %s declares no params; ignoring %s", model.name, sorted(params))
-        return None
+        if params:
+            logger.debug("model %s declares no params; ignoring %s", model.name, sorted(params))
+        return {}
     return params

@@ -242,12 +242,14 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
         ))),
         // Text for the caller to parse as datetime64[ns], as MLflow parses object columns.
         (ColumnType::Datetime | ColumnType::String, D::Bytes) => utf8_column(name, tensor),
-        // MLflow hands object columns to a boolean column unchanged (to keep None values).
+        // MLflow hands object columns to a boolean column unchanged (to keep None values),
+        // and parses object columns for a double column as numbers (`pd.to_numeric`): the
+        // caller applies that parse, MLflow's own, to the bytes passed through here.
         (ColumnType::Boolean, D::Bool | D::Bytes)
+        | (ColumnType::Double, D::Bytes | D::Fp64)
         | (ColumnType::Integer, D::Int32)
         | (ColumnType::Long, D::Int64)
         | (ColumnType::Float, D::Fp32)
-        | (ColumnType::Double, D::Fp64)
         | (ColumnType::Binary, D::Bytes) => Ok(Arc::clone(values)),
         (ColumnType::Integer, D::Int8) => cast!(Int8Type, Int32Type, i32),
         (ColumnType::Integer, D::Int16) => cast!(Int16Type, Int32Type, i32),
@@ -336,7 +338,14 @@ fn coerce_tensors(inputs: &[Tensor], specs: &[TensorSpec]) -> Result<Vec<Tensor>
 }
 
 fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<Tensor> {
-    if spec.ty == TensorType::Object && spec.shape == [-1] {
+    // MLflow's ragged arrays: an object spec of shape [-1] takes anything, and a 1-D object
+    // array passes any spec with a variable inner dimension unless it wants text or bytes.
+    let ragged = spec.shape.len() > 1
+        && spec.shape[1..].contains(&-1)
+        && tensor.shape.len() == 1
+        && tensor.datatype == DataType::Bytes
+        && !matches!(spec.ty, TensorType::Str | TensorType::Bytes);
+    if (spec.ty == TensorType::Object && spec.shape == [-1]) || ragged {
         return Ok(named_as(spec, tensor.clone()));
     }
     let fits = spec.shape.len() == tensor.shape.len()
