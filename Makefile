@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos bench-floors bench-decode
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen bench-floors bench-micro bench-batching
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,8 +33,8 @@ example-model: $(MODEL)/MLmodel ## train the red-wine example model if it is mis
 serve-example: build example-model ## serve the example model on 127.0.0.1:8081 (gRPC)
 	$(PY) -m arrowsmith serve $(MODEL) --name wine
 
-test-rust: ## Rust tests of the pure core (no Python)
-	cd rust && cargo test --no-default-features --quiet
+test-rust: ## Rust tests of the pure core and the load generator (no Python)
+	cd rust && cargo test --workspace --no-default-features --quiet
 
 test-python: build ## Python tests, against real server processes
 	$(PY) -m pytest
@@ -46,14 +46,29 @@ lint: $(INSTALLED) ## formatters in check mode, linters, type checks
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest arrowsmith._native
-	cd rust && cargo fmt --check && cargo clippy --all-targets --no-default-features -- -D warnings && cargo clippy --all-targets -- -D warnings
+	cd rust && cargo fmt --all --check \
+		&& cargo clippy --workspace --all-targets --no-default-features -- -D warnings \
+		&& cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/hadolint Dockerfile
 
 fmt: $(INSTALLED) ## format Python and Rust
 	$(VENV)/bin/ruff format python tests benchmarks examples
 	$(VENV)/bin/ruff check --fix python tests benchmarks examples
-	cd rust && cargo fmt
+	cd rust && cargo fmt --all
 
 protos: $(INSTALLED) ## regenerate the Python messages from protos/
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=python/arrowsmith/_proto \
 		--pyi_out=python/arrowsmith/_proto protos/grpc_service.proto
+
+loadgen: ## build arrowsmith-bench, the compiled load generator (rust/target/release)
+	cd rust && cargo build --release -p arrowsmith-bench
+
+bench-floors: $(INSTALLED) ## grpcio sync vs aio canned-answer floors (needs h2load: apt-get install nghttp2-client)
+	$(PY) benchmarks/floors.py
+
+bench-micro: build ## decode and signature-enforcement micro-benchmarks (pytest-benchmark)
+	$(PY) -m pytest benchmarks/test_decode_micro.py benchmarks/test_enforcement_micro.py \
+		--benchmark-only --benchmark-columns=min,median,mean,ops -q
+
+bench-batching: build example-model loadgen ## W1 with batching off/on, 1 and 2 workers
+	$(PY) benchmarks/batching.py
