@@ -1,8 +1,8 @@
 """Several server processes on the same ports (SO_REUSEPORT lets the kernel spread the
 connections): a supervisor starts N workers, restarts one that crashes, serves their
 combined metrics, and on SIGTERM stops them all, each draining its in-flight requests.
-A worker that fails while loading its models stops the whole server: restarting it would
-only fail again."""
+A worker whose models fail to load (EXIT_LOAD_FAILED) stops the whole server: restarting
+it would only fail again."""
 
 from __future__ import annotations
 
@@ -18,13 +18,11 @@ import tempfile
 import time
 
 from arrowsmith.config import ModelConfig, ServerConfig
-from arrowsmith.server import DRAIN_SECONDS, configure_logging, stop_on_signals
+from arrowsmith.server import DRAIN_SECONDS, EXIT_LOAD_FAILED, configure_logging, stop_on_signals
 
 logger = logging.getLogger("arrowsmith.workers")
 
 _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
-#: A worker exiting with an error sooner than this after its start failed to load.
-_LOAD_FAILURE_SECONDS = 120.0
 
 
 def _spawn(index: int, config: ServerConfig, metrics_dir: str) -> subprocess.Popen[bytes]:
@@ -51,28 +49,28 @@ def supervise(config: ServerConfig) -> int:
     configure_logging(config)
     stop = stop_on_signals()
     metrics_dir = tempfile.mkdtemp(prefix="arrowsmith-metrics-")
-    workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    workers: dict[int, subprocess.Popen[bytes]] = {}
     status = 0
     try:
         for index in range(config.workers):
-            workers[index] = (_spawn(index, config, metrics_dir), time.monotonic())
+            workers[index] = _spawn(index, config, metrics_dir)
         if config.metrics_port:
             _serve_metrics(config, metrics_dir)
         while not stop.wait(0.5):
-            for index, (process, started) in list(workers.items()):
+            for index, process in list(workers.items()):
                 code = process.poll()
                 if code is None:
                     continue
                 _mark_dead(process.pid, metrics_dir)
-                if code != 0 and time.monotonic() - started < _LOAD_FAILURE_SECONDS:
-                    logger.error("worker %d failed while starting (exit %d); stopping", index, code)
+                if code == EXIT_LOAD_FAILED:
+                    logger.error("worker %d could not load its models; stopping", index)
                     status = 1
                     stop.set()
                     break
                 logger.warning("worker %d ended (exit %s); starting it again", index, code)
-                workers[index] = (_spawn(index, config, metrics_dir), time.monotonic())
+                workers[index] = _spawn(index, config, metrics_dir)
     finally:
-        _stop_all([process for process, _ in workers.values()])
+        _stop_all(list(workers.values()))
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
