@@ -1,6 +1,6 @@
 # Arrowsmith as a container (e.g. a sidecar): build the wheel, then a slim runtime image.
 # Serve a model mounted at /models/model:
-#   docker run -p 8081:8081 -v $PWD/examples/wine/model:/models/model:ro arrowsmith
+#   docker run -p 8081:8081 -p 8080:8080 -v $PWD/examples/wine/model:/models/model:ro arrowsmith
 FROM python:3.11-slim-bookworm AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
@@ -28,6 +28,7 @@ RUN pip install --no-cache-dir /wheels/*.whl scikit-learn==1.9.1 skops==0.16.0 \
 USER 10001
 ENV ARROWSMITH_HOST=0.0.0.0 \
     ARROWSMITH_GRPC_PORT=8081 \
+    ARROWSMITH_HTTP_PORT=8080 \
     ARROWSMITH_MODEL_URI=/models/model
-EXPOSE 8081
+EXPOSE 8081 8080
 ENTRYPOINT ["arrowsmith", "serve"]

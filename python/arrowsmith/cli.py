@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--grpc-port", type=int, default=_env("grpc-port", 8081, int))
     serve.add_argument(
+        "--http-port",
+        type=int,
+        default=_env("http-port", 8080, int),
+        help="V2 REST, MLflow's /invocations and /metrics; 0 turns HTTP off (default 8080)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=int,
         default=_env("metrics-port", 8082, int),
@@ -96,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--grpc-threads",
         type=int,
         default=_env("grpc-threads", 32, int),
-        help="gRPC handler threads, the most requests in progress at once",
+        help="handler threads of each front (gRPC, HTTP): the most requests in progress at once",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     return parser
@@ -146,6 +152,7 @@ def parse_config(argv: Sequence[str]) -> ServerConfig:
         models=models,
         host=args.host,
         grpc_port=args.grpc_port,
+        http_port=args.http_port,
         metrics_port=args.metrics_port,
         max_message_size=args.max_message_size,
         grpc_threads=args.grpc_threads,

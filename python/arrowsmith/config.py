@@ -53,6 +53,8 @@ class ServerConfig:
     models: tuple[ModelConfig, ...]
     host: str = "127.0.0.1"
     grpc_port: int = 8081
+    #: V2 REST, MLflow's /invocations and /metrics over HTTP; 0 turns it off.
+    http_port: int = 8080
     #: Prometheus /metrics; 0 turns it off.
     metrics_port: int = 8082
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
@@ -68,7 +70,11 @@ class ServerConfig:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"two models would be served as {repeated}: give them distinct names")
-        for flag, port in (("--grpc-port", self.grpc_port), ("--metrics-port", self.metrics_port)):
+        for flag, port in (
+            ("--grpc-port", self.grpc_port),
+            ("--http-port", self.http_port),
+            ("--metrics-port", self.metrics_port),
+        ):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{flag} {port} is not a port number")
         if self.workers <= 0:

@@ -4,6 +4,7 @@ any later front end) calls this and nothing below it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,12 +47,14 @@ class DataPlane:
         # Only served models' names become metric labels, never what a client made up.
         model_name = ""
         try:
+            started = time.perf_counter()
             request = _native.decode_request(request_bytes)
             model = self.registry.get(request.model_name, request.model_version)
             model_name = model.name
             if model.runner is None:
                 raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
             job = job_for(request, model, timeout)
+            metrics.observe_stage(model_name, protocol, "decode", time.perf_counter() - started)
             if on_cancel is not None:
                 on_cancel(job.cancel)
             response = model.runner.batcher.submit(job)

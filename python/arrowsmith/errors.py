@@ -49,6 +49,21 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
+#: MLflow's error code names (`mlflow.protos.databricks_pb2`) for the MLflow scoring protocol
+#: (/invocations), where MLflow's own table then gives the HTTP status, as
+#: `mlflow models serve` answers: whatever a model raises is BAD_REQUEST there, and so here.
+MLFLOW_ERROR_CODE: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_INPUT: "INVALID_PARAMETER_VALUE",
+    ErrorCode.UNSUPPORTED_INPUT: "NOT_IMPLEMENTED",
+    ErrorCode.MODEL_NOT_FOUND: "RESOURCE_DOES_NOT_EXIST",
+    ErrorCode.MODEL_NOT_READY: "TEMPORARILY_UNAVAILABLE",
+    ErrorCode.QUEUE_FULL: "RESOURCE_EXHAUSTED",
+    ErrorCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    ErrorCode.CANCELLED: "CANCELLED",
+    ErrorCode.MODEL_ERROR: "BAD_REQUEST",
+    ErrorCode.INTERNAL: "INTERNAL_ERROR",
+}
+
 
 class ArrowsmithError(Exception):
     """Base of every error a client can be told about."""

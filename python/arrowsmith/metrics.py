@@ -43,6 +43,13 @@ PREDICT_TIME = Histogram(
     ["model", "worker"],
     buckets=_SECOND_BUCKETS,
 )
+STAGE_TIME = Histogram(
+    "arrowsmith_stage_seconds",
+    "Time of one request in one stage: parse (an HTTP body to a V2 request), decode (native "
+    "decode and signature), render (a V2 response to an HTTP body).",
+    ["model", "protocol", "stage", "worker"],
+    buckets=_SECOND_BUCKETS,
+)
 QUEUE_DEPTH = Gauge(
     "arrowsmith_queue_depth",
     "Requests waiting when the last batch was formed.",
@@ -58,6 +65,10 @@ def observe_batch(model: str, rows: list[int], queue_waits: list[float], depth: 
     for seconds in queue_waits:
         wait.observe(seconds)
     QUEUE_DEPTH.labels(model, WORKER).set(depth)
+
+
+def observe_stage(model: str, protocol: str, stage: str, seconds: float) -> None:
+    STAGE_TIME.labels(model, protocol, stage, WORKER).observe(seconds)
 
 
 def count_request(model: str, protocol: str, status: str) -> None:

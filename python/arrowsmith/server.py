@@ -3,17 +3,26 @@ ready), serve until SIGTERM or SIGINT, and drain in-flight requests before exiti
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from arrowsmith.config import ServerConfig
+
+if TYPE_CHECKING:
+    from arrowsmith.dataplane import DataPlane
+    from arrowsmith.http.server import HttpFront
 
 logger = logging.getLogger("arrowsmith")
 
 #: Seconds in-flight requests get to finish after a stop signal.
 DRAIN_SECONDS = 10.0
+
+#: A server's exit status when its models did not load (restarting it would not help).
+EXIT_LOAD_FAILED = 3
 
 
 def configure_logging(config: ServerConfig) -> None:
@@ -35,22 +44,50 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+class Fronts:
+    """The process's listeners: gRPC always, HTTP when configured."""
+
+    def __init__(self, config: ServerConfig, dataplane: DataPlane, worker: bool) -> None:
+        from arrowsmith.grpc.server import GrpcFront
+
+        self.grpc = GrpcFront(config, dataplane, reuse_port=worker)
+        self.grpc.start()
+        logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
+        self.http: HttpFront | None = None
+        if config.http_port:
+            from arrowsmith.http.server import HttpFront
+
+            self.http = HttpFront(config, dataplane, reuse_port=worker)
+            self.http.start()
+            logger.info("HTTP listening on %s:%d", config.host, self.http.port)
+
+    def set_ready(self) -> None:
+        if self.http is not None:
+            self.http.wait_started()
+        self.grpc.set_serving(True)
+
+    def stop(self, grace_seconds: float) -> None:
+        if self.http is not None:
+            self.http.stop(grace_seconds)
+        self.grpc.stop(grace_seconds)
+
+
 def serve(config: ServerConfig, worker: bool = False) -> int:
-    """Runs one server process. `worker`: one of several sharing the ports, whose metrics
-    the supervisor serves."""
+    """Runs one server process. A lone server listens at once (live, not ready) and turns
+    ready after loading; a `worker`, one of several sharing the ports, listens only once its
+    models are loaded, so the kernel never hands it a connection it cannot answer. Exits
+    with EXIT_LOAD_FAILED when a model does not load."""
     configure_logging(config)
     from arrowsmith import _native
     from arrowsmith.dataplane import DataPlane
-    from arrowsmith.grpc.server import GrpcFront
     from arrowsmith.models.registry import ModelRegistry, load_model
 
     if _native.build_profile == "debug":
         logger.warning("the native extension is a debug build: expect it to be slow")
     stop = stop_on_signals()
     registry = ModelRegistry([m.served_name for m in config.models])
-    front = GrpcFront(config, DataPlane(registry), reuse_port=worker)
-    front.start()
-    logger.info("gRPC listening on %s:%d (live, not ready)", config.host, front.port)
+    dataplane = DataPlane(registry)
+    fronts = None if worker else Fronts(config, dataplane, worker)
     if config.metrics_port and not worker:
         from prometheus_client import start_http_server
 
@@ -61,13 +98,19 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
             registry.add(load_model(model_config))
     except Exception:
         logger.exception("loading failed; exiting")
-        front.stop(0)
+        if fronts is not None:
+            fronts.stop(0)
         registry.stop(0)
-        return 1
-    front.set_serving(True)
+        return EXIT_LOAD_FAILED
+    # Everything loaded so far (MLflow, pandas, the models) lives as long as the process:
+    # kept out of the collector's full passes, which would otherwise stall requests.
+    gc.freeze()
+    if fronts is None:
+        fronts = Fronts(config, dataplane, worker)
+    fronts.set_ready()
     logger.info("ready: serving %s", ", ".join(registry.names()))
     stop.wait()
-    front.stop(DRAIN_SECONDS)
+    fronts.stop(DRAIN_SECONDS)
     registry.stop(DRAIN_SECONDS)
     logger.info("stopped")
     return 0

@@ -121,3 +121,27 @@ def check_loads_in_fresh_process(model_dir: pathlib.Path) -> None:
     )
     if result.returncode != 0:
         raise AssertionError(f"{model_dir} does not load in a fresh process:\n{result.stderr}")
+
+
+BATCHING_MODELS_FILE = PYFUNC_MODELS_FILE.parent / "batching_models.py"
+ECHO_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("long", "row_id"), ColSpec("double", "payload")]),
+    outputs=Schema(
+        [ColSpec("long", "row_id"), ColSpec("double", "twice"), ColSpec("long", "batch_rows")]
+    ),
+)
+
+
+def save_batching_model(output_dir: pathlib.Path, class_name: str) -> pathlib.Path:
+    """Save a class of `batching_models.py` (row ids and payloads in), shipping that file."""
+    models = import_file(BATCHING_MODELS_FILE.stem, BATCHING_MODELS_FILE)
+    mlflow.pyfunc.save_model(
+        str(output_dir),
+        python_model=getattr(models, class_name)(),
+        signature=ECHO_SIGNATURE,
+        input_example=pd.DataFrame({"row_id": [0, 1], "payload": [0.5, 1.5]}),
+        code_paths=[str(BATCHING_MODELS_FILE)],
+        pip_requirements=mlflow.pyfunc.get_default_pip_requirements(),
+    )
+    check_loads_in_fresh_process(output_dir)
+    return output_dir

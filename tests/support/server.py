@@ -49,11 +49,18 @@ class ServerHandle:
     port: int
     process: subprocess.Popen[bytes]
     log_path: pathlib.Path
+    #: The HTTP port (V2 REST, /invocations, /metrics).
+    http_port: int = 0
 
     @property
     def url(self) -> str:
         """The address tritonclient and grpc channels take."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP front."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def log_text(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
@@ -74,17 +81,21 @@ class StartServer(Protocol):
         ...
 
 
-def server_command(model_dir: pathlib.Path, port: int, *extra_args: str) -> list[str]:
+def server_command(
+    model_dir: pathlib.Path | None, port: int, *extra_args: str, http_port: int | None = None
+) -> list[str]:
     """The documented CLI, run with this interpreter so the tests' venv serves the model.
 
-    One worker and no metrics port unless `extra_args` say otherwise (later flags win):
-    parallel test servers must not share ports, and one process starts fastest."""
+    One worker, no metrics port and a free HTTP port (`http_port` when given) unless
+    `extra_args` say otherwise (later flags win): parallel test servers must not share
+    ports, and one process starts fastest. Without `model_dir`, `extra_args` name the models
+    (`--config FILE`)."""
     return [
         sys.executable,
         "-m",
         "arrowsmith",
         "serve",
-        str(model_dir),
+        *([] if model_dir is None else [str(model_dir)]),
         "--host",
         "127.0.0.1",
         "--grpc-port",
@@ -93,6 +104,8 @@ def server_command(model_dir: pathlib.Path, port: int, *extra_args: str) -> list
         "1",
         "--metrics-port",
         "0",
+        "--http-port",
+        str(free_port() if http_port is None else http_port),
         *extra_args,
     ]
 
@@ -129,25 +142,28 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    model_dir: pathlib.Path,
+    model_dir: pathlib.Path | None,
     *extra_args: str,
     name: str | None = None,
     log_dir: pathlib.Path,
 ) -> Iterator[ServerHandle]:
-    """Start a server for `model_dir`, yield it once ready, and always stop it afterwards."""
+    """Start a server for `model_dir` (or for the `--config` in `extra_args`), yield it once
+    ready, and always stop it afterwards."""
     port = free_port()
+    http_port = free_port()
     args = [*extra_args, *(["--name", name] if name is not None else [])]
-    log_path = log_dir / f"arrowsmith-{name or model_dir.name}-{port}.log"
+    label = name or (model_dir.name if model_dir is not None else "config")
+    log_path = log_dir / f"arrowsmith-{label}-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            server_command(model_dir, port, *args),
+            server_command(model_dir, port, *args, http_port=http_port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
         )
-    handle = ServerHandle(port=port, process=process, log_path=log_path)
+    handle = ServerHandle(port=port, process=process, log_path=log_path, http_port=http_port)
     try:
         _wait_until_ready(handle)
         yield handle

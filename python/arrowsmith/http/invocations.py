@@ -1,0 +1,167 @@
+"""MLflow's scoring protocol, as `mlflow models serve` speaks it: POST /invocations (JSON,
+CSV, Parquet), GET /ping, /health and /version, with MLflow's content-type rules, status
+codes and `{"error_code", "message"}` errors.
+
+Bodies are parsed by MLflow's own scoring-server helpers, so what is accepted, how it is
+typed and how a refusal is worded are MLflow's; the parsed input then travels as a V2
+request through the same data plane as gRPC, and the answer is rebuilt into the object the
+model returned and written by MLflow's `predictions_to_json`."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from arrowsmith import metrics
+from arrowsmith.dataplane import DataPlane
+from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
+from arrowsmith.http import mlflow_codec, split_fast_path
+from arrowsmith.http.asgi import JSON, Request, Response
+
+if TYPE_CHECKING:
+    from arrowsmith.models.registry import LoadedModel
+
+PROTOCOL = "mlflow"
+_TEXT = "text/plain; charset=utf-8"
+_CSV = "text/csv"
+_PARQUET = "application/vnd.apache.parquet"
+
+
+def _scoring_server() -> Any:
+    """MLflow's scoring server module (untyped), imported on first use: MLflow is heavy, and
+    the model loader imports it anyway."""
+    return importlib.import_module("mlflow.pyfunc.scoring_server")
+
+
+def mlflow_error_response(error: Any) -> Response:
+    """MLflow's serialized error with MLflow's status, without the server's stack trace."""
+    document = json.loads(error.serialize_as_json())
+    document.pop("stack_trace", None)
+    return Response(error.get_http_status_code(), json.dumps(document).encode())
+
+
+def error_response(error: ArrowsmithError) -> Response:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ErrorCode as MlflowErrorCode
+
+    code = MlflowErrorCode.Value(MLFLOW_ERROR_CODE[error.code])
+    return mlflow_error_response(MlflowException(error.message, error_code=code))
+
+
+def _unsupported_media(content_type: str | None) -> Response | None:
+    """MLflow's 415 answers: a charset other than UTF-8, another parameter, another type."""
+    scoring_server = _scoring_server()
+    mime, *options = (part.strip() for part in (content_type or "").split(";"))
+    parameters = dict(option.partition("=")[::2] for option in options)
+    if parameters.get("charset", "utf-8").lower() != "utf-8":
+        return Response(415, b"The scoring server only supports UTF-8", _TEXT)
+    unknown = set(parameters) - {"charset"}
+    if unknown:
+        message = (
+            f"Unrecognized content type parameters: {', '.join(unknown)}. "
+            f"{scoring_server.SCORING_PROTOCOL_CHANGE_INFO}"
+        )
+        return Response(415, message.encode(), _TEXT)
+    if mime not in scoring_server.CONTENT_TYPES:
+        message = (
+            "This predictor only supports the following content types: "
+            f"Types: {scoring_server.CONTENT_TYPES}. Got '{content_type}'."
+        )
+        return Response(415, message.encode(), _TEXT)
+    return None
+
+
+def _parse(mime: str, body: bytes, model: LoadedModel) -> tuple[Any, Any, bool]:
+    """(model input, params, whether the answer goes unwrapped), by MLflow's helpers."""
+    scoring_server = _scoring_server()
+    schema = model.input_schema
+    if mime == _CSV:
+        try:
+            text = body.decode()
+        except UnicodeDecodeError as error:
+            raise scoring_server.MlflowInvalidInputException(
+                f"Ensure that input is a valid UTF-8 encoded string. Error: '{error!r}'"
+            ) from error
+        return scoring_server.parse_csv_input(io.StringIO(text), schema), None, False
+    if mime == _PARQUET:
+        return scoring_server.parse_parquet_input(io.BytesIO(body)), None, False
+    parsed = scoring_server._parse_json_data(body, model.pyfunc.metadata, schema)
+    return parsed.data, parsed.params, parsed.is_unified_llm_input
+
+
+def _render(predictions: Any, unwrapped: bool) -> bytes:
+    scoring_server = _scoring_server()
+    output = io.StringIO()
+    if unwrapped:
+        scoring_server.unwrapped_predictions_to_json(predictions, output)
+    else:
+        scoring_server.predictions_to_json(predictions, output)
+    return output.getvalue().encode()
+
+
+class MlflowScoring:
+    def __init__(self, dataplane: DataPlane, default_model: str) -> None:
+        self.dataplane = dataplane
+        #: /invocations serves the first configured model; /models/{name}/invocations any.
+        self.default_model = default_model
+        #: Per model name: the model and its float columns when the split fast path fits it.
+        self._split_columns: dict[str, tuple[LoadedModel, dict[str, Any] | None]] = {}
+
+    def ping(self, request: Request) -> Response:
+        ready = self.dataplane.registry.ready
+        return Response(200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY], b"\n")
+
+    def version(self, request: Request) -> Response:
+        from mlflow.version import VERSION
+
+        return Response(200, VERSION.encode())
+
+    def _fast_split(self, mime: str, body: bytes, model: LoadedModel) -> bytes | None:
+        if mime != JSON:
+            return None
+        cached = self._split_columns.get(model.name)
+        if cached is None or cached[0] is not model:
+            cached = (model, split_fast_path.column_dtypes(model))
+            self._split_columns[model.name] = cached
+        dtypes = cached[1]
+        return None if dtypes is None else split_fast_path.request_bytes(body, model, dtypes)
+
+    def invocations(self, request: Request, name: str | None) -> Response:
+        """Runs on the thread pool: parsing, the wait for the batch, and rendering."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.dataplane.model(name or self.default_model)
+        except ArrowsmithError as error:
+            metrics.count_request("", PROTOCOL, error.code.value)
+            return error_response(error)
+        content_type = request.headers.get("content-type")
+        refusal = _unsupported_media(content_type)
+        if refusal is not None:
+            metrics.count_request(model.name, PROTOCOL, ErrorCode.INVALID_INPUT.value)
+            return refusal
+        mime = (content_type or "").split(";")[0].strip()
+        try:
+            started = time.perf_counter()
+            request_bytes, unwrapped = self._fast_split(mime, request.body, model), False
+            if request_bytes is None:
+                value, params, unwrapped = _parse(mime, request.body, model)
+                request_bytes = mlflow_codec.request_bytes(value, params, model)
+            metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
+        except MlflowException as error:
+            metrics.count_request(model.name, PROTOCOL, ErrorCode.INVALID_INPUT.value)
+            return mlflow_error_response(error)
+        except ArrowsmithError as error:
+            metrics.count_request(model.name, PROTOCOL, error.code.value)
+            return error_response(error)
+        try:
+            response_bytes = self.dataplane.infer(request_bytes, None, None, PROTOCOL)
+        except ArrowsmithError as error:
+            return error_response(error)
+        started = time.perf_counter()
+        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
+        metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
+        return Response(200, body, JSON)

@@ -1,0 +1,81 @@
+"""Which endpoint answers a method and path. A hand-written match on the path's segments:
+the route set is small and fixed, and a framework router would cost more per request than
+the whole match."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from http import HTTPStatus
+
+import orjson
+
+from arrowsmith.http import invocations, v2_rest
+from arrowsmith.http.asgi import Endpoint, Request, Response
+from arrowsmith.http.invocations import MlflowScoring
+from arrowsmith.http.v2_rest import V2Rest
+
+Handler = Callable[[Request], Response]
+
+
+def _routing_failure(status: HTTPStatus, v2: bool) -> Endpoint:
+    """No such route (404) or not with this method (405): V2 paths say so in V2's words,
+    others as MLflow's FastAPI server does."""
+    key = "error" if v2 else "detail"
+    response = Response(status.value, orjson.dumps({key: status.phrase}))
+    return Endpoint(lambda request: response, False, v2_rest.error_response)
+
+
+class Routes:
+    def __init__(self, v2: V2Rest, scoring: MlflowScoring, metrics_page: Handler) -> None:
+        self.v2 = v2
+        self.scoring = scoring
+        self.metrics_page = metrics_page
+
+    def __call__(self, method: str, path: str) -> Endpoint:
+        parts = path.strip("/").split("/")
+        if parts[0] == "v2":
+            return self._v2(method, parts[1:])
+        scoring = self.scoring
+        route: tuple[str, Handler, bool] | None = None
+        if parts == ["invocations"]:
+            route = ("POST", partial(scoring.invocations, name=None), True)
+        elif len(parts) == 3 and parts[0] == "models" and parts[2] == "invocations":
+            route = ("POST", partial(scoring.invocations, name=parts[1]), True)
+        elif parts in (["ping"], ["health"]):
+            route = ("GET", scoring.ping, False)
+        elif parts == ["version"]:
+            route = ("GET", scoring.version, False)
+        elif parts == ["metrics"]:
+            route = ("GET", self.metrics_page, True)
+        return self._endpoint(method, route, v2=False)
+
+    def _v2(self, method: str, parts: list[str]) -> Endpoint:
+        v2 = self.v2
+        route: tuple[str, Handler, bool] | None = None
+        if parts == []:
+            route = ("GET", v2.server_metadata, False)
+        elif parts == ["health", "live"]:
+            route = ("GET", v2.live, False)
+        elif parts == ["health", "ready"]:
+            route = ("GET", v2.ready, False)
+        elif len(parts) >= 2 and parts[0] == "models":
+            name, rest, version = parts[1], parts[2:], ""
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            if rest == []:
+                route = ("GET", partial(v2.model_metadata, name=name, version=version), False)
+            elif rest == ["ready"]:
+                route = ("GET", partial(v2.model_ready, name=name, version=version), False)
+            elif rest == ["infer"]:
+                route = ("POST", partial(v2.infer, name=name, version=version), True)
+        return self._endpoint(method, route, v2=True)
+
+    def _endpoint(self, method: str, route: tuple[str, Handler, bool] | None, v2: bool) -> Endpoint:
+        if route is None:
+            return _routing_failure(HTTPStatus.NOT_FOUND, v2)
+        allowed, handler, blocking = route
+        if method != allowed:
+            return _routing_failure(HTTPStatus.METHOD_NOT_ALLOWED, v2)
+        errors = v2_rest.error_response if v2 else invocations.error_response
+        return Endpoint(handler, blocking, errors)

@@ -1,0 +1,104 @@
+"""The common /invocations body, a `dataframe_split` of numbers for a model whose signature
+is named `double` / `float` columns, turned into a V2 request with numpy alone: no
+DataFrame, no Python object per value. MLflow would build a DataFrame and cast each column
+to its schema dtype; for numbers into floating-point columns that cast is exactly numpy's,
+so the model sees the same values. Any other body is declined (None) and takes MLflow's
+own parser, which also words every refusal."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from arrowsmith._proto import grpc_service_pb2 as pb
+from arrowsmith.http.tensors import set_parameters
+from arrowsmith.models.signature import numpy_datatype
+
+if TYPE_CHECKING:
+    from arrowsmith.models.registry import LoadedModel
+
+_SPLIT = "dataframe_split"
+_PARAMS = "params"
+_SPLIT_KEYS = frozenset({"columns", "data", "index"})
+#: MLflow column types whose schema cast of JSON numbers numpy reproduces exactly.
+_FLOAT_COLUMNS: dict[str, np.dtype[Any]] = {"double": np.dtype("<f8"), "float": np.dtype("<f4")}
+
+
+def column_dtypes(model: LoadedModel) -> dict[str, np.dtype[Any]] | None:
+    """The model's columns and their dtypes when every column is a named double or float
+    (and the signature is not from type hints, where MLflow parses nothing); else None."""
+    schema = model.input_schema
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    metadata = model.pyfunc.metadata
+    if getattr(metadata, "_is_signature_from_type_hint", lambda: False)():
+        return None
+    dtypes = {}
+    for spec in schema.inputs:
+        dtype = _FLOAT_COLUMNS.get(getattr(spec.type, "name", ""))
+        if dtype is None:
+            return None
+        dtypes[spec.name] = dtype
+    return dtypes
+
+
+def _numbers(split: Any) -> tuple[list[str], np.ndarray[Any, Any]] | None:
+    if not isinstance(split, dict) or "data" not in split or not split.keys() <= _SPLIT_KEYS:
+        return None
+    columns = split.get("columns")
+    if not isinstance(columns, list) or len(set(columns)) != len(columns):
+        return None
+    if not all(isinstance(c, str) for c in columns) or not isinstance(split["data"], list):
+        return None
+    try:
+        values = np.asarray(split["data"])
+    except ValueError:
+        return None
+    rows_fit = values.ndim == 2 and values.shape[0] > 0 and values.shape[1] == len(columns)
+    if not rows_fit or values.dtype.kind not in "if":
+        return None
+    index = split.get("index")
+    if index is not None and (not isinstance(index, list) or len(index) != values.shape[0]):
+        return None
+    return columns, values
+
+
+def request_bytes(
+    body: bytes, model: LoadedModel, dtypes: dict[str, np.dtype[Any]]
+) -> bytes | None:
+    """The body as a serialized ModelInferRequest, or None when it is not a numeric
+    `dataframe_split` (with optional `params`)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or _SPLIT not in document:
+        return None
+    if not document.keys() <= {_SPLIT, _PARAMS}:
+        return None
+    params = document.get(_PARAMS)
+    if params is not None and not _scalar_params(params):
+        return None
+    parsed = _numbers(document[_SPLIT])
+    if parsed is None:
+        return None
+    columns, values = parsed
+    request = pb.ModelInferRequest(model_name=model.name, model_version=model.version)
+    rows = values.shape[0]
+    for index, name in enumerate(columns):
+        dtype = dtypes.get(name)
+        if dtype is None:
+            continue  # MLflow's enforcement drops columns the signature does not name
+        request.inputs.add(name=name, datatype=numpy_datatype(dtype), shape=[rows])
+        request.raw_input_contents.append(values[:, index].astype(dtype).tobytes())
+    if params and model.param_names is not None:
+        set_parameters(request.parameters, params, "MLflow")
+    return bytes(request.SerializeToString())
+
+
+def _scalar_params(params: Any) -> bool:
+    return isinstance(params, dict) and all(
+        isinstance(v, bool | int | float | str) for v in params.values()
+    )

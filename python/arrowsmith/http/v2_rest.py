@@ -1,0 +1,129 @@
+"""The V2 (Open Inference Protocol) REST endpoints: health, metadata and infer, answering
+what the gRPC service answers. Errors are `{"error": message}` with the status of
+`arrowsmith.errors.HTTP_STATUS`."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from arrowsmith import metrics
+from arrowsmith.dataplane import DataPlane
+from arrowsmith.errors import HTTP_STATUS, ArrowsmithError, ErrorCode, InvalidInputError
+from arrowsmith.http.asgi import Request, Response
+from arrowsmith.http.v2_codec import HEADER_LENGTH, parse_infer_request, render_infer_response
+from arrowsmith.models.signature import TensorMetadata
+
+PROTOCOL = "rest"
+#: Beyond what the data plane offers, the REST front speaks Triton's binary tensor data.
+REST_EXTENSIONS = ("binary_tensor_data",)
+
+
+def json_response(document: Any, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(document))
+
+
+def error_response(error: ArrowsmithError) -> Response:
+    return json_response({"error": error.message}, HTTP_STATUS[error.code])
+
+
+def decompressed(request: Request, limit: int) -> bytes:
+    """The body, inflated when tritonclient compressed it (Content-Encoding gzip/deflate),
+    to at most `limit` bytes."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return request.body
+    windows = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+    if encoding not in windows:
+        raise InvalidInputError(f"Content-Encoding '{encoding}' is not gzip, deflate or identity")
+    inflater = zlib.decompressobj(windows[encoding])
+    try:
+        body = inflater.decompress(request.body, limit)
+    except zlib.error as error:
+        raise InvalidInputError(f"the body is not valid {encoding}: {error}") from None
+    if inflater.unconsumed_tail:
+        raise InvalidInputError(f"the inflated request body exceeds the limit of {limit} bytes")
+    return body
+
+
+def _tensor(t: TensorMetadata) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "datatype": t.datatype,
+        "shape": list(t.shape),
+        "parameters": {"content_type": t.content_type},
+    }
+
+
+class V2Rest:
+    def __init__(self, dataplane: DataPlane, max_body_size: int) -> None:
+        self.dataplane = dataplane
+        self.max_body_size = max_body_size
+
+    def server_metadata(self, request: Request) -> Response:
+        metadata = self.dataplane.server_metadata()
+        return json_response(
+            {
+                "name": metadata.name,
+                "version": metadata.version,
+                "extensions": [*metadata.extensions, *REST_EXTENSIONS],
+            }
+        )
+
+    def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    def ready(self, request: Request) -> Response:
+        ready = self.dataplane.registry.ready
+        status = 200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY]
+        return json_response({"ready": ready}, status)
+
+    def model_metadata(self, request: Request, name: str, version: str) -> Response:
+        try:
+            model = self.dataplane.model(name, version)
+        except ArrowsmithError as error:
+            return error_response(error)
+        return json_response(
+            {
+                "name": model.name,
+                "versions": model.versions,
+                "platform": "mlflow",
+                "inputs": [_tensor(t) for t in model.inputs],
+                "outputs": [_tensor(t) for t in model.outputs],
+                "properties": model.properties,
+            }
+        )
+
+    def model_ready(self, request: Request, name: str, version: str) -> Response:
+        try:
+            model = self.dataplane.model(name, version)
+        except ArrowsmithError as error:
+            return error_response(error)
+        return json_response({"name": model.name, "ready": True})
+
+    def infer(self, request: Request, name: str, version: str) -> Response:
+        """Runs on the thread pool: parsing, the wait for the batch, and rendering."""
+        label = name if name in self.dataplane.registry.names() else ""
+        try:
+            started = time.perf_counter()
+            body = decompressed(request, self.max_body_size)
+            header_length = request.headers.get(HEADER_LENGTH)
+            request_bytes, form = parse_infer_request(body, header_length, name, version)
+            metrics.observe_stage(label, PROTOCOL, "parse", time.perf_counter() - started)
+        except ArrowsmithError as error:
+            metrics.count_request(label, PROTOCOL, error.code.value)
+            return error_response(error)
+        try:
+            response_bytes = self.dataplane.infer(request_bytes, None, None, PROTOCOL)
+        except ArrowsmithError as error:
+            return error_response(error)
+        started = time.perf_counter()
+        body, binary_from = render_infer_response(response_bytes, form)
+        metrics.observe_stage(label, PROTOCOL, "render", time.perf_counter() - started)
+        if binary_from is None:
+            return Response(200, body)
+        headers = ((HEADER_LENGTH, str(binary_from)),)
+        return Response(200, body, "application/octet-stream", headers)
