@@ -36,7 +36,7 @@ serve-example: build example-model ## serve the example model on 127.0.0.1:8081 
 test-rust: ## Rust tests of the pure core and the load generator (no Python)
 	cd rust && cargo test --workspace --no-default-features --quiet
 
-test-python: build ## Python tests, against real server processes
+test-python: build loadgen ## Python tests, against real server processes
 	$(PY) -m pytest
 
 test: test-rust test-python ## every test

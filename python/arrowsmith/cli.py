@@ -1,5 +1,6 @@
 """`arrowsmith serve MODEL_URI` (or `--config FILE` for several models): flags, each also an
-ARROWSMITH_* environment variable, become a ServerConfig. No serving logic here."""
+ARROWSMITH_* environment variable, become a ServerConfig. `arrowsmith bench`: the load
+generator's options. No serving or measuring logic here."""
 
 from __future__ import annotations
 
@@ -105,7 +106,47 @@ def _parser() -> argparse.ArgumentParser:
         help="handler threads of each front (gRPC, HTTP): the most requests in progress at once",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="load-test a running V2 gRPC server with the compiled load generator",
+        description="Sends one request over and over: from a V2 JSON infer body, or random "
+        "data shaped by the model's metadata. Closed loop at each --concurrency level, or "
+        "open loop at each --rate; throughput and p50-p99.9 latency per level.",
+    )
+    bench.add_argument("--target", default="127.0.0.1:8081", help="the server's gRPC address")
+    bench.add_argument("--model", required=True, help="the model to call")
+    bench.add_argument("--request", type=Path, help="a V2 JSON infer body (`inputs`, ...)")
+    bench.add_argument("--rows", type=int, default=1, help="rows of generated data (default 1)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    bench.add_argument("--concurrency", default="1,8,32", help="closed-loop levels, e.g. 1,8,32")
+    bench.add_argument("--rate", help="open-loop levels in requests/s instead, e.g. 500,1000")
+    bench.add_argument("--connections", type=int, help="HTTP/2 connections (default: up to 8)")
+    bench.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
+    bench.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level")
+    bench.add_argument("--requests", type=int, help="stop a level after this many requests")
+    bench.add_argument("--json", type=Path, help="write the results as JSON here")
+    bench.add_argument("--plot", type=Path, help="draw throughput against p99 into this PNG")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from arrowsmith import bench
+
+    if args.request is not None:
+        body = bench.request_from_json(args.request, args.model)
+    else:
+        body = bench.request_from_metadata(args.target, args.model, args.rows, args.seed)
+    levels = ["--rate", args.rate] if args.rate else ["--concurrency", args.concurrency]
+    generator_args = [*levels, "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    if args.connections is not None:
+        generator_args += ["--connections", str(args.connections)]
+    if args.requests is not None:
+        generator_args += ["--requests", str(args.requests)]
+    return bench.run(args.target, args.model, body, generator_args, args.json, args.plot)
 
 
 def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig, ...]:
@@ -133,8 +174,15 @@ def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig,
 
 
 def parse_config(argv: Sequence[str]) -> ServerConfig:
+    """The configuration of `arrowsmith serve ...`."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.error("expected `serve`")
+    return _serve_config(parser, args)
+
+
+def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerConfig:
     defaults = {
         "max_batch_size": args.max_batch_size,
         "max_batch_delay_ms": args.max_batch_delay_ms,
@@ -163,7 +211,11 @@ def parse_config(argv: Sequence[str]) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = parse_config(sys.argv[1:] if argv is None else argv)
+        parser = _parser()
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if args.command == "bench":
+            return _bench(args)
+        config = _serve_config(parser, args)
     except (ValueError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)
         return 2
