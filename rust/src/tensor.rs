@@ -17,13 +17,6 @@ pub struct Tensor {
     pub parameters: Parameters,
 }
 
-impl Tensor {
-    /// Rows are the first dimension; a scalar tensor counts as one row.
-    pub fn rows(&self) -> usize {
-        self.shape.first().copied().unwrap_or(1)
-    }
-}
-
 /// One V2 parameter value (`InferParameter`'s five choices).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamValue {
