@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=_env("workers", os.cpu_count() or 1, int),
-        help="server processes sharing the ports, each loading the models (default: cores)",
+        default=_env("workers", len(os.sched_getaffinity(0)), int),
+        help="server processes sharing the ports, each loading the models (default: the cores "
+        "this process may run on)",
     )
     serve.add_argument(
         "--max-batch-size",

@@ -68,7 +68,7 @@ def test_defaults() -> None:
         metrics_port=8082,
         max_message_size=256 * 1024 * 1024,
         grpc_threads=32,
-        workers=os.cpu_count() or 1,
+        workers=len(os.sched_getaffinity(0)),
         log_level="INFO",
     )
     assert DEFAULT_MAX_MESSAGE_SIZE == 256 * 1024 * 1024
