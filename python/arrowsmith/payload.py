@@ -241,15 +241,17 @@ class _HasParameters(Protocol):
 
 def model_params(source: _HasParameters, model: LoadedModel) -> dict[str, Any] | None:
     """Request (or batch) parameters meant for the model, as MLflow `params`: None when the
-    request had none; reserved ones are never passed, and a model without a ParamSchema gets
-    none of them (as MLflow drops them)."""
+    request had none. Reserved ones (server and Triton extensions) are passed only when the
+    model's ParamSchema declares that very name; a model without a ParamSchema gets none of
+    them (as MLflow drops them)."""
     parameters = source.parameters
     if not parameters:
         return None
+    declared = model.param_names or frozenset()
     params = {
         name: value
         for name, value in parameters.items()
-        if name not in _RESERVED_PARAMS and not name.startswith("triton_")
+        if name in declared or (name not in _RESERVED_PARAMS and not name.startswith("triton_"))
     }
     if model.param_names is None:
         if params:

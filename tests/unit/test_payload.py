@@ -5,6 +5,7 @@ directly (no server, no warm-up); the echo models answer their input, so MLflow'
 enforcement can be seen to accept what the payload module produced.
 """
 
+import dataclasses
 import pathlib
 import time
 from collections.abc import Callable
@@ -401,6 +402,17 @@ def test_named_tensor_signature_gives_a_dict(named_tensor_model: LoadedModel) ->
     assert arrays["t"].tolist() == ["é", ""]
     echoed = named_tensor_model.pyfunc.predict(arrays)
     assert echoed["t"].tolist() == ["é", ""]
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_reserved_names_reach_a_model_that_declares_them(
+    scale_model: LoadedModel, name: str
+) -> None:
+    """A ParamSchema may use a name V2 servers reserve; the model declared it, so it gets it."""
+    declaring = dataclasses.replace(scale_model, param_names=frozenset({"scale", name}))
+    message = request(("x", "FP64", np.ones(1)))
+    message.parameters[name].string_param = "value"
+    assert model_params(decode(message), declaring) == {name: "value"}
 
 
 @pytest.mark.parametrize("name", RESERVED)
