@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from arrowsmith import _native, payload
+from arrowsmith.config import ModelConfig
 from arrowsmith.errors import ArrowsmithError
 from arrowsmith.models.registry import LoadedModel
 from arrowsmith.models.signature import native_signature
@@ -187,6 +188,7 @@ def loaded_model(schema: Schema, **fields: Any) -> LoadedModel:
         "inputs": [],
         "outputs": [],
         "param_names": None,
+        "config": ModelConfig(uri=""),
     }
     values.update(fields)
     return LoadedModel(**values)

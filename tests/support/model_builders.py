@@ -38,6 +38,11 @@ PIXEL_SUM_SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, 8, 8))]),
     outputs=Schema([TensorSpec(np.dtype("int64"), (-1,))]),
 )
+# The pixel-sum model again, for exactly two images: a tensor without a dimension of rows.
+PIXEL_PAIR_SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype("uint8"), (2, 8, 8))]),
+    outputs=Schema([TensorSpec(np.dtype("int64"), (-1,))]),
+)
 UPPER_CASE_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "text")]),
     outputs=Schema([ColSpec("string", "upper")]),
@@ -94,6 +99,12 @@ def save_pixel_sum_model(output_dir: pathlib.Path) -> pathlib.Path:
     """uint8 [-1, 8, 8] images in, int64 pixel sums out."""
     example = np.zeros((2, 8, 8), dtype=np.uint8)
     return _save_custom_pyfunc(output_dir, "PixelSumModel", PIXEL_SUM_SIGNATURE, example)
+
+
+def save_pixel_pair_model(output_dir: pathlib.Path) -> pathlib.Path:
+    """uint8 [2, 8, 8] in (exactly two images), int64 pixel sums out."""
+    example = np.zeros((2, 8, 8), dtype=np.uint8)
+    return _save_custom_pyfunc(output_dir, "PixelSumModel", PIXEL_PAIR_SIGNATURE, example)
 
 
 def save_upper_case_model(output_dir: pathlib.Path) -> pathlib.Path:

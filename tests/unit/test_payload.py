@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from arrowsmith import _native
+from arrowsmith.config import ModelConfig
 from arrowsmith.errors import InvalidInputError
 from arrowsmith.models.registry import LoadedModel
 from arrowsmith.models.signature import native_signature, tensor_metadata
@@ -109,6 +110,7 @@ def loaded(path: pathlib.Path) -> LoadedModel:
         inputs=tensor_metadata(inputs, "input"),
         outputs=tensor_metadata(pyfunc.metadata.get_output_schema(), "output"),
         param_names=None if params is None else frozenset(p.name for p in params.params),
+        config=ModelConfig(uri=str(path)),
         ready=True,
     )
 

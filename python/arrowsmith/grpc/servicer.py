@@ -13,6 +13,7 @@ from arrowsmith._proto import grpc_service_pb2 as pb
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import GRPC_STATUS, ArrowsmithError
 from arrowsmith.models.signature import TensorMetadata
+from arrowsmith.models.triton_config import PLATFORM, model_config
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,18 @@ class InferenceServicer:
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=model.versions,
-            platform="mlflow",
+            platform=PLATFORM,
             inputs=[tensor(t) for t in model.inputs],
             outputs=[tensor(t) for t in model.outputs],
             properties=model.properties,
         )
+
+    def model_config(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            model = self.dataplane.model(request.name, request.version)
+        except ArrowsmithError as error:
+            _abort(context, error)
+        return pb.ModelConfigResponse(config=model_config(model))
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The service's handlers; ModelInfer has no (de)serializers, so it sees bytes."""
@@ -100,4 +108,5 @@ class InferenceServicer:
             "ModelMetadata": unary(
                 self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
             ),
+            "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
         }

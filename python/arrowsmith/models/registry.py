@@ -42,6 +42,8 @@ class LoadedModel:
     outputs: list[TensorMetadata]
     #: Names of the params the model's ParamSchema declares (None: no ParamSchema).
     param_names: frozenset[str] | None
+    #: The settings it is served with (batch size, delay, queue), for clients that ask.
+    config: ModelConfig
     #: The flavor's predict function, called directly once the signature is enforced
     #: natively; None: every call goes through `PyFuncModel.predict`.
     fast_predict: Callable[..., Any] | None = None
@@ -92,6 +94,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         param_names=(
             frozenset(p.name for p in params_schema.params) if params_schema is not None else None
         ),
+        config=config,
         fast_predict=fast_path.flavor_predict(pyfunc),
     )
     warm_up(model, loader.input_example(pyfunc, path))
