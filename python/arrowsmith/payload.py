@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 CONTENT_TYPES = ("np", "pd", "dict")
 
-#: Request parameters that steer the server (or belong to other servers' extensions) and
-#: never reach the model as MLflow params.
+#: Request parameters that steer the server (or belong to other servers' extensions): they
+#: reach the model as MLflow params only when its ParamSchema declares the very name.
 _RESERVED_PARAMS = frozenset(
     {
         "content_type",
