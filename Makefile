@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen bench-floors bench-micro bench-batching
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen bench-floors bench-micro bench-batching bench-compare
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,3 +73,7 @@ bench-micro: build ## decode and signature-enforcement micro-benchmarks (pytest-
 
 bench-batching: build example-model loadgen ## W1 with batching off/on, 1 and 2 workers
 	$(PY) benchmarks/batching.py
+
+bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLServer (own venv), mlflow serve; needs h2load
+	PROJECT_PYTHON=$(PY) bash benchmarks/peers/setup.sh
+	$(PY) benchmarks/compare.py

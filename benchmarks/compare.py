@@ -1,0 +1,535 @@
+"""Arrowsmith beside its peers, in one run: the floor, the control, MLServer, MLflow.
+
+gRPC servers (Arrowsmith, the canned-answer floor, the pure-Python control, MLServer in each
+config of peers/mlserver_settings.py) each start pinned to core 0, answer one W1 and one W2
+request that is checked against MLflow's own prediction, then take W1 (one row, typed
+contents, 32 in flight) and W2 (4,096 rows raw, 8 in flight) from arrowsmith-bench pinned
+to core 1. W3 (`/invocations`, one `dataframe_split` row) puts Arrowsmith's HTTP front
+beside `mlflow models serve`, driven by h2load as in http_compare.py. Servers alternate
+order between repetitions. Writes results/compare.json, results/compare.png and
+results/compare.md (the section for RESULTS.md).
+
+    benchmarks/peers/setup.sh && .venv/bin/python benchmarks/compare.py   # make bench-compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from bodies import W2_ROWS, w1_request, w2_request, wine_features
+from floor_server import OPTIONS, SERVICE
+from floors import children_cpu_seconds, core_ticks, cpu_model
+from http_compare import (
+    Target,
+    check_answers,
+    free_port,
+    group_cpu_seconds,
+    h2load,
+    run_h2load,
+    server,
+    wine_model,
+    write_bodies,
+)
+from peers import mlserver_settings
+from tritonclient.grpc import service_pb2 as pb
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+BENCH = ROOT / "rust" / "target" / "release" / "arrowsmith-bench"
+MLSERVER_VENV = HERE / "peers" / ".venv-mlserver"
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+METHOD = f"/{SERVICE}/ModelInfer"
+GRPC_WORKLOADS = {"W1": (1, 32), "W2": (W2_ROWS, 8)}  # rows per request, in flight
+ORDER = ["arrowsmith", "floor", "control", *mlserver_settings.CONFIGS, "mlflow"]
+
+
+@dataclass
+class Run:
+    """One measured (server, workload) level."""
+
+    repetition: int
+    server: str
+    workload: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    generator_cpu_share: float
+    server_cpu_us_per_request: float
+    server_core_idle: float
+    loadavg_1m: float
+
+
+@dataclass(frozen=True)
+class Session:
+    """One server start: its command and the gRPC workloads it takes."""
+
+    server: str
+    workloads: tuple[str, ...]
+    command: tuple[str, ...]
+    port: int
+    cwd: Path | None = None
+    path: Path | None = None
+
+
+def sessions(model: Path, work: Path) -> list[Session]:
+    """The gRPC servers, each on a fresh port; the floor once per canned answer size."""
+    py = sys.executable
+    both = tuple(GRPC_WORKLOADS)
+    result = []
+    port = free_port()
+    command = [py, "-m", "arrowsmith", "serve", str(model), "--name", "wine", "--workers", "1"]
+    command += ["--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port)]
+    command += ["--log-level", "WARNING"]
+    result.append(Session("arrowsmith", both, tuple(command), port))
+    for workload, (rows, _) in GRPC_WORKLOADS.items():
+        port = free_port()
+        command = [py, str(HERE / "floor_server.py"), "--mode", "sync", "--port", str(port)]
+        result.append(Session("floor", (workload,), (*command, "--response-rows", str(rows)), port))
+    port = free_port()
+    command = [py, str(HERE / "control_server.py"), str(model), "--port", str(port)]
+    result.append(Session("control", both, tuple(command), port))
+    for config in mlserver_settings.CONFIGS:
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        folder = mlserver_settings.write(work / config, config, ports, model)
+        command = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)]
+        port = ports["grpc_port"]
+        result.append(Session(config, both, tuple(command), port, folder, MLSERVER_VENV / "bin"))
+    return result
+
+
+def predictions(response: pb.ModelInferResponse) -> np.ndarray:
+    """The first output's values, raw or typed."""
+    if response.raw_output_contents:
+        return np.frombuffer(response.raw_output_contents[0], "<f8")
+    return np.array(response.outputs[0].contents.fp64_contents)
+
+
+@contextlib.contextmanager
+def grpc_server(session: Session, body: bytes, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The session's server pinned to SERVER_CORE in its own process group, ready once a
+    ModelInfer with `body` succeeds; stopped with its whole group."""
+    env = dict(os.environ)
+    if session.path is not None:
+        env["PATH"] = f"{session.path}{os.pathsep}{env.get('PATH', '')}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *session.command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=session.cwd,
+            start_new_session=True,
+        )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{session.port}", options=OPTIONS) as channel:
+            call = channel.unary_unary(METHOD)
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{session.server} exited; see {log}")
+                try:
+                    call(body, timeout=5)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def verify(session: Session, bodies: dict[str, bytes], expected: dict[str, np.ndarray]) -> None:
+    """Each workload's answer against MLflow's; the floor's canned rows only by count."""
+    with grpc.insecure_channel(f"127.0.0.1:{session.port}", options=OPTIONS) as channel:
+        call = channel.unary_unary(METHOD)
+        for workload in session.workloads:
+            got = predictions(pb.ModelInferResponse.FromString(call(bodies[workload], timeout=30)))
+            want = expected[workload] if session.server != "floor" else expected[workload][:1]
+            if len(got) != len(expected[workload]) or not np.allclose(got[: len(want)], want):
+                raise RuntimeError(f"{session.server} {workload}: {got[:3]} not {want[:3]}")
+            print(f"  {session.server} {workload}: {len(got)} rows, first {got[0]!r}")
+
+
+def expected_predictions(model: Path) -> dict[str, np.ndarray]:
+    """MLflow's own answer (pyfunc, its enforcement) to the W1 and W2 rows, FP32 as sent."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    names, values = wine_features()
+    loaded = mlflow.pyfunc.load_model(str(model))
+    return {
+        workload: np.asarray(
+            loaded.predict(pd.DataFrame(np.resize(values, (rows, len(names))), columns=names)),
+            dtype=np.float64,
+        ).ravel()
+        for workload, (rows, _) in GRPC_WORKLOADS.items()
+    }
+
+
+def drive(
+    session: Session,
+    group: int,
+    workload: str,
+    body: Path,
+    repetition: int,
+    args: argparse.Namespace,
+) -> Run:
+    """One arrowsmith-bench level, with the server's CPU and core 0's idle time around it."""
+    rows, in_flight = GRPC_WORKLOADS[workload]
+    out = RESULTS / "compare-level.json"
+    command = ["taskset", "-c", CLIENT_CORE, str(BENCH), "--target", f"127.0.0.1:{session.port}"]
+    command += ["--body", str(body), "--concurrency", str(in_flight), "--expect-rows", str(rows)]
+    command += ["--duration", str(args.duration), "--warmup", str(args.warmup), "--json", str(out)]
+    loadavg = os.getloadavg()[0]
+    # The warm-up is inside the generator's run: measure the server from its end on.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    time.sleep(args.warmup)
+    cpu_before = group_cpu_seconds(group)
+    idle_before, total_before = core_ticks(SERVER_CORE)
+    if process.wait() != 0:
+        raise RuntimeError(f"arrowsmith-bench failed against {session.server} {workload}")
+    idle_after, total_after = core_ticks(SERVER_CORE)
+    level = json.loads(out.read_text())["levels"][0]
+    requests = level["throughput_rps"] * args.duration
+    return Run(
+        repetition=repetition,
+        server=session.server,
+        workload=workload,
+        rps=level["throughput_rps"],
+        p50_ms=level["p50_ms"],
+        p99_ms=level["p99_ms"],
+        errors=level["errors"],
+        generator_cpu_share=level["generator_cpu_share"],
+        server_cpu_us_per_request=(group_cpu_seconds(group) - cpu_before) / requests * 1e6,
+        server_core_idle=(idle_after - idle_before) / (total_after - total_before),
+        loadavg_1m=loadavg,
+    )
+
+
+def measure_grpc(args: argparse.Namespace, repetition: int, order: list[Session]) -> list[Run]:
+    """Each session in `order`: start, verify, every workload it takes, stop."""
+    bodies = {"W1": w1_request().SerializeToString(), "W2": w2_request().SerializeToString()}
+    body_files = {}
+    for workload, body in bodies.items():
+        body_files[workload] = RESULTS / "bodies" / f"{workload.lower()}.pb"
+        body_files[workload].write_bytes(body)
+    runs = []
+    for session in order:
+        log = RESULTS / "compare-logs" / f"{session.server}-{'-'.join(session.workloads)}.log"
+        with grpc_server(session, bodies[session.workloads[0]], log) as process:
+            verify(session, bodies, args.expected)
+            for workload in session.workloads:
+                run = drive(session, process.pid, workload, body_files[workload], repetition, args)
+                print(row(run), flush=True)
+                runs.append(run)
+    return runs
+
+
+def measure_w3(args: argparse.Namespace, model: Path, repetition: int, work: Path) -> list[Run]:
+    """W3 on Arrowsmith's HTTP front and `mlflow models serve`, one server at a time."""
+    body = write_bodies(RESULTS / "bodies")["W3"]
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    runs = []
+    servers = ["arrowsmith", "mlflow"] if repetition % 2 else ["mlflow", "arrowsmith"]
+    for name in servers:
+        port = free_port()
+        if name == "arrowsmith":
+            command = [sys.executable, "-m", "arrowsmith", "serve", str(model), "--name", "wine"]
+            command += ["--workers", "1", "--grpc-port", str(free_port()), "--metrics-port", "0"]
+            command += ["--http-port", str(port), "--log-level", "WARNING"]
+            ready = f"http://127.0.0.1:{port}/v2/health/ready"
+        else:
+            command = [str(mlflow_bin), "models", "serve", "-m", str(model), "--env-manager"]
+            command += ["local", "-h", "127.0.0.1", "-p", str(port)]
+            ready = f"http://127.0.0.1:{port}/ping"
+        with server(command, ready, work / f"{name}-w3.log") as process:
+            check_answers([Target(name, "W3", "/invocations", body)] * 2, {name: port})
+            url = f"http://127.0.0.1:{port}/invocations"
+            run_h2load(h2load(url, body, args.warmup, args.http_clients))
+            loadavg = os.getloadavg()[0]
+            cpu_before = group_cpu_seconds(process.pid)
+            client_before = children_cpu_seconds()
+            idle_before, total_before = core_ticks(SERVER_CORE)
+            result = run_h2load(h2load(url, body, args.duration, args.http_clients))
+            idle_after, total_after = core_ticks(SERVER_CORE)
+            client_cpu = children_cpu_seconds() - client_before
+            cpu = group_cpu_seconds(process.pid) - cpu_before
+        run = Run(
+            repetition=repetition,
+            server=name,
+            workload="W3",
+            rps=result.rps,
+            p50_ms=result.mean_ms,  # h2load reports no percentiles: the mean stands in
+            p99_ms=float("nan"),
+            errors=0,  # run_h2load raises on any failed or non-2xx request
+            generator_cpu_share=client_cpu / result.duration_s,
+            server_cpu_us_per_request=cpu / result.requests * 1e6,
+            server_core_idle=(idle_after - idle_before) / (total_after - total_before),
+            loadavg_1m=loadavg,
+        )
+        print(row(run), flush=True)
+        runs.append(run)
+    return runs
+
+
+HEADER = (
+    f"{'rep':>3} {'server':<17} {'wl':<2} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'errors':>6} {'gen cpu':>7} {'srv us/req':>10} {'core0 idle':>10} {'load1':>5}"
+)
+
+
+def row(run: Run) -> str:
+    p99 = "-" if np.isnan(run.p99_ms) else f"{run.p99_ms:.2f}"
+    return (
+        f"{run.repetition:>3} {run.server:<17} {run.workload:<2} {run.rps:>9.1f} "
+        f"{run.p50_ms:>8.2f} {p99:>8} {run.errors:>6} "
+        f"{run.generator_cpu_share:>7.0%} {run.server_cpu_us_per_request:>10.1f} "
+        f"{run.server_core_idle:>10.0%} {run.loadavg_1m:>5.2f}"
+    )
+
+
+@dataclass
+class Cell:
+    """The mean of one (server, workload) over the repetitions."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    runs_rps: list[float]
+
+
+def summarize(runs: list[Run]) -> dict[str, dict[str, Cell]]:
+    """workload -> server -> Cell, servers in ORDER."""
+    table: dict[str, dict[str, Cell]] = {}
+    for workload in ("W1", "W2", "W3"):
+        table[workload] = {}
+        for name in ORDER:
+            picked = [r for r in runs if (r.server, r.workload) == (name, workload)]
+            if picked:
+                table[workload][name] = Cell(
+                    rps=statistics.mean(r.rps for r in picked),
+                    p50_ms=statistics.mean(r.p50_ms for r in picked),
+                    p99_ms=statistics.mean(r.p99_ms for r in picked),
+                    runs_rps=[r.rps for r in picked],
+                )
+    return table
+
+
+def ratios(table: dict[str, dict[str, Cell]]) -> dict[str, dict[str, float]]:
+    """Arrowsmith's req/s over each peer's, per workload, MLServer's best config included."""
+    result: dict[str, dict[str, float]] = {}
+    for workload, cells in table.items():
+        ours = cells["arrowsmith"].rps
+        result[workload] = {name: ours / c.rps for name, c in cells.items() if name != "arrowsmith"}
+        mlserver = [c.rps for name, c in cells.items() if name in mlserver_settings.CONFIGS]
+        if mlserver:
+            result[workload]["mlserver (best)"] = ours / max(mlserver)
+    return result
+
+
+def targets(table: dict[str, dict[str, Cell]]) -> list[tuple[str, str, bool]]:
+    """The issue's targets: (what, measured, met)."""
+    w1, w2, w3 = table["W1"], table["W2"], table["W3"]
+    ours1, ours2 = w1["arrowsmith"], w2["arrowsmith"]
+    share1, share2 = ours1.rps / w1["floor"].rps, ours2.rps / w2["floor"].rps
+    p99 = ours1.p99_ms / w1["floor"].p99_ms
+    control1, control2 = ours1.rps / w1["control"].rps, ours2.rps / w2["control"].rps
+    mlflow = w3["arrowsmith"].rps / w3["mlflow"].rps
+    return [
+        ("W1 throughput >= 90% of the floor", f"{share1:.0%}", share1 >= 0.90),
+        ("W1 p99 <= 2x the floor's p99", f"{p99:.2f}x", p99 <= 2.0),
+        ("W2 throughput >= 85% of the floor", f"{share2:.0%}", share2 >= 0.85),
+        ("W1 >= 1.5x the control", f"{control1:.2f}x", control1 >= 1.5),
+        ("W2 >= 1.5x the control", f"{control2:.2f}x", control2 >= 1.5),
+        ("W3 >= 10x `mlflow models serve`", f"{mlflow:.2f}x", mlflow >= 10.0),
+    ]
+
+
+def plot(table: dict[str, dict[str, Cell]], path: Path, title: str) -> None:
+    """One panel per workload: each server's mean req/s, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.8), width_ratios=(6, 6, 2))
+    for axis, (workload, cells) in zip(axes, table.items(), strict=True):
+        names = list(cells)
+        values = [cells[n].rps for n in names]
+        colours = ["tab:red" if n == "arrowsmith" else "tab:grey" for n in names]
+        bars = axis.bar(range(len(names)), values, color=colours)
+        axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        axis.set_title(WORKLOAD_TITLES[workload], fontsize=9)
+        axis.set_ylabel("requests/s")
+        axis.margins(y=0.12)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+WORKLOAD_TITLES = {
+    "W1": "W1: 1 row, typed FP32, 32 in flight (gRPC)",
+    "W2": "W2: 4,096 rows, raw FP32, 8 in flight (gRPC)",
+    "W3": "W3: /invocations, 1 row",
+}
+
+
+def markdown(report: dict[str, object], table: dict[str, dict[str, Cell]], runs: list[Run]) -> str:
+    """The section for RESULTS.md."""
+    ratio = ratios(table)
+    stack = report["versions"]
+    assert isinstance(stack, dict)
+    peers = [n for n in [*ORDER[1:], "mlserver (best)"] if any(n in r for r in ratio.values())]
+    lines = [
+        "## Arrowsmith beside its peers (`make bench-compare`)",
+        "",
+        f"Date: {report['date']} UTC. 1-minute load average before the run: "
+        f"{report['loadavg_before']:.2f}.",
+        "",
+        "```",
+        str(report["command"]),
+        "```",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in stack.items()) + ".",
+        "W3's latency is h2load's mean (it reports no percentiles); MLServer's configs are in",
+        "`benchmarks/peers/mlserver_settings.py`.",
+        "",
+        "| server | W1 req/s | W1 p50 / p99 ms | W2 req/s | W2 p50 / p99 ms | W3 req/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ORDER:
+        cells = []
+        for workload in ("W1", "W2"):
+            cell = table[workload].get(name)
+            cells += (
+                [f"{cell.rps:,.0f}", f"{cell.p50_ms:.2f} / {cell.p99_ms:.2f}"] if cell else ["", ""]
+            )
+        w3 = table["W3"].get(name)
+        cells.append(f"{w3.rps:,.0f}" if w3 else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Arrowsmith / peer, req/s:", ""]
+    lines += ["| peer | W1 | W2 | W3 |", "|---|---:|---:|---:|"]
+    for name in peers:
+        cells = [f"{ratio[w][name]:.2f}x" if name in ratio[w] else "" for w in ("W1", "W2", "W3")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    lines += [f"| {what} | {got} | {'yes' if met else 'no'} |" for what, got, met in targets(table)]
+    lines += ["", "Every run:", "", "```", HEADER, *(row(r) for r in runs), "```", ""]
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    """What ran: the project's .venv and MLServer's own environment."""
+    from importlib.metadata import version
+
+    result = {"python": platform.python_version()}
+    for package in ("mlflow", "scikit-learn", "numpy", "pandas", "grpcio", "protobuf"):
+        result[package] = version(package)
+    frozen = (MLSERVER_VENV / "freeze.txt").read_text().splitlines()
+    for line in frozen:
+        name, _, pinned = line.partition("==")
+        if name.lower() in ("mlserver", "mlserver-mlflow", "uvloop"):
+            result[f"{name} (MLServer env)"] = pinned
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    result["h2load"] = h2.removeprefix("h2load ")
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    result["arrowsmith"] = head.stdout.strip() + (" + uncommitted changes" if dirty.stdout else "")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2, help="runs of every (server, workload)")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--http-clients", type=int, default=16, help="h2load connections, W3")
+    args = parser.parse_args()
+    if not (MLSERVER_VENV / ".installed").exists():
+        raise SystemExit("no MLServer environment: run benchmarks/peers/setup.sh first")
+    if not BENCH.exists():
+        raise SystemExit(f"no {BENCH}: run `make loadgen` first")
+
+    started = datetime.datetime.now(datetime.UTC)
+    loadavg_before = os.getloadavg()[0]
+    work = RESULTS / "compare-logs"
+    work.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bodies").mkdir(exist_ok=True)
+    model = wine_model(work)
+    args.expected = expected_predictions(model)
+    plan = sessions(model, work)
+    print(f"servers on core {SERVER_CORE}, load generators on core {CLIENT_CORE}")
+    print(HEADER)
+    runs = []
+    for repetition in range(1, args.repeat + 1):
+        order = plan if repetition % 2 else plan[::-1]
+        runs += measure_grpc(args, repetition, order)
+        runs += measure_w3(args, model, repetition, work)
+    if any(r.errors for r in runs):
+        print("WARNING: some levels had errors; see the runs", file=sys.stderr)
+
+    table = summarize(runs)
+    ratio = ratios(table)
+    print("\nArrowsmith / peer (mean req/s):")
+    print(f"{'peer':<18} {'W1':>8} {'W2':>8} {'W3':>8}")
+    for name in [*ORDER[1:], "mlserver (best)"]:
+        cells = [f"{ratio[w][name]:>7.2f}x" if name in ratio[w] else f"{'':>8}" for w in ratio]
+        if any(c.strip() for c in cells):
+            print(f"{name:<18} " + " ".join(cells))
+    print()
+    for what, got, met in targets(table):
+        print(f"{'MET ' if met else 'MISS'} {what}: {got}")
+
+    del args.expected
+    report: dict[str, object] = {
+        "date": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": shlex.join([".venv/bin/python", "benchmarks/compare.py", *sys.argv[1:]]),
+        "loadavg_before": loadavg_before,
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release()},
+        "versions": versions(),
+        "settings": vars(args) | {"workloads": GRPC_WORKLOADS, "model": str(model)},
+        "mlserver_configs": {name: list(c) for name, c in mlserver_settings.CONFIGS.items()},
+        "runs": [asdict(r) for r in runs],
+        "summary": {w: {n: asdict(c) for n, c in cells.items()} for w, cells in table.items()},
+        "ratios": ratio,
+        "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(table)],
+    }
+    (RESULTS / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(table, RESULTS / "compare.png", f"req/s per server, one core each ({report['date']} UTC)")
+    text = markdown(report, table, runs)
+    (RESULTS / "compare.md").write_text(text)
+    print(f"\n{text}")
+    print(f"wrote {RESULTS / 'compare.json'}, compare.png, compare.md")
+
+
+if __name__ == "__main__":
+    main()
