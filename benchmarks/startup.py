@@ -72,7 +72,7 @@ def main() -> None:
             [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
         )
     rows = {
-        "python -c pass": [seconds_to_import("sys") for _ in range(args.runs)],
+        "python, no import": [seconds_to_import("sys") for _ in range(args.runs)],
         "import mlflow.pyfunc": [seconds_to_import("mlflow.pyfunc") for _ in range(args.runs)],
         "import skops.io": [seconds_to_import("skops.io") for _ in range(args.runs)],
         "arrowsmith serve: ready": [seconds_to_ready() for _ in range(args.runs)],
