@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,12 @@ import urllib.request
 from pathlib import Path
 
 from bodies import w1_request
+from http_compare import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "rust" / "target" / "release" / "arrowsmith-bench"
 MODEL = ROOT / "examples" / "wine" / "model"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ensure_prerequisites() -> None:

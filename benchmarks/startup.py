@@ -8,7 +8,6 @@ often, so this is a figure like any other.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,16 +15,11 @@ import time
 from pathlib import Path
 
 import grpc
+from http_compare import free_port
 from tritonclient.grpc import service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "wine" / "model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def seconds_to_ready() -> float:
