@@ -56,28 +56,28 @@ class H2load:
 
 @dataclass
 class Run:
-    """One measured h2load run against one floor server."""
+    """One measured h2load run against one server (a floor mode, or a named server)."""
 
     repetition: int
-    mode: str
+    server: str
     workload: str
     h2load: H2load
     server_cpu_s: float
     client_cpu_s: float
     server_core_idle: float
     loadavg_1m: float
-    command: str
+    command: str = ""
 
     @property
     def cpu_us_per_request(self) -> float:
         return self.server_cpu_s / self.h2load.requests * 1e6
 
     @property
-    def server_core_busy(self) -> float:
+    def server_busy(self) -> float:
         return self.server_cpu_s / self.h2load.duration_s
 
     @property
-    def client_core_busy(self) -> float:
+    def client_busy(self) -> float:
         return self.client_cpu_s / self.h2load.duration_s
 
 
@@ -227,7 +227,7 @@ def measure(args: argparse.Namespace, bodies: dict[str, Path]) -> list[Run]:
                     server.wait()
                 run = Run(
                     repetition=repetition,
-                    mode=mode,
+                    server=mode,
                     workload=workload,
                     h2load=parse_h2load(output),
                     server_cpu_s=server_cpu,
@@ -251,10 +251,10 @@ HEADER = (
 def row(run: Run) -> str:
     h = run.h2load
     return (
-        f"{run.repetition:>3} {run.mode:<4} {run.workload:<2} {h.rps:>9.1f} "
+        f"{run.repetition:>3} {run.server:<4} {run.workload:<2} {h.rps:>9.1f} "
         f"{h.mean_ms:>8.2f} {h.sd_ms:>7.2f} {h.min_ms:>7.2f} {h.max_ms:>8.2f} "
-        f"{run.cpu_us_per_request:>10.1f} {run.server_core_busy:>11.0%} "
-        f"{run.server_core_idle:>10.0%} {run.client_core_busy:>11.0%} {run.loadavg_1m:>5.2f}"
+        f"{run.cpu_us_per_request:>10.1f} {run.server_busy:>11.0%} "
+        f"{run.server_core_idle:>10.0%} {run.client_busy:>11.0%} {run.loadavg_1m:>5.2f}"
     )
 
 
@@ -262,7 +262,7 @@ def summarize(runs: list[Run]) -> list[Summary]:
     """Per workload, each mode's throughput and server CPU cost per request, run by run."""
 
     def pick(workload: str, mode: str) -> list[Run]:
-        return [r for r in runs if r.workload == workload and r.mode == mode]
+        return [r for r in runs if r.workload == workload and r.server == mode]
 
     return [
         Summary(
@@ -335,8 +335,8 @@ def main() -> None:
             asdict(r)
             | {
                 "cpu_us_per_request": r.cpu_us_per_request,
-                "server_core_busy": r.server_core_busy,
-                "client_core_busy": r.client_core_busy,
+                "server_busy": r.server_busy,
+                "client_busy": r.client_busy,
             }
             for r in runs
         ],

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from floors import H2load, children_cpu_seconds, core_ticks, cpu_model
+from floors import H2load, Run, children_cpu_seconds, core_ticks, cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,30 +59,6 @@ class Target:
     path: str
     #: None: a GET.
     body: Path | None
-
-
-@dataclass
-class Run:
-    repetition: int
-    server: str
-    workload: str
-    h2load: H2load
-    server_cpu_s: float
-    client_cpu_s: float
-    server_core_idle: float
-    loadavg_1m: float
-
-    @property
-    def cpu_us_per_request(self) -> float:
-        return self.server_cpu_s / self.h2load.requests * 1e6
-
-    @property
-    def server_busy(self) -> float:
-        return self.server_cpu_s / self.h2load.duration_s
-
-    @property
-    def client_busy(self) -> float:
-        return self.client_cpu_s / self.h2load.duration_s
 
 
 def free_port() -> int:
