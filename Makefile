@@ -30,7 +30,7 @@ $(MODEL)/MLmodel: $(INSTALLED)
 
 example-model: $(MODEL)/MLmodel ## train the red-wine example model if it is missing
 
-serve-example: build example-model ## serve the example model on 127.0.0.1:8081 (gRPC)
+serve-example: build example-model ## serve the example model: gRPC 127.0.0.1:8081, HTTP :8080, metrics :8082
 	$(PY) -m arrowsmith serve $(MODEL) --name wine
 
 test-rust: ## Rust tests of the pure core and the load generator (no Python)
