@@ -28,13 +28,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
 import numpy as np
 from bodies import W2_ROWS, w1_request, w2_request, wine_features
 from floor_server import OPTIONS, SERVICE
-from floors import children_cpu_seconds, core_ticks, cpu_model
+from floors import accounted, core_ticks, cpu_model
 from http_compare import (
     Target,
     check_answers,
@@ -272,14 +273,10 @@ def measure_w3(args: argparse.Namespace, model: Path, repetition: int, work: Pat
             check_answers([Target(name, "W3", "/invocations", body)] * 2, {name: port})
             url = f"http://127.0.0.1:{port}/invocations"
             run_h2load(h2load(url, body, args.warmup, args.http_clients))
-            loadavg = os.getloadavg()[0]
-            cpu_before = group_cpu_seconds(process.pid)
-            client_before = children_cpu_seconds()
-            idle_before, total_before = core_ticks(SERVER_CORE)
-            result = run_h2load(h2load(url, body, args.duration, args.http_clients))
-            idle_after, total_after = core_ticks(SERVER_CORE)
-            client_cpu = children_cpu_seconds() - client_before
-            cpu = group_cpu_seconds(process.pid) - cpu_before
+            command = h2load(url, body, args.duration, args.http_clients)
+            result, accounting = accounted(
+                partial(run_h2load, command), partial(group_cpu_seconds, process.pid)
+            )
         run = Run(
             repetition=repetition,
             server=name,
@@ -288,10 +285,10 @@ def measure_w3(args: argparse.Namespace, model: Path, repetition: int, work: Pat
             p50_ms=result.mean_ms,  # h2load reports no percentiles: the mean stands in
             p99_ms=float("nan"),
             errors=0,  # run_h2load raises on any failed or non-2xx request
-            generator_cpu_share=client_cpu / result.duration_s,
-            server_cpu_us_per_request=cpu / result.requests * 1e6,
-            server_core_idle=(idle_after - idle_before) / (total_after - total_before),
-            loadavg_1m=loadavg,
+            generator_cpu_share=accounting.client_cpu_s / result.duration_s,
+            server_cpu_us_per_request=accounting.server_cpu_s / result.requests * 1e6,
+            server_core_idle=accounting.server_core_idle,
+            loadavg_1m=accounting.loadavg_1m,
         )
         print(row(run), flush=True)
         runs.append(run)

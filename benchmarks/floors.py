@@ -23,8 +23,11 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from bodies import W2_ROWS, w1_request, w2_request, write_bodies
@@ -34,6 +37,7 @@ from tritonclient.grpc import service_pb2 as pb
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SERVER_CORE = "0"
+T = TypeVar("T")
 CLIENT_CORE = "1"
 MODES = ("sync", "aio")
 RESPONSE_ROWS = {"W1": 1, "W2": W2_ROWS}
@@ -142,6 +146,34 @@ def core_ticks(core: str) -> tuple[int, int]:
     raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
+@dataclass(frozen=True)
+class Accounting:
+    """What a measured run cost: the server's CPU, the load generator's, the share of core 0
+    left idle, and the machine's load when it began."""
+
+    server_cpu_s: float
+    client_cpu_s: float
+    server_core_idle: float
+    loadavg_1m: float
+
+
+def accounted(run: Callable[[], T], server_cpu: Callable[[], float]) -> tuple[T, Accounting]:
+    """Runs `run` (a load generator that ends before it returns) and accounts for it."""
+    loadavg = os.getloadavg()[0]
+    server_before = server_cpu()
+    client_before = children_cpu_seconds()
+    idle_before, total_before = core_ticks(SERVER_CORE)
+    result = run()
+    idle_after, total_after = core_ticks(SERVER_CORE)
+    client_cpu = children_cpu_seconds() - client_before
+    return result, Accounting(
+        server_cpu_s=server_cpu() - server_before,
+        client_cpu_s=client_cpu,
+        server_core_idle=(idle_after - idle_before) / (total_after - total_before),
+        loadavg_1m=loadavg,
+    )
+
+
 def server_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads included."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -214,14 +246,9 @@ def measure(args: argparse.Namespace, bodies: dict[str, Path]) -> list[Run]:
                     command = h2load_command(
                         port, bodies[workload], args.duration, args.clients, args.streams
                     )
-                    loadavg = os.getloadavg()[0]
-                    server_before = server_cpu_seconds(server.pid)
-                    client_before = children_cpu_seconds()
-                    idle_before, total_before = core_ticks(SERVER_CORE)
-                    output = run_h2load(command)
-                    idle_after, total_after = core_ticks(SERVER_CORE)
-                    client_cpu = children_cpu_seconds() - client_before
-                    server_cpu = server_cpu_seconds(server.pid) - server_before
+                    output, accounting = accounted(
+                        partial(run_h2load, command), partial(server_cpu_seconds, server.pid)
+                    )
                 finally:
                     server.terminate()
                     server.wait()
@@ -230,10 +257,7 @@ def measure(args: argparse.Namespace, bodies: dict[str, Path]) -> list[Run]:
                     server=mode,
                     workload=workload,
                     h2load=parse_h2load(output),
-                    server_cpu_s=server_cpu,
-                    client_cpu_s=client_cpu,
-                    server_core_idle=(idle_after - idle_before) / (total_after - total_before),
-                    loadavg_1m=loadavg,
+                    **asdict(accounting),
                     command=shlex.join(command).replace(f":{port}/", ":PORT/"),
                 )
                 print(row(run), flush=True)

@@ -36,9 +36,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
-from floors import H2load, Run, children_cpu_seconds, core_ticks, cpu_model
+from floors import H2load, Run, accounted, cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -231,21 +232,16 @@ def measure(
             url = f"http://127.0.0.1:{ports[target.server]}{target.path}"
             run_h2load(h2load(url, target.body, args.warm_up, args.clients))
             group = groups[target.server]
-            loadavg = os.getloadavg()[0]
-            server_before = group_cpu_seconds(group)
-            client_before = children_cpu_seconds()
-            idle_before, total_before = core_ticks(SERVER_CORE)
-            result = run_h2load(h2load(url, target.body, args.duration, args.clients))
-            idle_after, total_after = core_ticks(SERVER_CORE)
+            command = h2load(url, target.body, args.duration, args.clients)
+            result, accounting = accounted(
+                partial(run_h2load, command), partial(group_cpu_seconds, group)
+            )
             run = Run(
                 repetition=repetition,
                 server=target.server,
                 workload=target.workload,
                 h2load=result,
-                server_cpu_s=group_cpu_seconds(group) - server_before,
-                client_cpu_s=children_cpu_seconds() - client_before,
-                server_core_idle=(idle_after - idle_before) / (total_after - total_before),
-                loadavg_1m=loadavg,
+                **asdict(accounting),
             )
             print(row(run), flush=True)
             runs.append(run)
