@@ -18,21 +18,7 @@ from typing import Any
 
 import numpy as np
 
-#: numpy dtypes of the fixed-width V2 datatypes.
-_DTYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
+from arrowsmith.tensors import NUMPY_DTYPES, pack_bytes
 
 
 def find_binary() -> Path:
@@ -54,13 +40,10 @@ def find_binary() -> Path:
 def _raw(datatype: str, values: np.ndarray[Any, Any]) -> bytes:
     """Raw V2 contents: little-endian values, BYTES each behind a 4-byte length."""
     if datatype == "BYTES":
-        parts = []
-        for value in values.reshape(-1):
-            data = value if isinstance(value, bytes) else str(value).encode()
-            parts.append(len(data).to_bytes(4, "little") + data)
-        return b"".join(parts)
-    little_endian = np.dtype(_DTYPES[datatype]).newbyteorder("<")
-    return np.asarray(values, dtype=little_endian).tobytes()
+        return pack_bytes(
+            value if isinstance(value, bytes) else str(value).encode() for value in values.flat
+        )
+    return np.asarray(values, dtype=NUMPY_DTYPES[datatype]).tobytes()
 
 
 def _random_values(
@@ -72,7 +55,7 @@ def _random_values(
         return np.array(words, dtype=object).reshape(shape)
     if datatype == "BOOL":
         return rng.random(shape) < 0.5
-    dtype = np.dtype(_DTYPES[datatype])
+    dtype = NUMPY_DTYPES[datatype]
     if dtype.kind == "f":
         return rng.random(shape).astype(dtype)
     return rng.integers(0, 100, size=shape).astype(dtype)
@@ -124,7 +107,7 @@ def request_from_json(path: Path, model: str) -> bytes:
             parameter.string_param = str(value)
     for tensor in body["inputs"]:
         datatype, shape = tensor["datatype"], [int(d) for d in tensor["shape"]]
-        dtype = object if datatype == "BYTES" else _DTYPES[datatype]
+        dtype = object if datatype == "BYTES" else NUMPY_DTYPES[datatype]
         values: np.ndarray[Any, Any] = np.array(tensor["data"], dtype=dtype)
         request.inputs.add(name=tensor["name"], datatype=datatype, shape=shape)
         request.raw_input_contents.append(_raw(datatype, values.reshape(shape)))

@@ -14,14 +14,14 @@ import numpy as np
 
 from arrowsmith._proto import grpc_service_pb2 as pb
 from arrowsmith.errors import InvalidInputError, UnsupportedError
-from arrowsmith.http.tensors import (
+from arrowsmith.models.signature import numpy_datatype
+from arrowsmith.tensors import (
     NUMPY_DTYPES,
     output_array,
     pack_bytes,
     parameters_dict,
     set_parameters,
 )
-from arrowsmith.models.signature import numpy_datatype
 
 if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel

@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 
 from arrowsmith._proto import grpc_service_pb2 as pb
-from arrowsmith.http.tensors import set_parameters
 from arrowsmith.models.signature import numpy_datatype
+from arrowsmith.tensors import set_parameters
 
 if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel

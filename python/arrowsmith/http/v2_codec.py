@@ -16,7 +16,7 @@ import orjson
 
 from arrowsmith._proto import grpc_service_pb2 as pb
 from arrowsmith.errors import InvalidInputError
-from arrowsmith.http.tensors import (
+from arrowsmith.tensors import (
     NUMPY_DTYPES,
     as_text,
     pack_bytes,

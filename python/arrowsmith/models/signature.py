@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from arrowsmith import _native
+from arrowsmith.tensors import DATATYPE_OF_NUMPY
 
 #: MLflow column type -> (V2 datatype, MLServer content type). Types without a numeric V2
 #: form travel as BYTES; Array/Object/Map/AnyType columns as JSON text (`pd_json`).
@@ -24,22 +25,6 @@ _COLUMN_DATATYPES = {
     "datetime": ("BYTES", "datetime"),
 }
 _JSON_COLUMN = ("BYTES", "pd_json")
-
-#: numpy dtype name -> V2 datatype.
-_NUMPY_DATATYPES = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
 
 
 @dataclass(frozen=True)
@@ -60,7 +45,7 @@ def numpy_dtype_name(dtype: np.dtype[Any]) -> str:
 
 
 def numpy_datatype(dtype: np.dtype[Any]) -> str:
-    return _NUMPY_DATATYPES.get(dtype.name, "BYTES")
+    return DATATYPE_OF_NUMPY.get(dtype.name, "BYTES")
 
 
 def _column_type_name(spec: Any) -> str:

@@ -1,6 +1,7 @@
 """V2 tensors and parameters between their wire form (raw little-endian bytes, BYTES as
-4-byte length-prefixed items, InferParameter messages) and numpy / plain Python values,
-for the HTTP front ends that build ModelInferRequests and read ModelInferResponses."""
+4-byte length-prefixed items, InferParameter messages) and numpy / plain Python values:
+for the HTTP front ends that build ModelInferRequests and read ModelInferResponses, for
+`arrowsmith bench`, and for the metadata's datatype of a numpy dtype."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
         ("FP64", "float64"),
     )
 }
+
+#: numpy dtype name -> V2 datatype (the inverse of NUMPY_DTYPES).
+DATATYPE_OF_NUMPY: dict[str, str] = {dtype.name: name for name, dtype in NUMPY_DTYPES.items()}
 
 _LENGTH = struct.Struct("<I")
 _INT64_MAX = 2**63 - 1
