@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from http_compare import (
     h2load,
     run_h2load,
     server,
+    stop_group,
     wine_model,
     write_bodies,
 )
@@ -156,13 +156,7 @@ def grpc_server(session: Session, body: bytes, log: Path) -> Iterator[subprocess
                     time.sleep(0.2)
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def verify(session: Session, bodies: dict[str, bytes], expected: dict[str, np.ndarray]) -> None:
