@@ -21,6 +21,8 @@ pub struct Stats {
     pub level: f64,
     /// Latencies of successful calls, in microseconds.
     pub latency: Histogram<u64>,
+    /// Measured requests sent, answered or not: what `--requests` limits.
+    pub sent: u64,
     pub ok: u64,
     pub statuses: BTreeMap<u32, u64>,
     pub bad_answers: u64,
@@ -37,6 +39,7 @@ impl Stats {
             mode,
             level,
             latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            sent: 0,
             ok: 0,
             statuses: BTreeMap::new(),
             bad_answers: 0,
@@ -108,7 +111,7 @@ impl Plan {
     }
 
     fn done(&self, stats: &Stats, now: Instant, window: &Window) -> bool {
-        now >= window.end || self.requests.is_some_and(|n| stats.completed() >= n)
+        now >= window.end || self.requests.is_some_and(|n| stats.sent >= n)
     }
 
     fn finish(stats: &Rc<RefCell<Stats>>, started: Instant, cpu_before: Duration) -> Stats {
@@ -149,8 +152,10 @@ impl Plan {
                     if plan.done(&stats.borrow(), sent, &window) {
                         break;
                     }
+                    let measured = sent >= window.measure_from;
+                    stats.borrow_mut().sent += u64::from(measured);
                     let outcome = call(client, &plan.authority, &plan.body, plan.expect_rows).await;
-                    if sent >= window.measure_from {
+                    if measured {
                         measured_start
                             .borrow_mut()
                             .get_or_insert((window.measure_from, cpu_time()));
@@ -187,6 +192,7 @@ impl Plan {
                     tokio::time::sleep_until(due.into()).await;
                     if due >= window.measure_from {
                         measured.get_or_insert((due, cpu_time()));
+                        shared.borrow_mut().sent += 1;
                     }
                     let (plan, stats) = (Rc::clone(&plan), Rc::clone(&shared));
                     let client = plan.clients[i as usize % plan.clients.len()].clone();
