@@ -9,7 +9,7 @@ Two workloads on the wine model (11 double columns): W1, the first CSV row as 11
 inputs in typed contents, and W2, 4,096 rows as 11 FP32 [4096, 1] raw inputs (the request
 bodies of benchmarks/bodies.py). Per workload:
 
-- `native`: `_native.decode_request(body)` and `signature_job(signature)`, the enforcement
+- `native`: `_native.decode_request(body)` and `job(signature)`, the enforcement
   itself (match, convert FP32 to double) with no Python objects per column;
 - `model_input`: `decode_request` and `payload.model_input`, up to the pandas DataFrame the
   model is called with;
@@ -82,7 +82,7 @@ def test_native(benchmark, wine, bodies, workload):
     signature = wine.signature
 
     def enforce(body: bytes) -> Any:
-        return _native.decode_request(body).signature_job(signature)
+        return _native.decode_request(body).job(signature)
 
     job = benchmark(enforce, bodies[workload])
     assert job.as_batch().form == "columns"

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from arrowsmith import __version__, _native, metrics
 from arrowsmith.errors import ArrowsmithError, ModelNotReadyError
 from arrowsmith.models.registry import LoadedModel, ModelRegistry
-from arrowsmith.payload import job_for
 
 SERVER_NAME = "arrowsmith"
 
@@ -53,7 +52,7 @@ class DataPlane:
             model_name = model.name
             if model.runner is None:
                 raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
-            job = job_for(request, model, timeout)
+            job = request.job(model.signature, timeout)
             metrics.observe_stage(model_name, protocol, "decode", time.perf_counter() - started)
             if on_cancel is not None:
                 on_cancel(job.cancel)

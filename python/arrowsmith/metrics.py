@@ -8,11 +8,37 @@ label keeps the workers apart."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 #: This process's worker index ("0" when there is only one).
 WORKER = os.environ.get("ARROWSMITH_WORKER_INDEX", "0")
+
+
+class _BeforeScrape(Collector):
+    """Runs callbacks whenever the registry is collected, ahead of the metrics below (it is
+    registered first), so a scrape includes counts kept outside Python until then."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for callback in self.callbacks:
+            callback()
+        return []
+
+
+_BEFORE_SCRAPE = _BeforeScrape()
+REGISTRY.register(_BEFORE_SCRAPE)
+
+
+def before_scrape(callback: Callable[[], None]) -> None:
+    """Calls `callback` at every scrape of this process's registry, before its samples."""
+    _BEFORE_SCRAPE.callbacks.append(callback)
+
 
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 _SECOND_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -71,5 +97,12 @@ def observe_stage(model: str, protocol: str, stage: str, seconds: float) -> None
     STAGE_TIME.labels(model, protocol, stage, WORKER).observe(seconds)
 
 
-def count_request(model: str, protocol: str, status: str) -> None:
-    REQUESTS.labels(model, protocol, status, WORKER).inc()
+def observe_stages(model: str, protocol: str, stage: str, seconds: list[float]) -> None:
+    """Several requests' times in one stage."""
+    child = STAGE_TIME.labels(model, protocol, stage, WORKER)
+    for value in seconds:
+        child.observe(value)
+
+
+def count_request(model: str, protocol: str, status: str, count: int = 1) -> None:
+    REQUESTS.labels(model, protocol, status, WORKER).inc(count)

@@ -1,5 +1,5 @@
-"""A decoded request -> a batchable job, and a batch of jobs -> the value a pyfunc model
-is called with.
+"""A batch of jobs -> the value a pyfunc model is called with (the native side turns a
+request into a job: `InferRequest.job`).
 
 With a signature and no explicit content type, the native side has already applied the
 signature: columns arrive as one Arrow record batch (-> DataFrame), tensors as arrays
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPES = ("np", "pd", "dict")
 
 #: Request parameters that steer the server (or belong to other servers' extensions): they
 #: reach the model as MLflow params only when its ParamSchema declares the very name.
@@ -169,20 +167,6 @@ def _column(array: np.ndarray[Any, Any]) -> Any:
     return array if array.ndim == 1 else list(array)
 
 
-def _as_sent_form(request: _native.InferRequest, content_type: str | None) -> str:
-    """The form inputs sent as they are take: the content type asked for, else `np` for one
-    input, `pd` when every input is a column, `dict` otherwise."""
-    inputs = request.inputs()
-    if not inputs:
-        raise InvalidInputError("the request has no inputs")
-    if content_type is not None:
-        return content_type
-    if len(inputs) == 1:
-        return "np"
-    one_column = all(len(shape) == 1 or shape[1:] == [1] for _, _, shape, _ in inputs)
-    return "pd" if one_column else "dict"
-
-
 def _as_sent_input(batch: _native.Batch) -> Any:
     import pandas as pd
 
@@ -205,22 +189,6 @@ def _as_sent_input(batch: _native.Batch) -> Any:
     return arrays
 
 
-def job_for(
-    request: _native.InferRequest, model: LoadedModel, timeout: float | None = None
-) -> _native.Job:
-    """The request as a job for the model's batcher. With a signature (and no explicit
-    content type) the signature is applied here, so bad input is refused before it can
-    join a batch."""
-    content_type = request.parameters.get("content_type")
-    if content_type is not None and content_type not in CONTENT_TYPES:
-        raise InvalidInputError(
-            f"request content_type '{content_type}' is not one of {', '.join(CONTENT_TYPES)}"
-        )
-    if model.signature is not None and content_type is None:
-        return request.signature_job(model.signature, timeout)
-    return request.as_sent_job(_as_sent_form(request, content_type), timeout)
-
-
 def batch_input(batch: _native.Batch, model: LoadedModel) -> tuple[Any, bool]:
     """The value to call the model with for a whole batch, and whether the signature was
     enforced on it."""
@@ -231,7 +199,7 @@ def batch_input(batch: _native.Batch, model: LoadedModel) -> tuple[Any, bool]:
 
 def model_input(request: _native.InferRequest, model: LoadedModel) -> tuple[Any, bool]:
     """The model input for one request on its own (a batch of one)."""
-    return batch_input(job_for(request, model).as_batch(), model)
+    return batch_input(request.job(model.signature).as_batch(), model)
 
 
 class _HasParameters(Protocol):

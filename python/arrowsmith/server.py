@@ -15,6 +15,7 @@ from arrowsmith.config import ServerConfig
 if TYPE_CHECKING:
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.http.server import HttpFront
+    from arrowsmith.models.registry import ModelRegistry
 
 logger = logging.getLogger("arrowsmith")
 
@@ -51,7 +52,6 @@ class Fronts:
         from arrowsmith.grpc.server import GrpcFront
 
         self.grpc = GrpcFront(config, dataplane, reuse_port=worker)
-        self.grpc.start()
         logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
         self.http: HttpFront | None = None
         if config.http_port:
@@ -61,7 +61,9 @@ class Fronts:
             self.http.start()
             logger.info("HTTP listening on %s:%d", config.host, self.http.port)
 
-    def set_ready(self) -> None:
+    def set_ready(self, registry: ModelRegistry) -> None:
+        for model in registry.models():
+            self.grpc.serve_model(model)
         if self.http is not None:
             self.http.wait_started()
         self.grpc.set_serving(True)
@@ -107,7 +109,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     gc.freeze()
     if fronts is None:
         fronts = Fronts(config, dataplane, worker)
-    fronts.set_ready()
+    fronts.set_ready(registry)
     logger.info("ready: serving %s", ", ".join(registry.names()))
     stop.wait()
     fronts.stop(DRAIN_SECONDS)

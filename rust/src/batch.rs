@@ -5,12 +5,14 @@
 //! than hand anyone another request's rows.
 //!
 //! Threads: request threads `submit` and then `wait` (holding no interpreter lock in the
-//! Python binding); one runner thread per model calls `next_batch`, predicts, and calls
-//! `complete` or `fail`. Lock order: the queue's lock before any job's.
+//! Python binding), or an async front submits and polls `poll_answer`; one runner thread
+//! per model calls `next_batch`, predicts, and calls `complete` or `fail`. Lock order: the
+//! queue's lock before any job's.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arrow_array::Array;
@@ -48,6 +50,8 @@ pub struct Job {
     enqueued: Mutex<Option<Instant>>,
     state: Mutex<JobState>,
     done: Condvar,
+    /// An async waiter to wake when the job settles.
+    waker: Mutex<Option<Waker>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +98,7 @@ impl Job {
             enqueued: Mutex::new(None),
             state: Mutex::new(JobState::Queued),
             done: Condvar::new(),
+            waker: Mutex::new(None),
         }
     }
 
@@ -110,7 +115,14 @@ impl Job {
         let mut state = lock(&self.state);
         if matches!(*state, JobState::Queued | JobState::Running) {
             *state = JobState::Done(result);
-            self.done.notify_all();
+            self.wake_waiters();
+        }
+    }
+
+    fn wake_waiters(&self) {
+        self.done.notify_all();
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
         }
     }
 
@@ -119,8 +131,28 @@ impl Job {
         let mut state = lock(&self.state);
         if matches!(*state, JobState::Queued | JobState::Running) {
             *state = JobState::Abandoned;
-            self.done.notify_all();
+            self.wake_waiters();
         }
+    }
+
+    /// Takes the job's answer if it has one: its result, or Cancelled once abandoned.
+    fn take_answer(&self, state: &mut JobState) -> Option<Result<EncodedResponse>> {
+        match std::mem::replace(state, JobState::Abandoned) {
+            JobState::Done(result) => Some(result),
+            JobState::Abandoned => Some(Err(Error::Cancelled(format!(
+                "request '{}' was cancelled",
+                self.id
+            )))),
+            waiting => {
+                *state = waiting;
+                None
+            }
+        }
+    }
+
+    /// When the client wants its answer by, if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Seconds the job waited in the queue before its batch started.
@@ -214,30 +246,29 @@ impl Batcher {
         Ok(())
     }
 
+    /// The error for a job whose deadline passed while it waited; the job is abandoned.
+    pub fn expire(&self, job: &Job) -> Error {
+        job.abandon();
+        Error::DeadlineExceeded(format!(
+            "request '{}' to model '{}' passed its deadline before an answer",
+            job.id, self.model_name
+        ))
+    }
+
     /// Blocks until the job is answered, its deadline passes or it is abandoned.
     pub fn wait(&self, job: &Job) -> Result<EncodedResponse> {
         let mut state = lock(&job.state);
         loop {
-            match std::mem::replace(&mut *state, JobState::Abandoned) {
-                JobState::Done(result) => return result,
-                JobState::Abandoned => {
-                    return Err(Error::Cancelled(format!(
-                        "request '{}' was cancelled",
-                        job.id
-                    )))
-                }
-                waiting => *state = waiting,
+            if let Some(answer) = job.take_answer(&mut state) {
+                return answer;
             }
             match job.deadline {
                 None => state = job.done.wait(state).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let now = Instant::now();
                     if deadline <= now {
-                        *state = JobState::Abandoned;
-                        return Err(Error::DeadlineExceeded(format!(
-                            "request '{}' to model '{}' passed its deadline before an answer",
-                            job.id, self.model_name
-                        )));
+                        drop(state);
+                        return Err(self.expire(job));
                     }
                     state = job
                         .done
@@ -247,6 +278,17 @@ impl Batcher {
                 }
             }
         }
+    }
+
+    /// The job's answer if it has settled; otherwise registers `cx`'s waker to be woken
+    /// when it does. The caller watches the deadline (see `expire`).
+    pub fn poll_answer(&self, job: &Job, cx: &Context<'_>) -> Poll<Result<EncodedResponse>> {
+        let mut state = lock(&job.state);
+        if let Some(answer) = job.take_answer(&mut state) {
+            return Poll::Ready(answer);
+        }
+        *lock(&job.waker) = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Lets the runner drain what is queued, then end; new submissions are refused.

@@ -54,3 +54,32 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error's name in `arrowsmith.errors.ErrorCode`, the label metrics carry.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "INVALID_INPUT",
+            Error::Unsupported(_) => "UNSUPPORTED_INPUT",
+            Error::Internal(_) => "INTERNAL",
+            Error::Model(_) => "MODEL_ERROR",
+            Error::QueueFull(_) => "QUEUE_FULL",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::Cancelled(_) => "CANCELLED",
+            Error::Unavailable(_) => "MODEL_NOT_READY",
+        }
+    }
+
+    /// The gRPC status code, as `arrowsmith.errors.GRPC_STATUS` maps `code_name()`.
+    pub fn grpc_code(&self) -> u32 {
+        match self {
+            Error::InvalidInput { .. } => 3,
+            Error::Unsupported(_) => 12,
+            Error::Internal(_) | Error::Model(_) => 13,
+            Error::QueueFull(_) => 8,
+            Error::DeadlineExceeded(_) => 4,
+            Error::Cancelled(_) => 1,
+            Error::Unavailable(_) => 14,
+        }
+    }
+}

@@ -4,12 +4,14 @@
 //! The core is plain Rust (testable with `cargo test --no-default-features`); the PyO3
 //! binding lives in `py/` behind the `python` feature.
 
+pub mod admit;
 pub mod batch;
 pub mod coerce;
 pub mod datatype;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod front;
 pub mod signature;
 pub mod tensor;
 

@@ -268,7 +268,7 @@ def columns_request(**columns: tuple[str, np.ndarray]) -> _native.InferRequest:
 
 def enforced(request: _native.InferRequest, signature: _native.Signature) -> _native.Batch:
     """The request with the signature applied, as the batch of one a model runner sees."""
-    return request.signature_job(signature).as_batch()
+    return request.job(signature).as_batch()
 
 
 def record_batch(request: _native.InferRequest, signature: _native.Signature) -> pa.RecordBatch:
@@ -427,7 +427,7 @@ def test_column_refusals(
     specs: list, columns: dict, error: type, input_name: str | None, words: str
 ) -> None:
     with pytest.raises(error) as raised:
-        columns_request(**columns).signature_job(_native.Signature.columns(specs))
+        columns_request(**columns).job(_native.Signature.columns(specs))
     assert words in str(raised.value)
     if error is InvalidInputError:
         assert raised.value.input_name == input_name
@@ -497,7 +497,7 @@ def test_object_tensor_of_any_length_takes_anything() -> None:
 def test_tensor_refusals(spec: tuple, words: str) -> None:
     request = columns_request(x=("UINT8", np.zeros((2, 2, 2), dtype=np.uint8)))
     with pytest.raises(InvalidInputError) as raised:
-        request.signature_job(_native.Signature.tensors([spec]))
+        request.job(_native.Signature.tensors([spec]))
     assert words in raised.value.message
     assert raised.value.input_name == spec[0]
 
@@ -518,7 +518,7 @@ def job(rows: np.ndarray, request_id: str) -> _native.Job:
     message = pb.ModelInferRequest(id=request_id)
     v2.add_input(message, "x", rows, "FP64", typed=False)
     signature = _native.Signature.columns([("x", "double", True)])
-    return decode(message).signature_job(signature, ANSWER_TIMEOUT_S)
+    return decode(message).job(signature, ANSWER_TIMEOUT_S)
 
 
 def complete_next(batcher: _native.Batcher, outputs: list) -> None:
@@ -661,7 +661,7 @@ def test_request_past_its_deadline_is_not_predicted() -> None:
     batcher = _native.Batcher("m", "1", 64, 0.0, 4)
     message = pb.ModelInferRequest(id="late")
     v2.add_input(message, "x", np.ones(1), "FP64", typed=False)
-    late = decode(message).as_sent_job("np", 0.0)
+    late = decode(message).job(None, 0.0)
     with pytest.raises(DeadlineExceededError, match="'late'"):
         batcher.submit(late)
     batcher.close()

@@ -21,7 +21,7 @@ from arrowsmith.config import ModelConfig
 from arrowsmith.errors import InvalidInputError
 from arrowsmith.models.registry import LoadedModel
 from arrowsmith.models.signature import native_signature, tensor_metadata
-from arrowsmith.payload import batch_input, job_for, model_input, model_params
+from arrowsmith.payload import batch_input, model_input, model_params
 from arrowsmith.predictions import output_tensors
 from arrowsmith.runner import predict
 from mlflow.models import ModelSignature, infer_signature
@@ -231,7 +231,7 @@ def test_waiting_requests_are_one_model_input(mixed_model: LoadedModel) -> None:
     messages = [request(*mixed_inputs()) for _ in range(2)]
     for i, message in enumerate(messages):
         message.id = f"r{i}"
-    jobs = [job_for(decode(m), mixed_model, ANSWER_TIMEOUT_S) for m in messages]
+    jobs = [decode(m).job(mixed_model.signature, ANSWER_TIMEOUT_S) for m in messages]
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(batcher.submit, j) for j in jobs]
         while batcher.depth < len(jobs) and not any(f.done() for f in futures):

@@ -143,6 +143,9 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return list(self._models)
 
+    def models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
     def stop(self, timeout: float) -> None:
         """Stops every model's batcher; queued requests are answered first."""
         for model in self._models.values():

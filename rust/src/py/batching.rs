@@ -45,7 +45,7 @@ impl Job {
 
 /// One model's queue and batch former.
 #[pyclass(name = "Batcher", module = "arrowsmith._native", frozen)]
-pub struct Batcher(Arc<CoreBatcher>);
+pub struct Batcher(pub Arc<CoreBatcher>);
 
 #[pymethods]
 impl Batcher {

@@ -4,6 +4,7 @@
 mod batching;
 mod buffers;
 mod errors;
+mod front;
 
 use std::sync::Arc;
 
@@ -13,8 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::batch::Job as CoreJob;
-use crate::coerce::{coerce, ModelInput};
+use crate::admit::job_for;
 use crate::decode::{decode_request as decode, InferRequest as CoreRequest};
 use crate::signature::{
     ColumnSpec, ColumnType, Signature as CoreSignature, TensorSpec, TensorType,
@@ -70,7 +70,7 @@ pub(crate) fn params_dict<'py>(
 
 /// A model's input signature, converted once when the model loads.
 #[pyclass(name = "Signature", module = "arrowsmith._native", frozen)]
-struct Signature(CoreSignature);
+pub(crate) struct Signature(CoreSignature);
 
 #[pymethods]
 impl Signature {
@@ -154,43 +154,20 @@ impl InferRequest {
         Ok(dict)
     }
 
-    /// A batchable job of the inputs with the model's signature applied: columns (form
-    /// "columns") or tensors (form "tensors"). Refuses bad input here, before any batching.
-    #[pyo3(signature = (signature, timeout = None))]
-    fn signature_job(
+    /// The request as a batchable job: with the model's `signature` applied (refusing bad
+    /// input here, before any batching), or as sent when there is none or the request asks
+    /// for a content type. `timeout`: seconds until the client's deadline.
+    #[pyo3(signature = (signature = None, timeout = None))]
+    fn job(
         &self,
         py: Python<'_>,
-        signature: &Signature,
+        signature: Option<&Signature>,
         timeout: Option<f64>,
     ) -> PyResult<Job> {
         let deadline = batching::deadline_after(timeout)?;
-        let input = py.detach(|| coerce(&self.0.inputs, &signature.0))?;
-        let form = match input {
-            ModelInput::Columns { .. } => "columns",
-            ModelInput::Tensors(_) => "tensors",
-        };
-        Ok(self.job(form.to_owned(), input.into_tensors(), deadline))
-    }
-
-    /// A batchable job of the inputs as sent, for the model input form `form` (a content
-    /// type such as "np", "pd" or "dict").
-    #[pyo3(signature = (form, timeout = None))]
-    fn as_sent_job(&self, form: String, timeout: Option<f64>) -> PyResult<Job> {
-        let deadline = batching::deadline_after(timeout)?;
-        Ok(self.job(form, self.0.inputs.clone(), deadline))
-    }
-}
-
-impl InferRequest {
-    fn job(&self, form: String, tensors: Vec<Tensor>, deadline: Option<std::time::Instant>) -> Job {
-        Job(Arc::new(CoreJob::new(
-            self.0.id.clone(),
-            form,
-            self.0.parameters.clone(),
-            self.0.requested_outputs.clone(),
-            tensors,
-            deadline,
-        )))
+        let request = self.0.clone();
+        let job = py.detach(|| job_for(request, signature.map(|s| &s.0), deadline))?;
+        Ok(Job(Arc::new(job)))
     }
 }
 
@@ -209,6 +186,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batching::Batch>()?;
     m.add_class::<batching::Batcher>()?;
     m.add_class::<batching::Job>()?;
+    m.add_class::<front::GrpcFront>()?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add(
         "build_profile",

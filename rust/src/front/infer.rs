@@ -1,0 +1,161 @@
+//! ModelInfer for the models the front holds, with no Python on the way: the body is
+//! decoded, the signature applied and the job queued in the model's batcher right here;
+//! the runner thread predicts, and the answer is written back from this thread. Requests
+//! the front cannot answer itself (a model it does not hold, a compressed message) go to
+//! the backend unchanged.
+
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
+
+use super::proxy::{forward, Body};
+use super::wire::{self, Message, PREFIX_LEN};
+use super::Shared;
+use crate::admit::job_for;
+use crate::batch::{Batcher, Job};
+use crate::decode::decode_request;
+use crate::encode::EncodedResponse;
+use crate::error::{Error, Result};
+
+pub(super) const PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// A reset this close to the deadline the client sent is the client's deadline passing
+/// (its clock started before the request reached us), not a cancellation.
+const DEADLINE_SLACK: Duration = Duration::from_millis(20);
+
+enum BodyError {
+    /// The message declares more bytes than the server accepts.
+    TooLarge(usize),
+    /// The client reset the stream or the connection failed.
+    Gone,
+}
+
+/// The whole request body; one chunk is passed on as is, several are joined once.
+async fn read_body(mut body: RecvStream, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| BodyError::Gone)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&chunk);
+            }
+            None => joined.extend_from_slice(&chunk),
+        }
+        let head = first.as_deref().unwrap_or(&joined);
+        if head.len() >= PREFIX_LEN {
+            let declared = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if declared > limit {
+                return Err(BodyError::TooLarge(declared));
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Answers one ModelInfer call.
+pub(super) async fn model_infer(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let arrived = Instant::now();
+    let (parts, body) = request.into_parts();
+    let deadline = wire::timeout(&parts.headers).map(|t| arrived + t);
+    let body = match read_body(body, shared.max_message_size).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(declared)) => {
+            let max = shared.max_message_size;
+            let message = format!("Received message larger than max ({declared} vs. {max})");
+            wire::send_status(&mut respond, wire::RESOURCE_EXHAUSTED, &message);
+            return;
+        }
+        Err(BodyError::Gone) => return,
+    };
+    let message = match wire::unary_message(body.clone()) {
+        Ok(Message::Plain(message)) => message,
+        Ok(Message::Compressed) => {
+            forward(parts, Body::Buffered(body), respond, &shared.backend).await;
+            return;
+        }
+        Err(problem) => {
+            wire::send_status(&mut respond, wire::INTERNAL, &problem);
+            return;
+        }
+    };
+    let started = Instant::now();
+    let request = match decode_request(message) {
+        Ok(request) => request,
+        Err(error) => return answer_error(&shared, &mut respond, "", &error),
+    };
+    let Some(model) = shared.model(&request.model_name, &request.model_version) else {
+        // Unknown, loading or another version: the backend says which, in its words.
+        forward(parts, Body::Buffered(body), respond, &shared.backend).await;
+        return;
+    };
+    let job = match job_for(request, model.signature.as_ref(), deadline) {
+        Ok(job) => Arc::new(job),
+        Err(error) => return answer_error(&shared, &mut respond, &model.name, &error),
+    };
+    shared
+        .stats
+        .observe_decode(&model.name, started.elapsed().as_secs_f64());
+    if let Err(error) = model.batcher.submit(&job) {
+        return answer_error(&shared, &mut respond, &model.name, &error);
+    }
+    match answer(&model.batcher, &job, &mut respond).await {
+        Some(Ok(encoded)) => {
+            wire::send_message(&mut respond, &encoded);
+            shared.stats.count(&model.name, "OK");
+        }
+        Some(Err(error)) => answer_error(&shared, &mut respond, &model.name, &error),
+        None => shared.stats.count(&model.name, "CANCELLED"),
+    }
+}
+
+fn answer_error(shared: &Shared, respond: &mut SendResponse<Bytes>, model: &str, error: &Error) {
+    wire::send_status(respond, error.grpc_code(), &error.to_string());
+    shared.stats.count(model, error.code_name());
+}
+
+/// The job's answer, or its deadline's error; None when the client cancelled the call
+/// (the job then leaves the queue).
+async fn answer(
+    batcher: &Batcher,
+    job: &Job,
+    respond: &mut SendResponse<Bytes>,
+) -> Option<Result<EncodedResponse>> {
+    let mut expiry = job
+        .deadline()
+        .map(|deadline| Box::pin(tokio::time::sleep_until(deadline.into())));
+    poll_fn(|cx| {
+        if let Poll::Ready(answer) = batcher.poll_answer(job, cx) {
+            return Poll::Ready(Some(answer));
+        }
+        if respond.poll_reset(cx).is_ready() {
+            // A client resets the call at its deadline too; that is the deadline's doing.
+            let now = Instant::now();
+            if job.deadline().is_some_and(|d| d <= now + DEADLINE_SLACK) {
+                return Poll::Ready(Some(Err(batcher.expire(job))));
+            }
+            job.abandon();
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = expiry.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(batcher.expire(job))));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
