@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen bench-floors bench-micro bench-batching bench-compare
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ serve-example: build example-model ## serve the example model: gRPC 127.0.0.1:80
 test-rust: ## Rust tests of the pure core and the load generator (no Python)
 	cd rust && cargo test --workspace --no-default-features --quiet
 
-test-python: build loadgen ## Python tests, against real server processes
+test-python: build loadgen perf-analyzer ## Python tests, against real server processes
 	# A fixed hash seed keeps the derandomized hypothesis cases the same run to run.
 	PYTHONHASHSEED=0 $(PY) -m pytest
 
@@ -63,6 +63,23 @@ protos: $(INSTALLED) ## regenerate the Python messages from protos/
 
 loadgen: ## build arrowsmith-bench, the compiled load generator (rust/target/release)
 	cd rust && cargo build --release -p arrowsmith-bench
+
+# Triton's perf_analyzer as tritonclient 2.51.0's wheel ships it, the newest one built for
+# glibc <= 2.34 (later tritonclient wheels and the perf-analyzer wheels need glibc 2.38;
+# Debian 12 has 2.36). It links libb64 (Debian's libb64-0d) and libcudart.so.12 (PyPI's CUDA
+# runtime, installed beside it; loaded, never used without a GPU).
+PERF_ANALYZER_HOME := $(VENV)/perf-analyzer
+PERF_ANALYZER := $(PERF_ANALYZER_HOME)/bin/perf_analyzer
+
+$(PERF_ANALYZER): | $(INSTALLED)
+	dpkg-query -W -f='$${Status}' libb64-0d 2>/dev/null | grep -q 'install ok installed' \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d; }
+	rm -rf $(PERF_ANALYZER_HOME)
+	$(PY) -m pip install -q --no-deps --no-compile --target $(PERF_ANALYZER_HOME) \
+		tritonclient==2.51.0 nvidia-cuda-runtime-cu12==12.6.77
+	touch $@
+
+perf-analyzer: $(PERF_ANALYZER) ## Triton's perf_analyzer 2.51.0 into .venv/perf-analyzer (apt-get: run as root)
 
 bench-floors: $(INSTALLED) ## grpcio sync vs aio canned-answer floors (needs h2load: apt-get install nghttp2-client)
 	$(PY) benchmarks/floors.py
