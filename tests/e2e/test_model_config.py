@@ -110,3 +110,24 @@ def test_unknown_model_config_is_not_found(wine_server: ServerHandle) -> None:
         client.get_model_config("nope")
     assert raised.value.status() == str(grpc.StatusCode.NOT_FOUND)
     assert "nope" in str(raised.value.message())
+
+
+def test_http_config_matches_grpc(wine_server: ServerHandle) -> None:
+    """`GET /v2/models/{name}/config` (tritonclient.http's get_model_config) gives the same
+    config as the gRPC call, dims as numbers the way Triton writes them; unknown models 404."""
+    import tritonclient.http as httpclient
+
+    with grpcclient.InferenceServerClient(wine_server.url) as client:
+        over_grpc = client.get_model_config(WINE_MODEL_NAME, as_json=True)["config"]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{wine_server.http_port}")
+    try:
+        over_http = client.get_model_config(WINE_MODEL_NAME)
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_model_config("nope")
+    finally:
+        client.close()
+    assert over_http["input"][0]["dims"] == [1]
+    for tensor in (*over_grpc["input"], *over_grpc["output"]):
+        tensor["dims"] = [int(d) for d in tensor.get("dims", [])]
+    assert over_http == over_grpc
+    assert "nope" in str(raised.value.message())

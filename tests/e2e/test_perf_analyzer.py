@@ -1,4 +1,4 @@
-"""Triton's perf_analyzer, unchanged, against a real server over gRPC.
+"""Triton's perf_analyzer, unchanged, against a real server over gRPC and HTTP.
 
 perf_analyzer reads ServerMetadata, ModelMetadata and ModelConfig (the batch dimension it
 puts in front of `dims` when `max_batch_size` > 0), then sends generated requests and
@@ -29,7 +29,9 @@ SUMMARY_LINE = re.compile(
 )
 
 
-def perf_analyzer(server: ServerHandle, report: pathlib.Path, *args: str) -> dict[int, float]:
+def perf_analyzer(
+    server: ServerHandle, report: pathlib.Path, *args: str, protocol: str = "grpc"
+) -> dict[int, float]:
     """Run perf_analyzer on the wine model, check it succeeded, and return its throughput
     (inferences per second) for each concurrency level, after checking that the summary
     lines and the CSV report agree on the levels measured.
@@ -43,7 +45,8 @@ def perf_analyzer(server: ServerHandle, report: pathlib.Path, *args: str) -> dic
     done = subprocess.run(
         [
             str(PERF_ANALYZER),
-            *("-m", WINE_MODEL_NAME, "-u", server.url, "-i", "grpc"),
+            *("-m", WINE_MODEL_NAME, "-i", protocol),
+            *("-u", server.url if protocol == "grpc" else f"127.0.0.1:{server.http_port}"),
             *("--measurement-interval", "500", "--stability-percentage", "1000"),
             *("-f", str(report), *args),
         ],
@@ -81,3 +84,12 @@ def test_perf_analyzer_batches_of_four_async(
     )
     assert list(throughput) == [2]
     assert throughput[2] > 0
+
+
+def test_perf_analyzer_over_http(wine_server: ServerHandle, tmp_path: pathlib.Path) -> None:
+    """Over V2 REST it reads the model's config from `/v2/models/{name}/config`."""
+    throughput = perf_analyzer(
+        wine_server, tmp_path / "http.csv", "--concurrency-range", "1", protocol="http"
+    )
+    assert list(throughput) == [1]
+    assert throughput[1] > 0

@@ -65,6 +65,8 @@ class Routes:
                 version, rest = rest[1], rest[2:]
             if rest == []:
                 route = ("GET", partial(v2.model_metadata, name=name, version=version), False)
+            elif rest == ["config"]:
+                route = ("GET", partial(v2.model_config, name=name, version=version), False)
             elif rest == ["ready"]:
                 route = ("GET", partial(v2.model_ready, name=name, version=version), False)
             elif rest == ["infer"]:

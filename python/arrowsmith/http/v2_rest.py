@@ -97,6 +97,22 @@ class V2Rest:
             }
         )
 
+    def model_config(self, request: Request, name: str, version: str) -> Response:
+        """Triton's model configuration as JSON (proto field names; dims as numbers, the way
+        Triton writes them), for perf_analyzer and tritonclient.http's get_model_config."""
+        from google.protobuf.json_format import MessageToDict
+
+        from arrowsmith.models.triton_config import model_config
+
+        try:
+            model = self.dataplane.model(name, version)
+        except ArrowsmithError as error:
+            return error_response(error)
+        document = MessageToDict(model_config(model), preserving_proto_field_name=True)
+        for tensor in (*document.get("input", []), *document.get("output", [])):
+            tensor["dims"] = [int(d) for d in tensor.get("dims", [])]
+        return json_response(document)
+
     def model_ready(self, request: Request, name: str, version: str) -> Response:
         try:
             model = self.dataplane.model(name, version)
