@@ -29,6 +29,7 @@ class ModelRunner:
         self.model = model
         self.batcher = batcher
         self._thread = threading.Thread(target=self._run, name=f"runner-{model.name}", daemon=True)
+        self._metrics = metrics.BatchMetrics(model.name)
 
     def start(self) -> None:
         self._thread.start()
@@ -40,14 +41,10 @@ class ModelRunner:
 
     def _run(self) -> None:
         while (batch := self.batcher.next_batch()) is not None:
-            metrics.observe_batch(
-                self.model.name, batch.rows(), batch.queue_waits(), self.batcher.depth
-            )
+            self._metrics.observe_batch(batch.rows(), batch.queue_waits(), self.batcher.depth)
             started = time.perf_counter()
             self.run_batch(batch)
-            metrics.PREDICT_TIME.labels(self.model.name, metrics.WORKER).observe(
-                time.perf_counter() - started
-            )
+            self._metrics.predict_time.observe(time.perf_counter() - started)
 
     def run_batch(self, batch: _native.Batch) -> None:
         """Predicts one batch and answers its requests; never raises."""

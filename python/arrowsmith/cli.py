@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from arrowsmith import __version__
-from arrowsmith.config import DEFAULT_MAX_MESSAGE_SIZE, ModelConfig, ServerConfig
+from arrowsmith.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ModelConfig,
+    ServerConfig,
+)
 
 #: Per-model settings a config file may give for each model (the flags give defaults).
 MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_size")
@@ -79,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-batch-size",
         type=int,
-        default=_env("max-batch-size", 64, int),
-        help="rows per model call; 1 turns batching off (default 64)",
+        default=_env("max-batch-size", DEFAULT_MAX_BATCH_SIZE, int),
+        help=f"rows per model call; 1 turns batching off (default {DEFAULT_MAX_BATCH_SIZE})",
     )
     serve.add_argument(
         "--max-batch-delay-ms",

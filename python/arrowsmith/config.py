@@ -7,6 +7,11 @@ from dataclasses import dataclass
 #: gRPC's own default (4 MiB) is the most reported limit in peers' issue trackers.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
+#: Rows per model call. A call of a tabular model costs mostly its fixed overhead (MLflow's
+#: and scikit-learn's checks, ~0.5 ms) rather than its rows, so the default lets requests of
+#: thousands of rows share calls; models whose rows are costly (or memory-bound) set less.
+DEFAULT_MAX_BATCH_SIZE = 65536
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -14,7 +19,7 @@ class ModelConfig:
     #: None: the registered model's or the folder's name.
     name: str | None = None
     #: Rows per model call; requests that arrive while the model runs join the next call.
-    max_batch_size: int = 64
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     #: How long a batch may wait for more requests once its first request is queued.
     max_batch_delay_ms: float = 0.0
     #: Requests waiting at most; past it, RESOURCE_EXHAUSTED.

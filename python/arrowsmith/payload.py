@@ -57,7 +57,7 @@ def to_ndarray(
     return values_np.reshape(shape)
 
 
-def _frame(batch: _native.ArrowArray, schema: Any) -> Any:
+def _frame(batch: _native.Batch, schema: Any) -> Any:
     """The enforced columns as the DataFrame MLflow's enforcement would hand the model.
 
     Numeric columns are final. Text becomes object columns. Two of MLflow's object-column
@@ -67,11 +67,12 @@ def _frame(batch: _native.ArrowArray, schema: Any) -> Any:
     import pandas as pd
     import pyarrow as pa
 
-    record_batch = pa.record_batch(batch)
+    block = batch.column_block()
+    if block is not None:
+        return _numeric_frame(block, batch.input_names())
+    record_batch = pa.record_batch(batch.frame())
     if record_batch.num_columns == 0:
         return pd.DataFrame({})
-    if _one_numeric_type(record_batch):
-        return _numeric_frame(record_batch)
     frame = record_batch.to_pandas()
     named = schema.has_input_names()
     types = {spec.name: spec.type for spec in schema.inputs} if named else None
@@ -90,21 +91,15 @@ def _frame(batch: _native.ArrowArray, schema: Any) -> Any:
     return frame
 
 
-def _one_numeric_type(record_batch: Any) -> bool:
+def _numeric_frame(block: _native.ArrowArray, names: list[str]) -> Any:
+    """Columns of one numeric type as a single-block DataFrame over the native block
+    (columns x rows), without another copy: about a third of what the general Arrow ->
+    pandas conversion costs for a small batch."""
+    import pandas as pd
     import pyarrow as pa
 
-    kinds = {field.type for field in record_batch.schema}
-    return len(kinds) == 1 and (pa.types.is_integer(*kinds) or pa.types.is_floating(*kinds))
-
-
-def _numeric_frame(record_batch: Any) -> Any:
-    """Columns of one numeric type as a single-block DataFrame: one stack of the columns,
-    about a third of what the general Arrow -> pandas conversion costs for a small batch."""
-    import numpy as np
-    import pandas as pd
-
-    block = np.vstack([column.to_numpy() for column in record_batch.columns])
-    return pd.DataFrame(block.T, columns=pd.Index(record_batch.schema.names), copy=False)
+    values = pa.array(block).to_numpy(zero_copy_only=True).reshape(len(names), -1)
+    return pd.DataFrame(values.T, columns=pd.Index(names), copy=False)
 
 
 def _parse_datetimes(name: str, column: Any) -> Any:
@@ -150,7 +145,7 @@ def _enforced_input(batch: _native.Batch, model: LoadedModel) -> Any:
     schema = model.input_schema
     assert schema is not None
     if batch.form == "columns":
-        return _frame(batch.frame(), schema)
+        return _frame(batch, schema)
     specs = {spec.name: spec.type for spec in schema.inputs}
     first = schema.inputs[0].type
     arrays = {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use arrow_array::Array;
+use arrow_array::{Array, ArrayRef};
 
 use crate::encode::{prepare_response, EncodedResponse, InferResponse, OutputTensor};
 use crate::error::{Error, Result};
@@ -478,6 +478,28 @@ impl Batch {
                 Ok(tensor)
             })
             .collect()
+    }
+
+    /// When every input is a column of one and the same integer or float type, all of them in one
+    /// flat array, column after column (each column's rows in batch order): a
+    /// (columns x rows) block built with one copy, which numpy and pandas take as is.
+    pub fn column_block(&self) -> Result<Option<ArrayRef>> {
+        let first = self.first();
+        let Some(data_type) = first.tensors.first().map(|t| t.values.data_type()) else {
+            return Ok(None);
+        };
+        let uniform = first.tensors.iter().all(|t| {
+            t.shape.len() == 1 && t.values.data_type() == data_type && t.values.null_count() == 0
+        });
+        if !uniform || !(data_type.is_integer() || data_type.is_floating()) {
+            return Ok(None);
+        }
+        let parts: Vec<&dyn Array> = (0..first.tensors.len())
+            .flat_map(|i| self.jobs.iter().map(move |j| j.tensors[i].values.as_ref()))
+            .collect();
+        arrow_select::concat::concat(&parts)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("building the batch's column block failed: {e}")))
     }
 
     /// Splits the model's outputs by request and answers each one. With several requests,

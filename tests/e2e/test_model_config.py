@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 # `arrowsmith serve` defaults.
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 65536
 
 TensorConfig = tuple[str, int, list[int]]
 

@@ -7,7 +7,12 @@ import pathlib
 
 import pytest
 from arrowsmith import __version__, cli
-from arrowsmith.config import DEFAULT_MAX_MESSAGE_SIZE, ModelConfig, ServerConfig
+from arrowsmith.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ModelConfig,
+    ServerConfig,
+)
 
 #: Settings of each model rather than of the server.
 MODEL_FIELDS = ("name", "max_batch_size", "max_batch_delay_ms", "max_queue_size")
@@ -58,7 +63,7 @@ def test_defaults() -> None:
             ModelConfig(
                 uri="models:/wine/1",
                 name=None,
-                max_batch_size=64,
+                max_batch_size=DEFAULT_MAX_BATCH_SIZE,
                 max_batch_delay_ms=0.0,
                 max_queue_size=1024,
             ),
@@ -194,7 +199,7 @@ def test_config_file_serves_several_models(tmp_path: pathlib.Path) -> None:
     config = cli.parse_config(["serve", "--config", path, "--max-batch-delay-ms", "1.5"])
     assert config.models == (
         ModelConfig("models:/wine/2", None, 16, 1.5, 1024),
-        ModelConfig("./pixels", "images", 64, 1.5, 7),
+        ModelConfig("./pixels", "images", DEFAULT_MAX_BATCH_SIZE, 1.5, 7),
     )
 
 

@@ -54,8 +54,10 @@ async fn read_body(mut body: RecvStream, limit: usize) -> Result<Bytes, BodyErro
         let head = first.as_deref().unwrap_or(&joined);
         if head.len() >= PREFIX_LEN {
             let declared = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if declared > limit {
-                return Err(BodyError::TooLarge(declared));
+            // What is held is bounded too, whatever the prefix claims.
+            let buffered = head.len() - PREFIX_LEN;
+            if declared > limit || buffered > limit {
+                return Err(BodyError::TooLarge(declared.max(buffered)));
             }
         }
     }
@@ -114,8 +116,9 @@ pub(super) async fn model_infer(
     }
     match answer(&model.batcher, &job, &mut respond).await {
         Some(Ok(encoded)) => {
-            wire::send_message(&mut respond, &encoded);
+            // Counted first, so whoever has the answer finds it counted.
             shared.stats.count(&model.name, "OK");
+            wire::send_message(&mut respond, &encoded);
         }
         Some(Err(error)) => answer_error(&shared, &mut respond, &model.name, &error),
         None => shared.stats.count(&model.name, "CANCELLED"),
@@ -123,8 +126,8 @@ pub(super) async fn model_infer(
 }
 
 fn answer_error(shared: &Shared, respond: &mut SendResponse<Bytes>, model: &str, error: &Error) {
-    wire::send_status(respond, error.grpc_code(), &error.to_string());
     shared.stats.count(model, error.code_name());
+    wire::send_status(respond, error.grpc_code(), &error.to_string());
 }
 
 /// The job's answer, or its deadline's error; None when the client cancelled the call

@@ -170,6 +170,23 @@ impl Batch {
         )
     }
 
+    /// Every column of the batch in one flat array, column after column, when they share one
+    /// integer or float type; None otherwise.
+    fn column_block(&self, py: Python<'_>) -> PyResult<Option<ArrowArray>> {
+        let block = py.detach(|| self.0.column_block())?;
+        Ok(block.map(ArrowArray::new))
+    }
+
+    /// The names of the batch's inputs, in order.
+    fn input_names(&self) -> Vec<String> {
+        self.0
+            .first()
+            .tensors
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// Answers every request from the model's outputs `(name, shape, values)`, split by rows;
     /// `parameters` (text values) go into every response.
     #[pyo3(signature = (outputs, parameters = None))]

@@ -1,0 +1,789 @@
+//! The native gRPC front end to end, in one process: a real TCP listener on 127.0.0.1, an
+//! HTTP/2 gRPC client, a runner thread standing in for the model (it echoes its first input,
+//! or fails a batch holding the poison value), and a fake backend on a Unix socket standing
+//! in for the grpcio server that gets every call the front does not answer itself.
+//!
+//! Each test starts its own front. The client side of a test runs on a runtime of its own
+//! (`block_on`) that is dropped before the front stops, so the client's connections are gone
+//! by then and `stop` has nothing to wait for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrowsmith_native::batch::{BatchConfig, Batcher};
+use arrowsmith_native::encode::OutputTensor;
+use arrowsmith_native::front::stats::Collected;
+use arrowsmith_native::front::{self, Front, ServedModel};
+use arrowsmith_native::proto::model_infer_request::InferInputTensor;
+use arrowsmith_native::proto::{ModelInferRequest, ModelInferResponse};
+use arrowsmith_native::{Error, Parameters};
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use prost::Message;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+const MODEL: &str = "echo";
+const VERSION: &str = "1";
+const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+/// The fake backend's health answer: `HealthCheckResponse { status: SERVING }`.
+const SERVING: &[u8] = &[0x08, 0x01];
+/// An INT64 value the stand-in model refuses, failing its whole batch.
+const POISON: i64 = -666;
+/// How long one call may take before a test gives up on it: generous, for busy machines.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// The default `max_message_size`, large enough for every test but the oversized one.
+const LARGE: usize = 64 << 20;
+
+// ---------------------------------------------------------------------------------------
+// The stand-in model
+
+/// How the stand-in model behaves.
+#[derive(Clone, Default)]
+struct Model {
+    /// How long each batch takes.
+    delay: Duration,
+    /// Told each batch's number of requests when the runner takes it.
+    batches: Option<mpsc::UnboundedSender<usize>>,
+}
+
+/// The model's runner thread: takes batches until the batcher closes, and answers each with
+/// output "out" = the first input as it came (same values, same shape), unless an INT64
+/// input holds `POISON`, which fails the batch with the model's own message.
+fn run_model(batcher: Arc<Batcher>, model: Model) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Some(batch) = batcher.next_batch() {
+            if let Some(batches) = &model.batches {
+                let _ = batches.send(batch.len());
+            }
+            std::thread::sleep(model.delay);
+            let inputs = match batch.inputs() {
+                Ok(inputs) => inputs,
+                Err(error) => {
+                    batch.fail(&error);
+                    continue;
+                }
+            };
+            let Some(first) = inputs.first() else {
+                batch.fail(&Error::Model("the model needs an input".into()));
+                continue;
+            };
+            let poisoned = first
+                .values
+                .as_primitive_opt::<Int64Type>()
+                .is_some_and(|values| values.values().contains(&POISON));
+            if poisoned {
+                batch.fail(&Error::Model(format!("the model refuses {POISON}")));
+                continue;
+            }
+            let out = OutputTensor {
+                name: "out".into(),
+                shape: first.shape.iter().map(|&d| d as i64).collect(),
+                values: Arc::clone(&first.values),
+            };
+            batch.complete(vec![out], &Parameters::new());
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake backend
+
+/// A stand-in for the grpcio backend: an HTTP/2 server on a Unix socket that answers
+/// Health/Check with one message (SERVING) and OK, and every other call trailers-only with
+/// NOT_FOUND and the message `backend got <path> with <n> bytes`, so a test can tell a
+/// forwarded call, and the body that reached the backend, from one the front answered.
+struct Backend {
+    socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A socket path no other test (or test process) uses.
+fn unique_socket_path() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("arrowsmith-front-{}-{n}.sock", std::process::id()))
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let socket = unique_socket_path();
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .unwrap_or_else(|e| panic!("binding {}: {e}", socket.display()));
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking socket");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).expect("a listener");
+                let accepting = async {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            tokio::spawn(backend_connection(stream));
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = stopped => {}
+                    () = accepting => {}
+                }
+            });
+        });
+        Backend {
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+async fn backend_connection(stream: UnixStream) {
+    let Ok(mut connection) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((request, respond))) = connection.accept().await {
+        tokio::spawn(backend_answer(request, respond));
+    }
+}
+
+fn grpc_response() -> Response<()> {
+    let mut response = Response::new(());
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
+async fn backend_answer(request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let path = request.uri().path().to_owned();
+    let mut body = request.into_body();
+    let mut received = 0;
+    while let Some(Ok(chunk)) = body.data().await {
+        received += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if path == HEALTH_CHECK {
+        let Ok(mut stream) = respond.send_response(grpc_response(), false) else {
+            return;
+        };
+        let _ = stream.send_data(frame(SERVING), false);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let _ = stream.send_trailers(trailers);
+    } else {
+        let mut response = grpc_response();
+        let message = format!("backend got {path} with {received} bytes");
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", HeaderValue::from_static("5"));
+        headers.insert("grpc-message", HeaderValue::from_str(&message).unwrap());
+        let _ = respond.send_response(response, true);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A front serving the stand-in model
+
+/// A front on 127.0.0.1 (any free port) serving model `echo` version 1, with no signature,
+/// forwarding to its own fake backend. Dropping it stops the front, then the runner, then
+/// the backend.
+struct Server {
+    front: Arc<Front>,
+    address: SocketAddr,
+    batcher: Arc<Batcher>,
+    runner: Option<JoinHandle<()>>,
+    /// Dropped after `drop` has stopped the front, which no longer needs it then.
+    _backend: Backend,
+}
+
+impl Server {
+    fn start(model: Model) -> Server {
+        Server::with_limit(model, LARGE)
+    }
+
+    fn with_limit(model: Model, max_message_size: usize) -> Server {
+        let backend = Backend::start();
+        let listener = front::listen("127.0.0.1", 0, false).expect("a listening socket");
+        let address = listener.local_addr().expect("a bound address");
+        let front = Front::start(listener, backend.socket.clone(), max_message_size)
+            .expect("the front starts");
+        let config = BatchConfig {
+            max_batch_rows: 64,
+            max_delay: Duration::from_millis(2),
+            max_queue: 1024,
+        };
+        let batcher = Arc::new(Batcher::new(config, MODEL.into(), VERSION.into()));
+        front.serve(ServedModel {
+            name: MODEL.into(),
+            version: VERSION.into(),
+            batcher: Arc::clone(&batcher),
+            signature: None,
+        });
+        let runner = run_model(Arc::clone(&batcher), model);
+        Server {
+            front: Arc::new(front),
+            address,
+            batcher,
+            runner: Some(runner),
+            _backend: backend,
+        }
+    }
+
+    /// Everything the front's stats collected, once they count `n` answers of `status` for
+    /// `model` (or after 10 s). The front counts an answer just after sending it, so a
+    /// client can hold the answer before the count is there.
+    fn stats_once(&self, model: &str, status: &'static str, n: u64) -> Collected {
+        let mut total = Collected::default();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let taken = self.front.stats().take();
+            for (key, count) in taken.requests {
+                *total.requests.entry(key).or_insert(0) += count;
+            }
+            for (name, times) in taken.decode_seconds {
+                total.decode_seconds.entry(name).or_default().extend(times);
+            }
+            let seen = total.requests.get(&(model.to_owned(), status));
+            if seen.is_some_and(|&seen| seen >= n) || Instant::now() > give_up {
+                return total;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.front.stop(Duration::from_secs(5));
+        self.batcher.close();
+        if let Some(runner) = self.runner.take() {
+            let _ = runner.join();
+        }
+    }
+}
+
+/// Runs a test's client side on a runtime of its own, dropped (with the client's
+/// connections) before returning.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(future)
+}
+
+// ---------------------------------------------------------------------------------------
+// A gRPC client
+
+/// One HTTP/2 connection to the front; clones share it.
+#[derive(Clone)]
+struct Client {
+    sender: h2::client::SendRequest<Bytes>,
+    authority: String,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+struct Reply {
+    status: u32,
+    /// `grpc-message`, percent-decoded; empty when absent.
+    message: String,
+    /// The response message without its gRPC prefix; empty for a trailers-only answer.
+    body: Bytes,
+}
+
+async fn connect(address: SocketAddr) -> Client {
+    let tcp = TcpStream::connect(address)
+        .await
+        .expect("the front accepts connections");
+    let (sender, connection) = h2::client::handshake(tcp)
+        .await
+        .expect("an HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Client {
+        sender,
+        authority: address.to_string(),
+    }
+}
+
+/// A message with gRPC's prefix: uncompressed, 4-byte big-endian length.
+fn frame(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    framed.freeze()
+}
+
+/// The one message of a unary response body.
+fn unframe(body: &Bytes) -> Bytes {
+    assert!(body.len() >= 5, "a response body of {} bytes", body.len());
+    assert_eq!(body[0], 0, "the response message is not compressed");
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert_eq!(len, body.len() - 5, "the body holds exactly one message");
+    body.slice(5..)
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn grpc_message(headers: &HeaderMap) -> String {
+    let text = headers
+        .get("grpc-message")
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let escaped = text
+            .get(i + 1..i + 3)
+            .filter(|_| text[i] == b'%')
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        if let Some(byte) = escaped {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Client {
+    /// One unary call: `message` framed, with `grpc-timeout` when given.
+    async fn call(&self, path: &str, message: &[u8], timeout: Option<&str>) -> Reply {
+        self.call_framed(path, frame(message), timeout).await
+    }
+
+    /// One unary call whose body is `body` exactly (framed by the caller).
+    async fn call_framed(&self, path: &str, body: Bytes, timeout: Option<&str>) -> Reply {
+        tokio::time::timeout(CALL_LIMIT, self.exchange(path, body, timeout))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} within {CALL_LIMIT:?}"))
+    }
+
+    async fn infer(&self, request: &ModelInferRequest) -> Reply {
+        self.call(INFER, &request.encode_to_vec(), None).await
+    }
+
+    async fn exchange(&self, path: &str, body: Bytes, timeout: Option<&str>) -> Reply {
+        let mut request = Request::post(format!("http://{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(timeout) = timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        let request = request.body(()).expect("a request");
+        let mut sender = self
+            .sender
+            .clone()
+            .ready()
+            .await
+            .expect("the front takes another stream");
+        let (response, mut upload) = sender
+            .send_request(request, false)
+            .expect("the request's headers are sent");
+        upload
+            .send_data(body, true)
+            .expect("the request's message is sent");
+        let (parts, mut body) = response.await.expect("the front answers").into_parts();
+        assert_eq!(parts.status, http::StatusCode::OK, "HTTP status");
+        if let Some(status) = grpc_status(&parts.headers) {
+            // Trailers-only: the status is all there is.
+            return Reply {
+                status,
+                message: grpc_message(&parts.headers),
+                body: Bytes::new(),
+            };
+        }
+        let mut received = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("the response body arrives");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            received.extend_from_slice(&chunk);
+        }
+        let trailers = body
+            .trailers()
+            .await
+            .expect("the trailers arrive")
+            .expect("a response with a message ends with trailers");
+        Reply {
+            status: grpc_status(&trailers).expect("the trailers carry grpc-status"),
+            message: grpc_message(&trailers),
+            body: unframe(&received.freeze()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests and answers
+
+/// A request to `model` with one input "x" of `datatype`, `shape` and raw contents `raw`.
+fn tensor_request(
+    model: &str,
+    id: &str,
+    datatype: &str,
+    shape: &[i64],
+    raw: Vec<u8>,
+) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        id: id.into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![Bytes::from(raw)],
+        ..Default::default()
+    }
+}
+
+/// A request to the served model: "x", INT64 [n, 1] holding `values`.
+fn request(id: &str, values: &[i64]) -> ModelInferRequest {
+    let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_request(MODEL, id, "INT64", &[values.len() as i64, 1], raw)
+}
+
+impl Reply {
+    /// The response of an OK answer.
+    fn response(&self) -> ModelInferResponse {
+        assert_eq!(
+            self.status, 0,
+            "expected OK, got {} {:?}",
+            self.status, self.message
+        );
+        ModelInferResponse::decode(self.body.clone()).expect("a ModelInferResponse")
+    }
+
+    /// The values the model echoed, checking the answer is the served model's, for `id`,
+    /// with one INT64 output "out" of shape [rows, 1].
+    fn echoed(&self, id: &str) -> Vec<i64> {
+        let response = self.response();
+        assert_eq!(response.model_name, MODEL);
+        assert_eq!(response.model_version, VERSION);
+        assert_eq!(response.id, id);
+        assert_eq!(response.outputs.len(), 1);
+        let out = &response.outputs[0];
+        assert_eq!((out.name.as_str(), out.datatype.as_str()), ("out", "INT64"));
+        let values: Vec<i64> = response.raw_output_contents[0]
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(out.shape, [values.len() as i64, 1], "shape of {id}");
+        values
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+/// ModelInfer for a served model is answered by the front itself: the model's name and
+/// version, the request's id, the output's datatype, shape and exact bytes; the stats count
+/// one OK and one decode time for the model.
+#[test]
+fn a_served_model_answers_model_infer() {
+    let server = Server::start(Model::default());
+    let values = [1.5f32, -2.25, 3.0e10];
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let sent = tensor_request(MODEL, "first", "FP32", &[3, 1], raw.clone());
+    let reply = block_on(async {
+        let client = connect(server.address).await;
+        client.infer(&sent).await
+    });
+    let response = reply.response();
+    assert_eq!(response.model_name, MODEL);
+    assert_eq!(response.model_version, VERSION);
+    assert_eq!(response.id, "first");
+    assert_eq!(response.outputs.len(), 1);
+    assert_eq!(response.outputs[0].name, "out");
+    assert_eq!(response.outputs[0].datatype, "FP32");
+    assert_eq!(response.outputs[0].shape, [3, 1]);
+    assert_eq!(response.raw_output_contents, [raw]);
+
+    let stats = server.stats_once(MODEL, "OK", 1);
+    assert_eq!(stats.requests.len(), 1, "{:?}", stats.requests);
+    assert_eq!(stats.requests[&(MODEL.to_owned(), "OK")], 1);
+    assert_eq!(stats.decode_seconds[MODEL].len(), 1);
+}
+
+/// 200 requests from 16 tasks over 4 connections, each with its own values and 1 to 4 rows,
+/// batched together by the batcher: every answer carries exactly its own request's id and
+/// values, every request ran in exactly one batch, and the stats count 200 OK.
+#[test]
+fn concurrent_requests_get_their_own_answers() {
+    const REQUESTS: usize = 200;
+    const TASKS: usize = 16;
+    let (batches, mut batch_sizes) = mpsc::unbounded_channel();
+    let server = Server::start(Model {
+        delay: Duration::from_millis(1),
+        batches: Some(batches),
+    });
+    let answered = block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(connect(server.address).await);
+        }
+        let mut tasks = JoinSet::new();
+        for task in 0..TASKS {
+            let client = clients[task % clients.len()].clone();
+            tasks.spawn(async move {
+                let mut answered = 0;
+                for r in (task..REQUESTS).step_by(TASKS) {
+                    let id = format!("request-{r}");
+                    let rows = 1 + r % 4;
+                    let values: Vec<i64> = (0..rows).map(|j| (r * 10 + j) as i64).collect();
+                    let reply = client.infer(&request(&id, &values)).await;
+                    assert_eq!(reply.echoed(&id), values, "the answer to {id}");
+                    answered += 1;
+                }
+                answered
+            });
+        }
+        let mut answered = 0;
+        while let Some(task) = tasks.join_next().await {
+            answered += task.expect("a client task finishes");
+        }
+        answered
+    });
+    assert_eq!(answered, REQUESTS);
+
+    let stats = server.stats_once(MODEL, "OK", REQUESTS as u64);
+    assert_eq!(stats.requests.len(), 1, "{:?}", stats.requests);
+    assert_eq!(stats.requests[&(MODEL.to_owned(), "OK")], REQUESTS as u64);
+    let mut sizes = Vec::new();
+    while let Ok(size) = batch_sizes.try_recv() {
+        sizes.push(size);
+    }
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        REQUESTS,
+        "requests run in batches"
+    );
+    let shared = sizes.iter().filter(|&&n| n > 1).count();
+    eprintln!(
+        "{REQUESTS} requests ran in {} batches, {shared} of them with several requests",
+        sizes.len()
+    );
+}
+
+/// What the front does not answer goes to the backend, whose own answer comes back: a
+/// ModelInfer for a model the front does not hold, for another version of one it holds, or
+/// with a compressed message (the backend sees the whole request body), ServerLive, and
+/// Health/Check (a message and OK passed through).
+#[test]
+fn other_calls_go_to_the_backend() {
+    let server = Server::start(Model::default());
+    block_on(async {
+        let client = connect(server.address).await;
+
+        let unknown = request("u", &[1, 2]);
+        let unknown = ModelInferRequest {
+            model_name: "nobody".into(),
+            ..unknown
+        }
+        .encode_to_vec();
+        let reply = client.call(INFER, &unknown, None).await;
+        assert_eq!(reply.status, 5, "{reply:?}");
+        let expected = format!("backend got {INFER} with {} bytes", unknown.len() + 5);
+        assert_eq!(reply.message, expected);
+
+        let other_version = ModelInferRequest {
+            model_version: "7".into(),
+            ..request("v", &[3])
+        };
+        let reply = client.infer(&other_version).await;
+        assert_eq!(reply.status, 5, "{reply:?}");
+        assert!(reply.message.starts_with(&format!("backend got {INFER}")));
+
+        // A compressed message (flag 1; the front reads no further) is the backend's to
+        // decompress, even for the front's own model.
+        let mine = request("c", &[6]).encode_to_vec();
+        let mut compressed = frame(&mine).to_vec();
+        compressed[0] = 1;
+        let reply = client.call_framed(INFER, compressed.into(), None).await;
+        assert_eq!(reply.status, 5, "{reply:?}");
+        let expected = format!("backend got {INFER} with {} bytes", mine.len() + 5);
+        assert_eq!(reply.message, expected);
+
+        let reply = client.call(SERVER_LIVE, &[], None).await;
+        assert_eq!(reply.status, 5, "{reply:?}");
+        assert_eq!(
+            reply.message,
+            format!("backend got {SERVER_LIVE} with 5 bytes")
+        );
+
+        let reply = client.call(HEALTH_CHECK, &[], None).await;
+        assert_eq!(reply.status, 0, "{reply:?}");
+        assert_eq!(&reply.body[..], SERVING);
+
+        // The front still answers its own model on the same connection.
+        assert_eq!(
+            client.infer(&request("mine", &[4])).await.echoed("mine"),
+            [4]
+        );
+    });
+}
+
+/// Input the front cannot decode is INVALID_ARGUMENT with a message naming the input (raw
+/// contents of the wrong size for the shape) or the problem (bytes that are no
+/// ModelInferRequest), and the front goes on serving: a good request afterwards succeeds.
+#[test]
+fn bad_input_is_invalid_argument() {
+    let server = Server::start(Model::default());
+    block_on(async {
+        let client = connect(server.address).await;
+
+        let short = tensor_request(MODEL, "short", "INT64", &[2, 1], vec![0; 12]);
+        let reply = client.infer(&short).await;
+        assert_eq!(reply.status, 3, "{reply:?}");
+        assert!(reply.message.contains("input 'x'"), "{reply:?}");
+        assert!(reply.message.contains("12 bytes"), "{reply:?}");
+
+        let reply = client.call(INFER, &[0xff, 0xff, 0xff], None).await;
+        assert_eq!(reply.status, 3, "{reply:?}");
+        assert!(reply.message.contains("ModelInferRequest"), "{reply:?}");
+
+        let reply = client.infer(&request("good", &[7, 8])).await;
+        assert_eq!(reply.echoed("good"), [7, 8]);
+    });
+}
+
+/// A batch the model fails is INTERNAL carrying the model's own message, counted as
+/// MODEL_ERROR; the model goes on answering good requests.
+#[test]
+fn a_model_error_is_internal_with_its_message() {
+    let server = Server::start(Model::default());
+    block_on(async {
+        let client = connect(server.address).await;
+        let reply = client.infer(&request("poisoned", &[1, POISON])).await;
+        assert_eq!(reply.status, 13, "{reply:?}");
+        assert_eq!(reply.message, format!("the model refuses {POISON}"));
+    });
+    let stats = server.stats_once(MODEL, "MODEL_ERROR", 1);
+    assert_eq!(stats.requests.len(), 1, "{:?}", stats.requests);
+    assert_eq!(stats.requests[&(MODEL.to_owned(), "MODEL_ERROR")], 1);
+
+    let reply = block_on(async {
+        let client = connect(server.address).await;
+        client.infer(&request("fine", &[2])).await
+    });
+    assert_eq!(reply.echoed("fine"), [2]);
+}
+
+/// A call whose `grpc-timeout` (50 ms) passes while the model (1 s a batch) is still
+/// working is DEADLINE_EXCEEDED, and counted so.
+#[test]
+fn a_passed_deadline_is_deadline_exceeded() {
+    let server = Server::start(Model {
+        delay: Duration::from_secs(1),
+        batches: None,
+    });
+    let reply = block_on(async {
+        let client = connect(server.address).await;
+        let message = request("late", &[5]).encode_to_vec();
+        client.call(INFER, &message, Some("50m")).await
+    });
+    assert_eq!(reply.status, 4, "{reply:?}");
+    assert!(reply.message.contains("deadline"), "{reply:?}");
+
+    let stats = server.stats_once(MODEL, "DEADLINE_EXCEEDED", 1);
+    assert_eq!(stats.requests.len(), 1, "{:?}", stats.requests);
+    assert_eq!(stats.requests[&(MODEL.to_owned(), "DEADLINE_EXCEEDED")], 1);
+}
+
+/// A message larger than `max_message_size` is RESOURCE_EXHAUSTED, as grpcio says it; a
+/// small one on the same connection afterwards is answered.
+#[test]
+fn an_oversized_message_is_resource_exhausted() {
+    let server = Server::with_limit(Model::default(), 1024);
+    block_on(async {
+        let client = connect(server.address).await;
+        let values: Vec<i64> = (0..1000).collect();
+        let big = request("big", &values).encode_to_vec();
+        let reply = client.call(INFER, &big, None).await;
+        assert_eq!(reply.status, 8, "{reply:?}");
+        let expected = format!("Received message larger than max ({} vs. 1024)", big.len());
+        assert_eq!(reply.message, expected);
+
+        let reply = client.infer(&request("small", &[9])).await;
+        assert_eq!(reply.echoed("small"), [9]);
+
+        // A prefix that claims little does not let a client make the front hold more.
+        let mut lying = vec![0, 0, 0, 0, 10];
+        lying.resize(5 + 50_000, 0);
+        let reply = client.call_framed(INFER, lying.into(), None).await;
+        assert_eq!(reply.status, 8, "{reply:?}");
+        assert!(
+            reply
+                .message
+                .starts_with("Received message larger than max ("),
+            "{reply:?}"
+        );
+    });
+}
+
+/// `stop` lets a call in flight finish (its answer arrives), and once it returns the port
+/// refuses new connections.
+#[test]
+fn stop_finishes_calls_in_flight_then_refuses_connections() {
+    let (batches, mut batch_taken) = mpsc::unbounded_channel();
+    let server = Server::start(Model {
+        delay: Duration::from_secs(1),
+        batches: Some(batches),
+    });
+    block_on(async {
+        let client = connect(server.address).await;
+        let in_flight =
+            tokio::spawn(async move { client.infer(&request("in-flight", &[11, 12])).await });
+        tokio::time::timeout(CALL_LIMIT, batch_taken.recv())
+            .await
+            .expect("the runner takes the request")
+            .expect("a batch");
+        let front = Arc::clone(&server.front);
+        let stopping = tokio::task::spawn_blocking(move || front.stop(Duration::from_secs(10)));
+        let reply = in_flight.await.expect("the call finishes");
+        assert_eq!(reply.echoed("in-flight"), [11, 12]);
+        tokio::time::timeout(CALL_LIMIT, stopping)
+            .await
+            .expect("stop returns")
+            .expect("stop does not panic");
+    });
+    let refused = std::net::TcpStream::connect(server.address)
+        .expect_err("a stopped front takes no connection");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
