@@ -11,6 +11,7 @@ whose `content_type` is `str` has its BYTES decoded as UTF-8 text.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,7 +100,16 @@ def _numeric_frame(block: _native.ArrowArray, names: list[str]) -> Any:
     import pyarrow as pa
 
     values = pa.array(block).to_numpy(zero_copy_only=True).reshape(len(names), -1)
-    return pd.DataFrame(values.T, columns=pd.Index(names), copy=False)
+    return pd.DataFrame(values.T, columns=_column_index(tuple(names)), copy=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_index(names: tuple[str, ...]) -> Any:
+    """The columns' index, built once per set of names: pandas' string index is costly to
+    build (and immutable, so shared safely)."""
+    import pandas as pd
+
+    return pd.Index(names)
 
 
 def _parse_datetimes(name: str, column: Any) -> Any:
