@@ -1,9 +1,12 @@
 """Transport-neutral inference: request bytes in, response bytes out, through the native
-decoder, the model's signature, the model and the native encoder. The gRPC servicer (and
-any later front end) calls this and nothing below it."""
+decoder, the model's signature, the model and the native encoder. The HTTP front and the
+grpcio servicer (for the calls the native gRPC front passes on) call this and nothing
+below it."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +35,20 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> LoadedModel:
         return self.registry.get(name, version)
 
+    def _job(
+        self, request_bytes: bytes, timeout: float | None, counted: Counted
+    ) -> tuple[LoadedModel, _native.Job]:
+        """The request decoded, its model found and its job made (signature applied)."""
+        started = time.perf_counter()
+        request = _native.decode_request(request_bytes)
+        model = self.registry.get(request.model_name, request.model_version)
+        counted.model = model.name
+        if model.runner is None:
+            raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
+        job = request.job(model.signature, timeout)
+        metrics.observe_stage(model.name, counted.protocol, "decode", time.perf_counter() - started)
+        return model, job
+
     def infer(
         self,
         request_bytes: bytes,
@@ -39,26 +56,77 @@ class DataPlane:
         on_cancel: Callable[[Callable[[], None]], object] | None = None,
         protocol: str = "grpc",
     ) -> bytes:
-        """Answers a serialized ModelInferRequest with a serialized ModelInferResponse.
+        """Answers a serialized ModelInferRequest with a serialized ModelInferResponse,
+        blocking until the model's batcher has answered it.
 
         `timeout`: seconds left before the client's deadline. `on_cancel` registers a
         callback the transport calls when the client goes away."""
-        # Only served models' names become metric labels, never what a client made up.
-        model_name = ""
-        try:
-            started = time.perf_counter()
-            request = _native.decode_request(request_bytes)
-            model = self.registry.get(request.model_name, request.model_version)
-            model_name = model.name
-            if model.runner is None:
-                raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
-            job = request.job(model.signature, timeout)
-            metrics.observe_stage(model_name, protocol, "decode", time.perf_counter() - started)
+        counted = Counted(protocol)
+        with counted:
+            model, job = self._job(request_bytes, timeout, counted)
             if on_cancel is not None:
                 on_cancel(job.cancel)
-            response = model.runner.batcher.submit(job)
-        except ArrowsmithError as error:
-            metrics.count_request(model_name, protocol, error.code.value)
+            assert model.runner is not None
+            return model.runner.batcher.submit(job)
+
+    async def infer_async(self, request_bytes: bytes, answers: LoopAnswers, protocol: str) -> bytes:
+        """`infer` for an asyncio event loop: the wait for the batch holds no thread."""
+        counted = Counted(protocol)
+        with counted:
+            model, job = self._job(request_bytes, None, counted)
+            assert model.runner is not None
+            return await answers.submit(model.runner.batcher, job)
+
+
+class Counted:
+    """Counts one request by model, protocol and outcome when its block ends. Only served
+    models' names become labels, never a name a client made up."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.model = ""
+
+    def __enter__(self) -> Counted:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        if error is None:
+            metrics.count_request(self.model, self.protocol, "OK")
+        elif isinstance(error, ArrowsmithError):
+            metrics.count_request(self.model, self.protocol, error.code.value)
+
+
+class LoopAnswers:
+    """Jobs whose answers arrive on an asyncio event loop: the native side marks each settled
+    job on a socket the loop watches, and the loop resolves that job's future, so a request
+    waiting for its batch holds no thread. Create and use it on the loop's own thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._completions = _native.Completions()
+        self._pending: dict[int, tuple[_native.Batcher, _native.Job, asyncio.Future[bytes]]] = {}
+        self._tokens = itertools.count()
+        self._loop.add_reader(self._completions.fileno, self._settle)
+
+    def submit(self, batcher: _native.Batcher, job: _native.Job) -> asyncio.Future[bytes]:
+        token = next(self._tokens)
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        self._pending[token] = (batcher, job, future)
+        try:
+            self._completions.submit(batcher, job, token)
+        except BaseException:
+            del self._pending[token]
             raise
-        metrics.count_request(model_name, protocol, "OK")
-        return response
+        return future
+
+    def _settle(self) -> None:
+        for token in self._completions.take():
+            batcher, job, future = self._pending.pop(token)
+            if future.done():
+                continue
+            try:
+                future.set_result(batcher.answer(job))
+            except ArrowsmithError as error:
+                future.set_exception(error)

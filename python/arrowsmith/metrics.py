@@ -7,8 +7,10 @@ label keeps the workers apart."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -103,16 +105,28 @@ class BatchMetrics:
         self.depth.set(depth)
 
 
+@functools.lru_cache(maxsize=1024)
+def _stage(model: str, protocol: str, stage: str) -> Any:
+    """A stage histogram's child: label lookups cost as much as observations, so each is done
+    once (labels are served models' names, protocols and stages: a bounded set)."""
+    return STAGE_TIME.labels(model, protocol, stage, WORKER)
+
+
+@functools.lru_cache(maxsize=1024)
+def _requests(model: str, protocol: str, status: str) -> Any:
+    return REQUESTS.labels(model, protocol, status, WORKER)
+
+
 def observe_stage(model: str, protocol: str, stage: str, seconds: float) -> None:
-    STAGE_TIME.labels(model, protocol, stage, WORKER).observe(seconds)
+    _stage(model, protocol, stage).observe(seconds)
 
 
 def observe_stages(model: str, protocol: str, stage: str, seconds: list[float]) -> None:
     """Several requests' times in one stage."""
-    child = STAGE_TIME.labels(model, protocol, stage, WORKER)
+    child = _stage(model, protocol, stage)
     for value in seconds:
         child.observe(value)
 
 
 def count_request(model: str, protocol: str, status: str, count: int = 1) -> None:
-    REQUESTS.labels(model, protocol, status, WORKER).inc(count)
+    _requests(model, protocol, status).inc(count)

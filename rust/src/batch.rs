@@ -52,6 +52,17 @@ pub struct Job {
     done: Condvar,
     /// An async waiter to wake when the job settles.
     waker: Mutex<Option<Waker>>,
+    /// Called once when the job settles (answered, failed or abandoned).
+    on_settled: Mutex<Option<Notify>>,
+}
+
+/// A callback for when a job settles.
+pub struct Notify(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notify")
+    }
 }
 
 #[derive(Debug)]
@@ -99,6 +110,7 @@ impl Job {
             state: Mutex::new(JobState::Queued),
             done: Condvar::new(),
             waker: Mutex::new(None),
+            on_settled: Mutex::new(None),
         }
     }
 
@@ -123,6 +135,21 @@ impl Job {
         self.done.notify_all();
         if let Some(waker) = lock(&self.waker).take() {
             waker.wake();
+        }
+        if let Some(Notify(notify)) = lock(&self.on_settled).take() {
+            notify();
+        }
+    }
+
+    /// Calls `notify` once the job settles (at once if it already has); for waiters that
+    /// neither block nor poll, such as an event loop watching a file descriptor.
+    pub fn notify_when_settled(&self, notify: Notify) {
+        let state = lock(&self.state);
+        if matches!(*state, JobState::Queued | JobState::Running) {
+            *lock(&self.on_settled) = Some(notify);
+        } else {
+            drop(state);
+            (notify.0)();
         }
     }
 
@@ -278,6 +305,11 @@ impl Batcher {
                 }
             }
         }
+    }
+
+    /// The job's answer if it has settled, without waiting.
+    pub fn try_answer(&self, job: &Job) -> Option<Result<EncodedResponse>> {
+        job.take_answer(&mut lock(&job.state))
     }
 
     /// The job's answer if it has settled; otherwise registers `cx`'s waker to be woken

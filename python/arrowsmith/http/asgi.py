@@ -5,6 +5,7 @@ batcher) run on the front's thread pool, so the event loop only moves bytes."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
@@ -43,9 +44,10 @@ class Response:
 @dataclass(frozen=True)
 class Endpoint:
     """What answers one route: the handler, whether it blocks (then it runs on the thread
-    pool), and how its protocol words an error raised before or around the handler."""
+    pool; otherwise on the event loop, where it may return an awaitable), and how its
+    protocol words an error raised before or around the handler."""
 
-    handler: Callable[[Request], Response]
+    handler: Callable[[Request], Response | Awaitable[Response]]
     blocking: bool
     errors: Callable[[ArrowsmithError], Response]
 
@@ -89,9 +91,10 @@ class AsgiApp:
             request = Request(scope["method"], scope["path"], headers, body)
             if endpoint.blocking:
                 loop = asyncio.get_running_loop()
-                response = await loop.run_in_executor(self._executor, endpoint.handler, request)
+                answered = await loop.run_in_executor(self._executor, endpoint.handler, request)
             else:
-                response = endpoint.handler(request)
+                answered = endpoint.handler(request)
+            response = await answered if inspect.isawaitable(answered) else answered
         except ArrowsmithError as error:
             response = endpoint.errors(error)
         except Exception as error:

@@ -9,14 +9,17 @@ model returned and written by MLflow's `predictions_to_json`."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
 import io
 import json
 import time
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from arrowsmith import metrics
-from arrowsmith.dataplane import DataPlane
+from arrowsmith.dataplane import DataPlane, LoopAnswers
 from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
 from arrowsmith.http import mlflow_codec, split_fast_path
 from arrowsmith.http.asgi import JSON, Request, Response
@@ -30,6 +33,7 @@ _CSV = "text/csv"
 _PARQUET = "application/vnd.apache.parquet"
 
 
+@functools.cache
 def _scoring_server() -> Any:
     """MLflow's scoring server module (untyped), imported on first use: MLflow is heavy, and
     the model loader imports it anyway."""
@@ -103,12 +107,16 @@ def _render(predictions: Any, unwrapped: bool) -> bytes:
 
 
 class MlflowScoring:
-    def __init__(self, dataplane: DataPlane, default_model: str) -> None:
+    def __init__(self, dataplane: DataPlane, default_model: str, executor: Executor) -> None:
         self.dataplane = dataplane
         #: /invocations serves the first configured model; /models/{name}/invocations any.
         self.default_model = default_model
+        #: Where bodies that need MLflow's parser are answered, off the event loop.
+        self._executor = executor
         #: Per model name: the model and its float columns when the split fast path fits it.
         self._split_columns: dict[str, tuple[LoadedModel, dict[str, Any] | None]] = {}
+        #: Created on the event loop by the first request that waits there.
+        self._answers: LoopAnswers | None = None
 
     def ping(self, request: Request) -> Response:
         ready = self.dataplane.registry.ready
@@ -129,8 +137,51 @@ class MlflowScoring:
         dtypes = cached[1]
         return None if dtypes is None else split_fast_path.request_bytes(body, model, dtypes)
 
-    def invocations(self, request: Request, name: str | None) -> Response:
-        """Runs on the thread pool: parsing, the wait for the batch, and rendering."""
+    async def invocations(self, request: Request, name: str | None) -> Response:
+        """Runs on the event loop. The common body (a numeric `dataframe_split`) is parsed
+        here and its wait for the batch holds no thread; anything else is answered on the
+        thread pool by `answer_parsed`, with MLflow's parser."""
+        fast = self._fast_request(request, name)
+        if fast is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self.answer_parsed, request, name)
+        model, request_bytes = fast
+        if self._answers is None:
+            self._answers = LoopAnswers()
+        try:
+            response_bytes = await self.dataplane.infer_async(
+                request_bytes, self._answers, PROTOCOL
+            )
+        except ArrowsmithError as error:
+            return error_response(error)
+        return self._rendered(model, response_bytes, unwrapped=False)
+
+    def _fast_request(self, request: Request, name: str | None) -> tuple[LoadedModel, bytes] | None:
+        """The model and the request's V2 bytes when the body takes the split fast path;
+        None otherwise (refusals included: `answer_parsed` words them)."""
+        try:
+            model = self.dataplane.model(name or self.default_model)
+        except ArrowsmithError:
+            return None
+        content_type = request.headers.get("content-type")
+        if _unsupported_media(content_type) is not None:
+            return None
+        mime = (content_type or "").split(";")[0].strip()
+        started = time.perf_counter()
+        request_bytes = self._fast_split(mime, request.body, model)
+        if request_bytes is None:
+            return None
+        metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
+        return model, request_bytes
+
+    def _rendered(self, model: LoadedModel, response_bytes: bytes, unwrapped: bool) -> Response:
+        started = time.perf_counter()
+        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
+        metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
+        return Response(200, body, JSON)
+
+    def answer_parsed(self, request: Request, name: str | None) -> Response:
+        """Runs on the thread pool: MLflow's parsing, the wait for the batch, rendering."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -146,10 +197,8 @@ class MlflowScoring:
         mime = (content_type or "").split(";")[0].strip()
         try:
             started = time.perf_counter()
-            request_bytes, unwrapped = self._fast_split(mime, request.body, model), False
-            if request_bytes is None:
-                value, params, unwrapped = _parse(mime, request.body, model)
-                request_bytes = mlflow_codec.request_bytes(value, params, model)
+            value, params, unwrapped = _parse(mime, request.body, model)
+            request_bytes = mlflow_codec.request_bytes(value, params, model)
             metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
         except MlflowException as error:
             metrics.count_request(model.name, PROTOCOL, ErrorCode.INVALID_INPUT.value)
@@ -161,7 +210,4 @@ class MlflowScoring:
             response_bytes = self.dataplane.infer(request_bytes, None, None, PROTOCOL)
         except ArrowsmithError as error:
             return error_response(error)
-        started = time.perf_counter()
-        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
-        metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
-        return Response(200, body, JSON)
+        return self._rendered(model, response_bytes, unwrapped)

@@ -4,7 +4,7 @@ the whole match."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from http import HTTPStatus
 
@@ -15,7 +15,7 @@ from arrowsmith.http.asgi import Endpoint, Request, Response
 from arrowsmith.http.invocations import MlflowScoring
 from arrowsmith.http.v2_rest import V2Rest
 
-Handler = Callable[[Request], Response]
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 def _routing_failure(status: HTTPStatus, v2: bool) -> Endpoint:
@@ -39,9 +39,9 @@ class Routes:
         scoring = self.scoring
         route: tuple[str, Handler, bool] | None = None
         if parts == ["invocations"]:
-            route = ("POST", partial(scoring.invocations, name=None), True)
+            route = ("POST", partial(scoring.invocations, name=None), False)
         elif len(parts) == 3 and parts[0] == "models" and parts[2] == "invocations":
-            route = ("POST", partial(scoring.invocations, name=parts[1]), True)
+            route = ("POST", partial(scoring.invocations, name=parts[1]), False)
         elif parts in (["ping"], ["health"]):
             route = ("GET", scoring.ping, False)
         elif parts == ["version"]:

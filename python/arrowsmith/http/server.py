@@ -75,7 +75,7 @@ class HttpFront:
         self._executor = ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="http")
         routes = Routes(
             V2Rest(dataplane, config.max_message_size),
-            MlflowScoring(dataplane, config.models[0].served_name),
+            MlflowScoring(dataplane, config.models[0].served_name, self._executor),
             MetricsPage(),
         )
         self._app = AsgiApp(routes, self._executor, config.max_message_size)

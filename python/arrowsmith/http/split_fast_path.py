@@ -13,7 +13,6 @@ import numpy as np
 import orjson
 
 from arrowsmith._proto import grpc_service_pb2 as pb
-from arrowsmith.models.signature import numpy_datatype
 from arrowsmith.tensors import set_parameters
 
 if TYPE_CHECKING:
@@ -22,12 +21,19 @@ if TYPE_CHECKING:
 _SPLIT = "dataframe_split"
 _PARAMS = "params"
 _SPLIT_KEYS = frozenset({"columns", "data", "index"})
-#: MLflow column types whose schema cast of JSON numbers numpy reproduces exactly.
-_FLOAT_COLUMNS: dict[str, np.dtype[Any]] = {"double": np.dtype("<f8"), "float": np.dtype("<f4")}
+#: MLflow column types whose schema cast of JSON numbers numpy reproduces exactly, with
+#: their V2 datatypes.
+_FLOAT_COLUMNS: dict[str, tuple[np.dtype[Any], str]] = {
+    "double": (np.dtype("<f8"), "FP64"),
+    "float": (np.dtype("<f4"), "FP32"),
+}
+
+#: A column's numpy dtype and V2 datatype.
+ColumnType = tuple[np.dtype[Any], str]
 
 
-def column_dtypes(model: LoadedModel) -> dict[str, np.dtype[Any]] | None:
-    """The model's columns and their dtypes when every column is a named double or float
+def column_dtypes(model: LoadedModel) -> dict[str, ColumnType] | None:
+    """The model's columns and their types when every column is a named double or float
     (and the signature is not from type hints, where MLflow parses nothing); else None."""
     schema = model.input_schema
     if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
@@ -37,10 +43,10 @@ def column_dtypes(model: LoadedModel) -> dict[str, np.dtype[Any]] | None:
         return None
     dtypes = {}
     for spec in schema.inputs:
-        dtype = _FLOAT_COLUMNS.get(getattr(spec.type, "name", ""))
-        if dtype is None:
+        column_type = _FLOAT_COLUMNS.get(getattr(spec.type, "name", ""))
+        if column_type is None:
             return None
-        dtypes[spec.name] = dtype
+        dtypes[spec.name] = column_type
     return dtypes
 
 
@@ -65,9 +71,7 @@ def _numbers(split: Any) -> tuple[list[str], np.ndarray[Any, Any]] | None:
     return columns, values
 
 
-def request_bytes(
-    body: bytes, model: LoadedModel, dtypes: dict[str, np.dtype[Any]]
-) -> bytes | None:
+def request_bytes(body: bytes, model: LoadedModel, dtypes: dict[str, ColumnType]) -> bytes | None:
     """The body as a serialized ModelInferRequest, or None when it is not a numeric
     `dataframe_split` (with optional `params`)."""
     try:
@@ -88,10 +92,11 @@ def request_bytes(
     request = pb.ModelInferRequest(model_name=model.name, model_version=model.version)
     rows = values.shape[0]
     for index, name in enumerate(columns):
-        dtype = dtypes.get(name)
-        if dtype is None:
+        column_type = dtypes.get(name)
+        if column_type is None:
             continue  # MLflow's enforcement drops columns the signature does not name
-        request.inputs.add(name=name, datatype=numpy_datatype(dtype), shape=[rows])
+        dtype, datatype = column_type
+        request.inputs.add(name=name, datatype=datatype, shape=[rows])
         request.raw_input_contents.append(values[:, index].astype(dtype).tobytes())
     if params and model.param_names is not None:
         set_parameters(request.parameters, params, "MLflow")

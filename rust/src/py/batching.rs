@@ -1,15 +1,21 @@
 //! The batcher as Python sees it. Request threads block in `Batcher.submit` with the
 //! interpreter released; the model's runner thread loops on `Batcher.next_batch`.
 
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::batch::{Batch as CoreBatch, BatchConfig, Batcher as CoreBatcher, Job as CoreJob};
+use crate::batch::{
+    Batch as CoreBatch, BatchConfig, Batcher as CoreBatcher, Job as CoreJob, Notify,
+};
 use crate::encode::OutputTensor;
+use crate::error::Error;
 use crate::tensor::{ParamValue, Parameters};
 
 use super::buffers::{import_array, ArrowArray};
@@ -96,6 +102,20 @@ impl Batcher {
     fn next_batch(&self, py: Python<'_>) -> Option<Batch> {
         let batcher = Arc::clone(&self.0);
         py.detach(move || batcher.next_batch()).map(Batch)
+    }
+
+    /// A settled job's response bytes (or its error), without waiting.
+    fn answer<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Bound<'py, PyBytes>> {
+        let Some(answer) = self.0.try_answer(&job.0) else {
+            return Err(
+                Error::Internal(format!("request '{}' has no answer yet", job.0.id)).into(),
+            );
+        };
+        let encoded = answer?;
+        PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
+            encoded.write_to(&mut out);
+            Ok(())
+        })
     }
 
     /// Refuses new requests; the runner drains the queue, then `next_batch` returns None.
@@ -223,5 +243,58 @@ impl Batch {
     /// One batch per request, to retry a failed batch request by request.
     fn singles(&self) -> Vec<Batch> {
         self.0.singles().into_iter().map(Batch).collect()
+    }
+}
+
+/// Jobs whose answers an event loop collects: each settled job's token is queued and a
+/// byte written to a socket pair, whose reading end (`fileno`) the loop watches.
+#[pyclass(name = "Completions", module = "arrowsmith._native", frozen)]
+pub struct Completions {
+    reader: UnixStream,
+    writer: Arc<UnixStream>,
+    settled: Arc<Mutex<Vec<u64>>>,
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        Ok(Completions {
+            reader,
+            writer: Arc::new(writer),
+            settled: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// The file descriptor that turns readable when jobs have settled.
+    #[getter]
+    fn fileno(&self) -> i32 {
+        self.reader.as_raw_fd()
+    }
+
+    /// Queues `job` in `batcher`; `token` comes back from `take` once the job settles.
+    fn submit(&self, batcher: &Batcher, job: &Job, token: u64) -> PyResult<()> {
+        let settled = Arc::clone(&self.settled);
+        let writer = Arc::clone(&self.writer);
+        job.0.notify_when_settled(Notify(Box::new(move || {
+            settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(token);
+            // A full socket already holds a wake-up for the reader: nothing is lost.
+            let _ = (&*writer).write(&[1]);
+        })));
+        batcher.0.submit(&job.0)?;
+        Ok(())
+    }
+
+    /// The tokens of the jobs settled since the last call.
+    fn take(&self) -> Vec<u64> {
+        let mut drained = [0u8; 512];
+        while matches!((&self.reader).read(&mut drained), Ok(n) if n > 0) {}
+        std::mem::take(&mut *self.settled.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

@@ -186,6 +186,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batching::Batch>()?;
     m.add_class::<batching::Batcher>()?;
     m.add_class::<batching::Job>()?;
+    m.add_class::<batching::Completions>()?;
     m.add_class::<front::GrpcFront>()?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add(
