@@ -1,4 +1,4 @@
-"""Request bodies for the benchmark workloads, built from the wine CSV.
+"""Request bodies for the benchmark workloads, built from the wine CSV (W4: the digits).
 
 Built with tritonclient's copy of the V2 protos (a third-party definition of the same wire
 format), so the bytes do not depend on Arrowsmith's own code. Never import
@@ -16,6 +16,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from digits_model import FEATURES, INPUT_NAME, digits_images
+from digits_model import MODEL_NAME as DIGITS_MODEL_NAME
 from tritonclient.grpc import service_pb2 as pb
 
 WINE_CSV = Path(__file__).resolve().parent.parent / "examples" / "wine" / "winequality-red.csv"
@@ -51,6 +53,21 @@ def w2_request(rows: int = W2_ROWS) -> pb.ModelInferRequest:
     for column, name in enumerate(names):
         request.inputs.add(name=name, datatype="FP32", shape=[rows, 1])
         request.raw_input_contents.append(np.ascontiguousarray(tiled[:, column]).tobytes())
+    return request
+
+
+def w4_image(index: int = 3) -> np.ndarray:
+    """W4's image: a bundled 8x8 digit (by default the first 3, so that a server answering
+    zeros cannot pass for right), uint8 [1, 64]."""
+    images, _labels = digits_images()
+    return images[index : index + 1]
+
+
+def w4_request() -> pb.ModelInferRequest:
+    """W4: one digits image for the tensor-signature model, one UINT8 [1, 64] input, raw."""
+    request = pb.ModelInferRequest(model_name=DIGITS_MODEL_NAME)
+    request.inputs.add(name=INPUT_NAME, datatype="UINT8", shape=[1, FEATURES])
+    request.raw_input_contents.append(np.ascontiguousarray(w4_image()).tobytes())
     return request
 
 

@@ -1,12 +1,15 @@
 """Arrowsmith beside its peers, in one run: the floor, the control, MLServer, MLflow.
 
 gRPC servers (Arrowsmith, the canned-answer floor, the pure-Python control, MLServer in each
-config of peers/mlserver_settings.py) each start pinned to core 0, answer one W1 and one W2
-request that is checked against MLflow's own prediction, then take W1 (one row, typed
-contents, 32 in flight) and W2 (4,096 rows raw, 8 in flight) from arrowsmith-bench pinned
-to core 1. W3 (`/invocations`, one `dataframe_split` row) puts Arrowsmith's HTTP front
-beside `mlflow models serve`, driven by h2load as in http_compare.py. Servers alternate
-order between repetitions. Writes results/compare.json, results/compare.png and
+config of peers/mlserver_settings.py) each start pinned to core 0, answer one request of
+each workload they take, checked against MLflow's own prediction, then take it from
+arrowsmith-bench pinned to core 1: W1 (one wine row, typed contents, 32 in flight), W2
+(4,096 wine rows raw, 8 in flight) and W4 (one 8x8 digits image, UINT8 [1, 64] raw, to the
+tensor-signature classifier of digits_model.py, 32 in flight). Arrowsmith and MLServer
+serve the digits model in starts of their own; the control is wine-specific and takes no
+W4. W3 (`/invocations`, one `dataframe_split` row) puts Arrowsmith's HTTP front beside
+`mlflow models serve`, driven by h2load as in http_compare.py. Servers alternate order
+between repetitions. Writes results/compare.json, results/compare.png and
 results/compare.md (the section for RESULTS.md).
 
     benchmarks/peers/setup.sh && .venv/bin/python benchmarks/compare.py   # make bench-compare
@@ -32,7 +35,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from bodies import W2_ROWS, w1_request, w2_request, wine_features
+from bodies import W2_ROWS, w1_request, w2_request, w4_image, w4_request, wine_features
+from digits_model import MODEL_NAME as DIGITS
+from digits_model import digits_model
 from floor_server import OPTIONS, SERVICE
 from floors import accounted, core_ticks, cpu_model
 from http_compare import (
@@ -58,7 +63,17 @@ MLSERVER_VENV = HERE / "peers" / ".venv-mlserver"
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 METHOD = f"/{SERVICE}/ModelInfer"
-GRPC_WORKLOADS = {"W1": (1, 32), "W2": (W2_ROWS, 8)}  # rows per request, in flight
+GRPC_WORKLOADS = {"W1": (1, 32), "W2": (W2_ROWS, 8), "W4": (1, 32)}  # rows, in flight
+WINE = ("W1", "W2")  # the wine model's gRPC workloads; W4 is the digits model's
+WORKLOADS = ("W1", "W2", "W3", "W4")
+#: numpy dtypes of the output datatypes the servers answer with, and their typed contents.
+DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+CONTENTS = {
+    "FP64": "fp64_contents",
+    "FP32": "fp32_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+}
 ORDER = ["arrowsmith", "floor", "control", *mlserver_settings.CONFIGS, "mlflow"]
 
 
@@ -91,37 +106,45 @@ class Session:
     path: Path | None = None
 
 
-def sessions(model: Path, work: Path) -> list[Session]:
-    """The gRPC servers, each on a fresh port; the floor once per canned answer size."""
+def sessions(model: Path, digits: Path, work: Path) -> list[Session]:
+    """The gRPC servers, each on a fresh port: Arrowsmith and each MLServer config once for
+    the wine model (W1, W2) and once for the digits model (W4), the floor once per workload
+    (canned answer of its rows), the control (wine only) once."""
     py = sys.executable
-    both = tuple(GRPC_WORKLOADS)
+    served = ((model, "wine", WINE), (digits, DIGITS, ("W4",)))
     result = []
-    port = free_port()
-    command = [py, "-m", "arrowsmith", "serve", str(model), "--name", "wine", "--workers", "1"]
-    command += ["--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port)]
-    command += ["--log-level", "WARNING"]
-    result.append(Session("arrowsmith", both, tuple(command), port))
+    for path, name, workloads in served:
+        port = free_port()
+        command = [py, "-m", "arrowsmith", "serve", str(path), "--name", name, "--workers", "1"]
+        command += ["--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port)]
+        command += ["--log-level", "WARNING"]
+        result.append(Session("arrowsmith", workloads, tuple(command), port))
     for workload, (rows, _) in GRPC_WORKLOADS.items():
         port = free_port()
         command = [py, str(HERE / "floor_server.py"), "--mode", "sync", "--port", str(port)]
         result.append(Session("floor", (workload,), (*command, "--response-rows", str(rows)), port))
     port = free_port()
     command = [py, str(HERE / "control_server.py"), str(model), "--port", str(port)]
-    result.append(Session("control", both, tuple(command), port))
+    result.append(Session("control", WINE, tuple(command), port))
     for config in mlserver_settings.CONFIGS:
-        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-        folder = mlserver_settings.write(work / config, config, ports, model)
-        command = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)]
-        port = ports["grpc_port"]
-        result.append(Session(config, both, tuple(command), port, folder, MLSERVER_VENV / "bin"))
+        for path, name, workloads in served:
+            ports = {key: free_port() for key in ("http_port", "grpc_port", "metrics_port")}
+            folder = work / (config if name == "wine" else f"{config}-{name}")
+            mlserver_settings.write(folder, config, ports, path, name)
+            bin_dir = MLSERVER_VENV / "bin"
+            command = [str(bin_dir / "mlserver"), "start", str(folder)]
+            port = ports["grpc_port"]
+            result.append(Session(config, workloads, tuple(command), port, folder, bin_dir))
     return result
 
 
 def predictions(response: pb.ModelInferResponse) -> np.ndarray:
-    """The first output's values, raw or typed."""
+    """The first output's values, raw or typed, as its datatype says."""
+    output = response.outputs[0]
+    dtype = DTYPES[output.datatype]
     if response.raw_output_contents:
-        return np.frombuffer(response.raw_output_contents[0], "<f8")
-    return np.array(response.outputs[0].contents.fp64_contents)
+        return np.frombuffer(response.raw_output_contents[0], dtype)
+    return np.array(getattr(output.contents, CONTENTS[output.datatype]), dtype)
 
 
 @contextlib.contextmanager
@@ -160,31 +183,41 @@ def grpc_server(session: Session, body: bytes, log: Path) -> Iterator[subprocess
 
 
 def verify(session: Session, bodies: dict[str, bytes], expected: dict[str, np.ndarray]) -> None:
-    """Each workload's answer against MLflow's; the floor's canned rows only by count."""
+    """Each workload's answer against MLflow's: wine's with np.allclose, W4's class labels
+    exactly. The floor's canned answer (the first wine row's, repeated) is checked by its
+    rows, and on W1/W2 by its first value."""
     with grpc.insecure_channel(f"127.0.0.1:{session.port}", options=OPTIONS) as channel:
         call = channel.unary_unary(METHOD)
         for workload in session.workloads:
             got = predictions(pb.ModelInferResponse.FromString(call(bodies[workload], timeout=30)))
-            want = expected[workload] if session.server != "floor" else expected[workload][:1]
-            if len(got) != len(expected[workload]) or not np.allclose(got[: len(want)], want):
+            want = expected[workload]
+            if session.server == "floor":
+                want = want[:1] if workload in WINE else want[:0]
+            same = np.array_equal if workload == "W4" else np.allclose
+            if len(got) != len(expected[workload]) or not same(got[: len(want)], want):
                 raise RuntimeError(f"{session.server} {workload}: {got[:3]} not {want[:3]}")
-            print(f"  {session.server} {workload}: {len(got)} rows, first {got[0]!r}")
+            canned = " (canned)" if session.server == "floor" else ""
+            print(f"  {session.server} {workload}: {len(got)} rows, first {got[0]!r}{canned}")
 
 
-def expected_predictions(model: Path) -> dict[str, np.ndarray]:
-    """MLflow's own answer (pyfunc, its enforcement) to the W1 and W2 rows, FP32 as sent."""
+def expected_predictions(model: Path, digits: Path) -> dict[str, np.ndarray]:
+    """MLflow's own answer (pyfunc, its enforcement) to the W1 and W2 rows, FP32 as sent,
+    and to W4's uint8 image (class labels, int64)."""
     import mlflow.pyfunc
     import pandas as pd
 
     names, values = wine_features()
     loaded = mlflow.pyfunc.load_model(str(model))
-    return {
+    result = {
         workload: np.asarray(
             loaded.predict(pd.DataFrame(np.resize(values, (rows, len(names))), columns=names)),
             dtype=np.float64,
         ).ravel()
         for workload, (rows, _) in GRPC_WORKLOADS.items()
+        if workload in WINE
     }
+    result["W4"] = np.asarray(mlflow.pyfunc.load_model(str(digits)).predict(w4_image())).ravel()
+    return result
 
 
 def drive(
@@ -229,7 +262,8 @@ def drive(
 
 def measure_grpc(args: argparse.Namespace, repetition: int, order: list[Session]) -> list[Run]:
     """Each session in `order`: start, verify, every workload it takes, stop."""
-    bodies = {"W1": w1_request().SerializeToString(), "W2": w2_request().SerializeToString()}
+    requests = {"W1": w1_request(), "W2": w2_request(), "W4": w4_request()}
+    bodies = {workload: request.SerializeToString() for workload, request in requests.items()}
     body_files = {}
     for workload, body in bodies.items():
         body_files[workload] = RESULTS / "bodies" / f"{workload.lower()}.pb"
@@ -318,7 +352,7 @@ class Cell:
 def summarize(runs: list[Run]) -> dict[str, dict[str, Cell]]:
     """workload -> server -> Cell, servers in ORDER."""
     table: dict[str, dict[str, Cell]] = {}
-    for workload in ("W1", "W2", "W3"):
+    for workload in WORKLOADS:
         table[workload] = {}
         for name in ORDER:
             picked = [r for r in runs if (r.server, r.workload) == (name, workload)]
@@ -369,7 +403,8 @@ def plot(table: dict[str, dict[str, Cell]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.8), width_ratios=(6, 6, 2))
+    widths = [max(len(cells), 2) for cells in table.values()]
+    figure, axes = plt.subplots(1, len(table), figsize=(20, 4.8), width_ratios=widths)
     for axis, (workload, cells) in zip(axes, table.items(), strict=True):
         names = list(cells)
         values = [cells[n].rps for n in names]
@@ -390,6 +425,7 @@ WORKLOAD_TITLES = {
     "W1": "W1: 1 row, typed FP32, 32 in flight (gRPC)",
     "W2": "W2: 4,096 rows, raw FP32, 8 in flight (gRPC)",
     "W3": "W3: /invocations, 1 row",
+    "W4": "W4: 1 digits image, raw UINT8 [1, 64], 32 in flight (gRPC)",
 }
 
 
@@ -411,25 +447,28 @@ def markdown(report: dict[str, object], table: dict[str, dict[str, Cell]], runs:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in stack.items()) + ".",
         "W3's latency is h2load's mean (it reports no percentiles); MLServer's configs are in",
-        "`benchmarks/peers/mlserver_settings.py`.",
+        "`benchmarks/peers/mlserver_settings.py`. W4 is one 8x8 digits image (UINT8 [1, 64],",
+        "raw) to the tensor-signature classifier of `benchmarks/digits_model.py`; the control",
+        "is wine-specific and takes no W4. No target is set for W4.",
         "",
-        "| server | W1 req/s | W1 p50 / p99 ms | W2 req/s | W2 p50 / p99 ms | W3 req/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | W1 req/s | W1 p50 / p99 ms | W2 req/s | W2 p50 / p99 ms | W3 req/s "
+        "| W4 req/s | W4 p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ORDER:
         cells = []
-        for workload in ("W1", "W2"):
+        for workload in WORKLOADS:
             cell = table[workload].get(name)
-            cells += (
-                [f"{cell.rps:,.0f}", f"{cell.p50_ms:.2f} / {cell.p99_ms:.2f}"] if cell else ["", ""]
-            )
-        w3 = table["W3"].get(name)
-        cells.append(f"{w3.rps:,.0f}" if w3 else "")
+            if workload == "W3":
+                cells.append(f"{cell.rps:,.0f}" if cell else "")
+            else:
+                latency = f"{cell.p50_ms:.2f} / {cell.p99_ms:.2f}" if cell else ""
+                cells += [f"{cell.rps:,.0f}" if cell else "", latency]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Arrowsmith / peer, req/s:", ""]
-    lines += ["| peer | W1 | W2 | W3 |", "|---|---:|---:|---:|"]
+    lines += ["| peer | " + " | ".join(WORKLOADS) + " |", "|---|" + "---:|" * len(WORKLOADS)]
     for name in peers:
-        cells = [f"{ratio[w][name]:.2f}x" if name in ratio[w] else "" for w in ("W1", "W2", "W3")]
+        cells = [f"{ratio[w][name]:.2f}x" if name in ratio[w] else "" for w in WORKLOADS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     lines += [f"| {what} | {got} | {'yes' if met else 'no'} |" for what, got, met in targets(table)]
@@ -476,8 +515,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bodies").mkdir(exist_ok=True)
     model = wine_model(work)
-    args.expected = expected_predictions(model)
-    plan = sessions(model, work)
+    digits = digits_model(work)
+    args.expected = expected_predictions(model, digits)
+    plan = sessions(model, digits, work)
     print(f"servers on core {SERVER_CORE}, load generators on core {CLIENT_CORE}")
     print(HEADER)
     runs = []
@@ -491,7 +531,7 @@ def main() -> None:
     table = summarize(runs)
     ratio = ratios(table)
     print("\nArrowsmith / peer (mean req/s):")
-    print(f"{'peer':<18} {'W1':>8} {'W2':>8} {'W3':>8}")
+    print(f"{'peer':<18} " + " ".join(f"{w:>8}" for w in ratio))
     for name in [*ORDER[1:], "mlserver (best)"]:
         cells = [f"{ratio[w][name]:>7.2f}x" if name in ratio[w] else f"{'':>8}" for w in ratio]
         if any(c.strip() for c in cells):
@@ -507,7 +547,8 @@ def main() -> None:
         "loadavg_before": loadavg_before,
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release()},
         "versions": versions(),
-        "settings": vars(args) | {"workloads": GRPC_WORKLOADS, "model": str(model)},
+        "settings": vars(args)
+        | {"workloads": GRPC_WORKLOADS, "model": str(model), "digits_model": str(digits)},
         "mlserver_configs": {name: list(c) for name, c in mlserver_settings.CONFIGS.items()},
         "runs": [asdict(r) for r in runs],
         "summary": {w: {n: asdict(c) for n, c in cells.items()} for w, cells in table.items()},

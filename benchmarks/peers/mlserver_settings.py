@@ -1,9 +1,10 @@
 """MLServer's settings.json and model-settings.json for the wine model, one folder per config.
 
-compare.py writes them with the free ports it picked; run as a script to write them with
-MLServer's default ports, for `mlserver start FOLDER` by hand. Every config turns `debug`
-off (on by default, it logs every call) and keeps MLServer's metrics on, as a production
-deployment would; the configs differ only in adaptive batching and where inference runs.
+compare.py writes them with the free ports it picked (for W4 serving the digits model as
+`digits`); run as a script to write them with MLServer's default ports, for `mlserver start
+FOLDER` by hand. Every config turns `debug` off (on by default, it logs every call) and
+keeps MLServer's metrics on, as a production deployment would; the configs differ only in
+adaptive batching and where inference runs.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ CONFIGS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
 DEFAULT_PORTS = {"http_port": 8080, "grpc_port": 8081, "metrics_port": 8082}
 
 
-def write(folder: Path, config: str, ports: dict[str, int], model: Path = WINE_MODEL) -> Path:
-    """Writes `folder`/settings.json and `folder`/wine/model-settings.json; returns `folder`."""
+def write(
+    folder: Path,
+    config: str,
+    ports: dict[str, int],
+    model: Path = WINE_MODEL,
+    name: str = MODEL_NAME,
+) -> Path:
+    """Writes `folder`/settings.json and `folder`/`name`/model-settings.json, serving `model`
+    as `name`; returns `folder`."""
     server, model_settings = CONFIGS[config]
     settings = {
         "host": "127.0.0.1",
@@ -39,15 +47,15 @@ def write(folder: Path, config: str, ports: dict[str, int], model: Path = WINE_M
         **ports,
         **server,
     }
-    wine = {
-        "name": MODEL_NAME,
+    served = {
+        "name": name,
         "implementation": "mlserver_mlflow.MLflowRuntime",
         "parameters": {"uri": str(model.resolve())},
         **model_settings,
     }
-    (folder / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+    (folder / name).mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    (folder / MODEL_NAME / "model-settings.json").write_text(json.dumps(wine, indent=2) + "\n")
+    (folder / name / "model-settings.json").write_text(json.dumps(served, indent=2) + "\n")
     return folder
 
 
