@@ -18,7 +18,7 @@ use crate::encode::OutputTensor;
 use crate::error::Error;
 use crate::tensor::{ParamValue, Parameters};
 
-use super::buffers::{import_array, ArrowArray};
+use super::buffers::{import_array, rust_owned, ArrowArray};
 use super::errors::error_from_code;
 use super::{params_dict, record_batch, tensor_view, TensorView};
 
@@ -221,17 +221,26 @@ impl Batch {
             .into_iter()
             .map(|(k, v)| (k, ParamValue::String(v)))
             .collect();
-        let outputs = outputs
+        let imported = outputs
             .into_iter()
-            .map(|(name, shape, values)| {
-                Ok(OutputTensor {
-                    name,
-                    shape,
-                    values: import_array(&values)?,
-                })
-            })
+            .map(|(name, shape, values)| Ok((name, shape, import_array(&values)?)))
             .collect::<PyResult<Vec<_>>>()?;
-        py.detach(|| self.0.complete(outputs, &parameters));
+        py.detach(|| {
+            let outputs = imported
+                .iter()
+                .map(|(name, shape, values)| {
+                    Ok(OutputTensor {
+                        name: name.clone(),
+                        shape: shape.clone(),
+                        values: rust_owned(values)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>();
+            match outputs {
+                Ok(outputs) => self.0.complete(outputs, &parameters),
+                Err(error) => self.0.fail(&error),
+            }
+        });
         Ok(())
     }
 

@@ -5,7 +5,10 @@
 use std::ffi::CStr;
 
 use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
-use arrow_array::{make_array, ArrayRef};
+use arrow_array::{make_array, Array, ArrayRef};
+use arrow_data::transform::MutableArrayData;
+
+use crate::error::Error;
 use bytes::Bytes;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -81,4 +84,16 @@ pub fn import_array(source: &Bound<'_, PyAny>) -> PyResult<ArrayRef> {
     }
     .map_err(|e| PyValueError::new_err(format!("not a readable Arrow array: {e}")))?;
     Ok(make_array(data))
+}
+
+/// A copy of `array` in memory Rust owns. An imported array's memory belongs to Python, and
+/// releasing it takes the interpreter lock: whatever outlives the call that imported it (a
+/// response the gRPC front's thread writes and drops) is copied, so that thread never
+/// waits for the interpreter.
+pub fn rust_owned(array: &ArrayRef) -> Result<ArrayRef, Error> {
+    let data = array.to_data();
+    let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+    copy.try_extend(0, 0, data.len())
+        .map_err(|e| Error::Internal(format!("copying a model output failed: {e}")))?;
+    Ok(make_array(copy.freeze()))
 }
