@@ -28,6 +28,8 @@ class ServerMetadata:
 class DataPlane:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
+        #: Made on the event loop by the first `infer_async` (the HTTP front's one loop).
+        self._loop_answers: LoopAnswers | None = None
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, ())
@@ -69,13 +71,15 @@ class DataPlane:
             assert model.runner is not None
             return model.runner.batcher.submit(job)
 
-    async def infer_async(self, request_bytes: bytes, answers: LoopAnswers, protocol: str) -> bytes:
-        """`infer` for an asyncio event loop: the wait for the batch holds no thread."""
+    async def infer_async(self, request_bytes: bytes, protocol: str) -> bytes:
+        """`infer` for the HTTP front's event loop: the wait for the batch holds no thread."""
+        if self._loop_answers is None:
+            self._loop_answers = LoopAnswers()
         counted = Counted(protocol)
         with counted:
             model, job = self._job(request_bytes, None, counted)
             assert model.runner is not None
-            return await answers.submit(model.runner.batcher, job)
+            return await self._loop_answers.submit(model.runner.batcher, job)
 
 
 class Counted:

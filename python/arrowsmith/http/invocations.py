@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from arrowsmith import metrics
-from arrowsmith.dataplane import DataPlane, LoopAnswers
+from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
 from arrowsmith.http import mlflow_codec, split_fast_path
 from arrowsmith.http.asgi import JSON, Request, Response
@@ -115,8 +115,6 @@ class MlflowScoring:
         self._executor = executor
         #: Per model name: the model and its float columns when the split fast path fits it.
         self._split_columns: dict[str, tuple[LoadedModel, dict[str, Any] | None]] = {}
-        #: Created on the event loop by the first request that waits there.
-        self._answers: LoopAnswers | None = None
 
     def ping(self, request: Request) -> Response:
         ready = self.dataplane.registry.ready
@@ -146,12 +144,8 @@ class MlflowScoring:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self.answer_parsed, request, name)
         model, request_bytes = fast
-        if self._answers is None:
-            self._answers = LoopAnswers()
         try:
-            response_bytes = await self.dataplane.infer_async(
-                request_bytes, self._answers, PROTOCOL
-            )
+            response_bytes = await self.dataplane.infer_async(request_bytes, PROTOCOL)
         except ArrowsmithError as error:
             return error_response(error)
         return self._rendered(model, response_bytes, unwrapped=False)

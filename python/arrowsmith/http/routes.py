@@ -70,7 +70,7 @@ class Routes:
             elif rest == ["ready"]:
                 route = ("GET", partial(v2.model_ready, name=name, version=version), False)
             elif rest == ["infer"]:
-                route = ("POST", partial(v2.infer, name=name, version=version), True)
+                route = ("POST", partial(v2.infer, name=name, version=version), False)
         return self._endpoint(method, route, v2=True)
 
     def _endpoint(self, method: str, route: tuple[str, Handler, bool] | None, v2: bool) -> Endpoint:

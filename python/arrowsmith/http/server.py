@@ -74,7 +74,7 @@ class HttpFront:
         self.port: int = self._socket.getsockname()[1]
         self._executor = ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="http")
         routes = Routes(
-            V2Rest(dataplane, config.max_message_size),
+            V2Rest(dataplane, config.max_message_size, self._executor),
             MlflowScoring(dataplane, config.models[0].served_name, self._executor),
             MetricsPage(),
         )

@@ -4,8 +4,10 @@ what the gRPC service answers. Errors are `{"error": message}` with the status o
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
+from concurrent.futures import Executor
 from typing import Any
 
 import orjson
@@ -14,10 +16,18 @@ from arrowsmith import metrics
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, ArrowsmithError, ErrorCode, InvalidInputError
 from arrowsmith.http.asgi import Request, Response
-from arrowsmith.http.v2_codec import HEADER_LENGTH, parse_infer_request, render_infer_response
+from arrowsmith.http.v2_codec import (
+    HEADER_LENGTH,
+    OutputForm,
+    parse_infer_request,
+    render_infer_response,
+)
 from arrowsmith.models.signature import TensorMetadata
 
 PROTOCOL = "rest"
+#: Bodies up to this size are parsed, and their answers rendered, on the event loop (tens
+#: of microseconds); bigger ones on the thread pool, so the loop keeps moving bytes.
+INLINE_BODY_LIMIT = 64 * 1024
 #: Beyond what the data plane offers, the REST front speaks Triton's binary tensor data.
 REST_EXTENSIONS = ("binary_tensor_data",)
 
@@ -59,9 +69,11 @@ def _tensor(t: TensorMetadata) -> dict[str, Any]:
 
 
 class V2Rest:
-    def __init__(self, dataplane: DataPlane, max_body_size: int) -> None:
+    def __init__(self, dataplane: DataPlane, max_body_size: int, executor: Executor) -> None:
         self.dataplane = dataplane
         self.max_body_size = max_body_size
+        #: Where big bodies are parsed and their answers rendered, off the event loop.
+        self._executor = executor
 
     def server_metadata(self, request: Request) -> Response:
         metadata = self.dataplane.server_metadata()
@@ -120,22 +132,41 @@ class V2Rest:
             return error_response(error)
         return json_response({"name": model.name, "ready": True})
 
-    def infer(self, request: Request, name: str, version: str) -> Response:
-        """Runs on the thread pool: parsing, the wait for the batch, and rendering."""
+    async def infer(self, request: Request, name: str, version: str) -> Response:
+        """Runs on the event loop; a body over INLINE_BODY_LIMIT is parsed and its answer
+        rendered on the thread pool. The wait for the batch holds no thread."""
+        inline = len(request.body) <= INLINE_BODY_LIMIT
+        loop = asyncio.get_running_loop()
         label = name if name in self.dataplane.registry.names() else ""
         try:
-            started = time.perf_counter()
-            body = decompressed(request, self.max_body_size)
-            header_length = request.headers.get(HEADER_LENGTH)
-            request_bytes, form = parse_infer_request(body, header_length, name, version)
-            metrics.observe_stage(label, PROTOCOL, "parse", time.perf_counter() - started)
+            if inline:
+                request_bytes, form = self._parse(request, name, version, label)
+            else:
+                request_bytes, form = await loop.run_in_executor(
+                    self._executor, self._parse, request, name, version, label
+                )
         except ArrowsmithError as error:
             metrics.count_request(label, PROTOCOL, error.code.value)
             return error_response(error)
         try:
-            response_bytes = self.dataplane.infer(request_bytes, None, None, PROTOCOL)
+            response_bytes = await self.dataplane.infer_async(request_bytes, PROTOCOL)
         except ArrowsmithError as error:
             return error_response(error)
+        if inline:
+            return self._render(response_bytes, form, label)
+        return await loop.run_in_executor(self._executor, self._render, response_bytes, form, label)
+
+    def _parse(
+        self, request: Request, name: str, version: str, label: str
+    ) -> tuple[bytes, OutputForm]:
+        started = time.perf_counter()
+        body = decompressed(request, self.max_body_size)
+        header_length = request.headers.get(HEADER_LENGTH)
+        parsed = parse_infer_request(body, header_length, name, version)
+        metrics.observe_stage(label, PROTOCOL, "parse", time.perf_counter() - started)
+        return parsed
+
+    def _render(self, response_bytes: bytes, form: OutputForm, label: str) -> Response:
         started = time.perf_counter()
         body, binary_from = render_infer_response(response_bytes, form)
         metrics.observe_stage(label, PROTOCOL, "render", time.perf_counter() - started)
