@@ -36,6 +36,8 @@ const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 1 << 24;
 /// Large DATA frames: a 180 KB request arrives in one piece.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// The pause after a failed accept before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
 /// A model the front answers for.
 pub struct ServedModel {
@@ -161,11 +163,13 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     let grace = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((socket, _)) = accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
                     connections.spawn(serve_connection(socket, Arc::clone(&shared), stop.clone()));
                 }
-            }
+                // Out of file descriptors, say: retrying at once would spin.
+                Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+            },
             changed = stop.changed() => {
                 if changed.is_err() {
                     break Duration::ZERO;
