@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
         "--grpc-threads",
         type=int,
         default=_env("grpc-threads", 32, int),
-        help="handler threads of each front (gRPC, HTTP): the most requests in progress at once",
+        help="handler threads for the calls Python answers: grpcio's behind the native gRPC front, "
+        "and HTTP bodies parsed off the event loop (default 32)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
