@@ -91,6 +91,6 @@ bench-micro: build ## decode and signature-enforcement micro-benchmarks (pytest-
 bench-batching: build example-model loadgen ## W1 with batching off/on, 1 and 2 workers
 	$(PY) benchmarks/batching.py
 
-bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLServer (own venv), mlflow serve; needs h2load
+bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLServer (own venv), mlflow serve
 	PROJECT_PYTHON=$(PY) bash benchmarks/peers/setup.sh
 	$(PY) benchmarks/compare.py

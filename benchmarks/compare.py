@@ -8,9 +8,10 @@ arrowsmith-bench pinned to core 1: W1 (one wine row, typed contents, 32 in fligh
 tensor-signature classifier of digits_model.py, 32 in flight). Arrowsmith and MLServer
 serve the digits model in starts of their own; the control is wine-specific and takes no
 W4. W3 (`/invocations`, one `dataframe_split` row) puts Arrowsmith's HTTP front beside
-`mlflow models serve`, driven by h2load as in http_compare.py. Servers alternate order
-between repetitions. Writes results/compare.json, results/compare.png and
-results/compare.md (the section for RESULTS.md).
+`mlflow models serve`, driven by arrowsmith-bench over HTTP/1.1 (keep-alive, one request
+in flight per connection). Servers alternate order between repetitions. Writes
+results/compare.json, results/compare.png and results/compare.md (the section for
+RESULTS.md).
 
     benchmarks/peers/setup.sh && .venv/bin/python benchmarks/compare.py   # make bench-compare
 """
@@ -30,7 +31,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -39,14 +39,12 @@ from bodies import W2_ROWS, w1_request, w2_request, w4_image, w4_request, wine_f
 from digits_model import MODEL_NAME as DIGITS
 from digits_model import digits_model
 from floor_server import OPTIONS, SERVICE
-from floors import accounted, core_ticks, cpu_model
+from floors import core_ticks, cpu_model
 from http_compare import (
     Target,
     check_answers,
     free_port,
     group_cpu_seconds,
-    h2load,
-    run_h2load,
     server,
     stop_group,
     wine_model,
@@ -221,18 +219,18 @@ def expected_predictions(model: Path, digits: Path) -> dict[str, np.ndarray]:
 
 
 def drive(
-    session: Session,
+    server: str,
+    port: int,
     group: int,
     workload: str,
-    body: Path,
+    load: list[str],
     repetition: int,
     args: argparse.Namespace,
 ) -> Run:
-    """One arrowsmith-bench level, with the server's CPU and core 0's idle time around it."""
-    rows, in_flight = GRPC_WORKLOADS[workload]
+    """One arrowsmith-bench level (`load`: the workload's options), with the server's CPU
+    and core 0's idle time around it."""
     out = RESULTS / "compare-level.json"
-    command = ["taskset", "-c", CLIENT_CORE, str(BENCH), "--target", f"127.0.0.1:{session.port}"]
-    command += ["--body", str(body), "--concurrency", str(in_flight), "--expect-rows", str(rows)]
+    command = ["taskset", "-c", CLIENT_CORE, str(BENCH), "--target", f"127.0.0.1:{port}", *load]
     command += ["--duration", str(args.duration), "--warmup", str(args.warmup), "--json", str(out)]
     loadavg = os.getloadavg()[0]
     # The warm-up is inside the generator's run: measure the server from its end on.
@@ -241,13 +239,13 @@ def drive(
     cpu_before = group_cpu_seconds(group)
     idle_before, total_before = core_ticks(SERVER_CORE)
     if process.wait() != 0:
-        raise RuntimeError(f"arrowsmith-bench failed against {session.server} {workload}")
+        raise RuntimeError(f"arrowsmith-bench failed against {server} {workload}")
     idle_after, total_after = core_ticks(SERVER_CORE)
     level = json.loads(out.read_text())["levels"][0]
     requests = level["throughput_rps"] * args.duration
     return Run(
         repetition=repetition,
-        server=session.server,
+        server=server,
         workload=workload,
         rps=level["throughput_rps"],
         p50_ms=level["p50_ms"],
@@ -274,7 +272,12 @@ def measure_grpc(args: argparse.Namespace, repetition: int, order: list[Session]
         with grpc_server(session, bodies[session.workloads[0]], log) as process:
             verify(session, bodies, args.expected)
             for workload in session.workloads:
-                run = drive(session, process.pid, workload, body_files[workload], repetition, args)
+                rows, in_flight = GRPC_WORKLOADS[workload]
+                load = ["--body", str(body_files[workload]), "--concurrency", str(in_flight)]
+                load += ["--expect-rows", str(rows)]
+                run = drive(
+                    session.server, session.port, process.pid, workload, load, repetition, args
+                )
                 print(row(run), flush=True)
                 runs.append(run)
     return runs
@@ -299,25 +302,9 @@ def measure_w3(args: argparse.Namespace, model: Path, repetition: int, work: Pat
             ready = f"http://127.0.0.1:{port}/ping"
         with server(command, ready, work / f"{name}-w3.log") as process:
             check_answers([Target(name, "W3", "/invocations", body)] * 2, {name: port})
-            url = f"http://127.0.0.1:{port}/invocations"
-            run_h2load(h2load(url, body, args.warmup, args.http_clients))
-            command = h2load(url, body, args.duration, args.http_clients)
-            result, accounting = accounted(
-                partial(run_h2load, command), partial(group_cpu_seconds, process.pid)
-            )
-        run = Run(
-            repetition=repetition,
-            server=name,
-            workload="W3",
-            rps=result.rps,
-            p50_ms=result.mean_ms,  # h2load reports no percentiles: the mean stands in
-            p99_ms=float("nan"),
-            errors=0,  # run_h2load raises on any failed or non-2xx request
-            generator_cpu_share=accounting.client_cpu_s / result.duration_s,
-            server_cpu_us_per_request=accounting.server_cpu_s / result.requests * 1e6,
-            server_core_idle=accounting.server_core_idle,
-            loadavg_1m=accounting.loadavg_1m,
-        )
+            load = ["--http", "/invocations", "--body", str(body)]
+            load += ["--concurrency", str(args.http_clients)]
+            run = drive(name, port, process.pid, "W3", load, repetition, args)
         print(row(run), flush=True)
         runs.append(run)
     return runs
@@ -446,7 +433,7 @@ def markdown(report: dict[str, object], table: dict[str, dict[str, Cell]], runs:
         "```",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in stack.items()) + ".",
-        "W3's latency is h2load's mean (it reports no percentiles); MLServer's configs are in",
+        "W3 goes over HTTP/1.1, one request in flight per connection; MLServer's configs are in",
         "`benchmarks/peers/mlserver_settings.py`. W4 is one 8x8 digits image (UINT8 [1, 64],",
         "raw) to the tensor-signature classifier of `benchmarks/digits_model.py`; the control",
         "is wine-specific and takes no W4. No target is set for W4.",
@@ -488,8 +475,6 @@ def versions() -> dict[str, str]:
         name, _, pinned = line.partition("==")
         if name.lower() in ("mlserver", "mlserver-mlflow", "uvloop"):
             result[f"{name} (MLServer env)"] = pinned
-    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
-    result["h2load"] = h2.removeprefix("h2load ")
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
@@ -502,7 +487,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of every (server, workload)")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--http-clients", type=int, default=16, help="h2load connections, W3")
+    parser.add_argument(
+        "--http-clients", type=int, default=16, help="HTTP connections (requests in flight), W3"
+    )
     args = parser.parse_args()
     if not (MLSERVER_VENV / ".installed").exists():
         raise SystemExit("no MLServer environment: run benchmarks/peers/setup.sh first")

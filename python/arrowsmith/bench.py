@@ -142,7 +142,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def run(
     target: str,
-    model: str,
     body: bytes,
     generator_args: list[str],
     json_path: Path | None,
@@ -150,7 +149,7 @@ def run(
 ) -> int:
     """Runs the load generator; its table goes to stdout. Returns its exit status."""
     with tempfile.TemporaryDirectory() as scratch:
-        body_path = Path(scratch) / "request.pb"
+        body_path = Path(scratch) / "request.body"
         body_path.write_bytes(body)
         results_path = json_path or Path(scratch) / "results.json"
         command = [str(find_binary()), "--target", target, "--body", str(body_path)]

@@ -120,13 +120,26 @@ def _parser() -> argparse.ArgumentParser:
 def _add_bench_parser(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
-        help="load-test a running V2 gRPC server with the compiled load generator",
-        description="Sends one request over and over: from a V2 JSON infer body, or random "
-        "data shaped by the model's metadata. Closed loop at each --concurrency level, or "
-        "open loop at each --rate; throughput and p50-p99.9 latency per level.",
+        help="load-test a running server with the compiled load generator",
+        description="Sends one request over and over: to ModelInfer over gRPC, from a V2 JSON "
+        "infer body or random data shaped by the model's metadata; or, with --http, a body as "
+        "it is to an HTTP path. Closed loop at each --concurrency level, or open loop at each "
+        "--rate; throughput and p50-p99.9 latency per level.",
     )
-    bench.add_argument("--target", default="127.0.0.1:8081", help="the server's gRPC address")
-    bench.add_argument("--model", required=True, help="the model to call")
+    bench.add_argument(
+        "--target",
+        default="127.0.0.1:8081",
+        help="the server's gRPC address (its HTTP address with --http)",
+    )
+    bench.add_argument("--model", help="the model to call over gRPC")
+    bench.add_argument(
+        "--http",
+        metavar="PATH",
+        help="POST the --request file as it is to this HTTP path instead (e.g. /invocations)",
+    )
+    bench.add_argument(
+        "--content-type", default="application/json", help="the body's type with --http"
+    )
     bench.add_argument("--request", type=Path, help="a V2 JSON infer body (`inputs`, ...)")
     bench.add_argument("--rows", type=int, default=1, help="rows of generated data (default 1)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the generated data")
@@ -143,17 +156,24 @@ def _add_bench_parser(commands: Any) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from arrowsmith import bench
 
-    if args.request is not None:
+    levels = ["--rate", args.rate] if args.rate else ["--concurrency", args.concurrency]
+    generator_args = [*levels, "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    if args.http is not None:
+        if args.request is None:
+            raise SystemExit("arrowsmith bench: --http needs --request, the body to send")
+        body = args.request.read_bytes()
+        generator_args += ["--http", args.http, "--content-type", args.content_type]
+    elif args.model is None:
+        raise SystemExit("arrowsmith bench: --model is required (or --http PATH)")
+    elif args.request is not None:
         body = bench.request_from_json(args.request, args.model)
     else:
         body = bench.request_from_metadata(args.target, args.model, args.rows, args.seed)
-    levels = ["--rate", args.rate] if args.rate else ["--concurrency", args.concurrency]
-    generator_args = [*levels, "--duration", str(args.duration), "--warmup", str(args.warmup)]
     if args.connections is not None:
         generator_args += ["--connections", str(args.connections)]
     if args.requests is not None:
         generator_args += ["--requests", str(args.requests)]
-    return bench.run(args.target, args.model, body, generator_args, args.json, args.plot)
+    return bench.run(args.target, body, generator_args, args.json, args.plot)
 
 
 def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig, ...]:

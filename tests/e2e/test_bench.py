@@ -86,3 +86,29 @@ def test_refused_requests_are_counted_by_status(wine_server: ServerHandle, tmp_p
     (level,) = json.loads(report.read_text())["levels"]
     assert level["ok"] == 0
     assert level["statuses"] == {"3": level["errors"]}
+
+
+def test_http_body_sent_as_it_is(wine_server: ServerHandle, tmp_path: pathlib.Path, wine_frame):
+    """`--http /invocations`: MLflow's `dataframe_split` body goes to the HTTP front as it is;
+    every answer is a 200."""
+    split = {"dataframe_split": json.loads(wine_frame.iloc[:1].to_json(orient="split"))}
+    request = tmp_path / "split.json"
+    request.write_text(json.dumps(split))
+    report = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "arrowsmith", "bench"),
+            *("--target", f"127.0.0.1:{wine_server.http_port}"),
+            *("--http", "/invocations", "--request", str(request), "--concurrency", "4"),
+            *("--duration", "1", "--warmup", "0.2", "--json", str(report)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(report.read_text())
+    (level,) = document["levels"]
+    assert level["ok"] > 0
+    assert level["errors"] == 0
+    assert document["protocol"] == "http"

@@ -1,7 +1,9 @@
 """arrowsmith-bench, the compiled load generator, tested against a scripted server
-(support/scripted_server.py) whose answers depend only on each request's arrival number, so
-the status counts and latency percentiles the generator reports are known in advance."""
+(support/scripted_server.py over gRPC, support/scripted_http_server.py with --http) whose
+answers depend only on each request's arrival number, so the status counts and latency
+percentiles the generator reports are known in advance."""
 
+import hashlib
 import json
 import math
 import pathlib
@@ -15,9 +17,11 @@ from typing import Any
 import grpc
 import pytest
 from arrowsmith.bench import find_binary
+from support.server import ServerHandle
 from tritonclient.grpc import service_pb2 as pb
 
 SCRIPTED_SERVER = pathlib.Path(__file__).parents[1] / "support" / "scripted_server.py"
+SCRIPTED_HTTP_SERVER = SCRIPTED_SERVER.with_name("scripted_http_server.py")
 RUN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 # Every 7th request fails with RESOURCE_EXHAUSTED, else every 13th with INVALID_ARGUMENT,
@@ -31,19 +35,36 @@ FAIL_PLAN = {
 # one group, not at its edge, so a slow outlier cannot move them to a neighbouring group,
 # and the grpcio server's ~1-1.5 ms per call stays well inside 5%.
 SLEEP_PLAN_MS = [60] * 12 + [90] * 7 + [180]
+# Over HTTP: every 7th request is answered 429, else every 13th 400, else every 50th 503.
+HTTP_FAIL_PLAN = {7: 429, 13: 400, 50: 503}
+HTTP_FAIL_EVERY = ",".join(f"{every}:{status}" for every, status in HTTP_FAIL_PLAN.items())
+HTTP_PATH = "/invocations"
+# A body of about 16 KiB, more than one read on either side, not all ASCII.
+HTTP_BODY = json.dumps(
+    {"inputs": [{"name": "x", "data": list(range(3000))}], "note": "crème brûlée"},
+    ensure_ascii=False,
+).encode()
 
 
 def bench_scripted(
-    tmp_path: pathlib.Path, server_args: list[str], bench_args: list[str]
+    tmp_path: pathlib.Path,
+    server_args: list[str],
+    bench_args: list[str],
+    *,
+    script: pathlib.Path = SCRIPTED_SERVER,
+    body: bytes | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Start the scripted server, run one arrowsmith-bench level against it without warm-up,
-    stop the server; return the level's JSON report and how many requests the server got."""
-    body, report = tmp_path / "request.bin", tmp_path / "bench.json"
-    body.write_bytes(pb.ModelInferRequest(model_name="scripted").SerializeToString())
+    stop the server; return the level's JSON report and how many requests the server got.
+    The body sent is `body`, by default a serialized ModelInferRequest."""
+    body_path, report = tmp_path / "request.bin", tmp_path / "bench.json"
+    if body is None:
+        body = pb.ModelInferRequest(model_name="scripted").SerializeToString()
+    body_path.write_bytes(body)
     log_path = tmp_path / "scripted-server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, str(SCRIPTED_SERVER), *server_args],
+            [sys.executable, str(script), *server_args],
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -54,7 +75,7 @@ def bench_scripted(
         listening = re.fullmatch(r"listening on (\d+)\n", server.stdout.readline())
         assert listening, f"scripted server did not start:\n{log_path.read_text()}"
         command = [str(find_binary()), "--target", f"127.0.0.1:{listening[1]}"]
-        command += ["--body", str(body), "--json", str(report), "--warmup", "0"]
+        command += ["--body", str(body_path), "--json", str(report), "--warmup", "0"]
         command += ["--duration", str(RUN_TIMEOUT_S), *bench_args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -143,3 +164,136 @@ def test_open_loop_counts_the_queue_from_the_scheduled_time(tmp_path: pathlib.Pa
     floors = [service_ms * (k + 1) - interval_ms * k for k in range(requests)]
     assert level["p50_ms"] >= nearest_rank(floors, 50)
     assert level["max_ms"] >= max(floors)
+
+
+def bench_scripted_http(
+    tmp_path: pathlib.Path, server_args: list[str], bench_args: list[str]
+) -> tuple[dict[str, Any], int]:
+    """bench_scripted with --http against the scripted HTTP server, which answers 500 to any
+    request whose body or Content-Type is not the one sent; also checks the report says
+    HTTP."""
+    expect = ["--expect-sha256", hashlib.sha256(HTTP_BODY).hexdigest()]
+    expect += ["--expect-content-type", "application/json"]
+    level, served = bench_scripted(
+        tmp_path,
+        [*expect, *server_args],
+        ["--http", HTTP_PATH, *bench_args],
+        script=SCRIPTED_HTTP_SERVER,
+        body=HTTP_BODY,
+    )
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert (report["protocol"], report["path"]) == ("http", HTTP_PATH)
+    return level, served
+
+
+def expected_http_statuses(requests: int) -> Counter[str]:
+    """Every answer's HTTP status over requests 0 .. requests-1 (HTTP_FAIL_PLAN's, else
+    200), keyed as in the report."""
+    statuses: Counter[str] = Counter()
+    for n in range(requests):
+        failed = (status for every, status in HTTP_FAIL_PLAN.items() if n % every == every - 1)
+        statuses[str(next(failed, 200))] += 1
+    return statuses
+
+
+def check_http_counts(level: dict[str, Any], served: int, requests: int) -> None:
+    """Exactly `requests` were sent and each answer counted once under its status; only
+    the 2xx are OK."""
+    statuses = expected_http_statuses(requests)
+    assert served == requests
+    assert level["statuses"] == statuses
+    assert level["ok"] == statuses["200"]
+    assert level["errors"] == requests - statuses["200"]
+    assert (level["bad_answers"], level["transport_errors"]) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "load",
+    [["--concurrency", "1"], ["--concurrency", "4"], ["--rate", "1000"]],
+    ids=["closed-1", "closed-4", "open-1000"],
+)
+def test_http_statuses_are_counted_exactly(tmp_path: pathlib.Path, load: list[str]):
+    """Over HTTP/1.1 too, --requests N sends exactly N requests, each with the body as is
+    (else the server answers 500), and every answer is counted by its HTTP status."""
+    requests = 1000
+    level, served = bench_scripted_http(
+        tmp_path, ["--fail-every", HTTP_FAIL_EVERY], [*load, "--requests", str(requests)]
+    )
+    check_http_counts(level, served, requests)
+
+
+@pytest.mark.parametrize(
+    "server_args",
+    [["--chunked"], ["--close-every", "5"], ["--chunked", "--close-every", "3"]],
+    ids=["chunked", "close-every-5", "chunked-close-every-3"],
+)
+def test_http_answers_of_every_framing_are_read(tmp_path: pathlib.Path, server_args: list[str]):
+    """Chunked answers are read to their end, and a connection the server closes with
+    `Connection: close` is replaced: no request is lost or counted twice."""
+    requests = 300
+    level, served = bench_scripted_http(
+        tmp_path,
+        ["--fail-every", HTTP_FAIL_EVERY, *server_args],
+        ["--concurrency", "4", "--requests", str(requests)],
+    )
+    check_http_counts(level, served, requests)
+
+
+def test_http_connections_closed_while_idle_are_replaced(tmp_path: pathlib.Path):
+    """A server that closes connections idle for 50 ms, sent a request every 200 ms on one
+    connection: each request after the first finds its connection closed, and goes out
+    again on a new one instead of counting as an error."""
+    requests = 8
+    level, served = bench_scripted_http(
+        tmp_path,
+        ["--fail-every", HTTP_FAIL_EVERY, "--idle-timeout", "0.05"],
+        ["--rate", "5", "--connections", "1", "--requests", str(requests)],
+    )
+    check_http_counts(level, served, requests)
+
+
+def test_http_open_loop_counts_the_queue_from_the_scheduled_time(tmp_path: pathlib.Path):
+    """As over gRPC: offered 100 requests/s with one HTTP connection allowed, a server that
+    takes 20 ms per request queues them in the generator, and their latency counts from
+    when each was due; the requests that found the connection busy are reported."""
+    requests, interval_ms, service_ms = 50, 10, 20
+    level, served = bench_scripted_http(
+        tmp_path,
+        ["--sleep-ms", str(service_ms)],
+        ["--rate", str(1000 // interval_ms), "--connections", "1", "--requests", str(requests)],
+    )
+    assert served == level["ok"] == requests
+    floors = [service_ms * (k + 1) - interval_ms * k for k in range(requests)]
+    assert level["p50_ms"] >= nearest_rank(floors, 50)
+    assert level["max_ms"] >= max(floors)
+    assert level["waited_for_connection"] >= requests // 2
+
+
+def test_expect_rows_is_refused_over_http(tmp_path: pathlib.Path):
+    body = tmp_path / "body.json"
+    body.write_bytes(HTTP_BODY)
+    command = [str(find_binary()), "--body", str(body), "--http", HTTP_PATH, "--expect-rows", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 2
+    assert "--expect-rows is not supported over HTTP" in done.stderr
+
+
+def test_http_against_a_real_server(wine_server: ServerHandle, tmp_path: pathlib.Path, wine_frame):
+    """Arrowsmith's own /invocations, two wine rows per request from two connections:
+    every answer is a 200."""
+    requests = 200
+    body = tmp_path / "w3.json"
+    rows = wine_frame.iloc[:2]
+    split = {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
+    body.write_text(json.dumps({"dataframe_split": split}))
+    report = tmp_path / "bench.json"
+    command = [str(find_binary()), "--target", f"127.0.0.1:{wine_server.http_port}"]
+    command += ["--http", HTTP_PATH, "--body", str(body), "--json", str(report)]
+    command += ["--concurrency", "2", "--requests", str(requests)]
+    command += ["--warmup", "0", "--duration", str(RUN_TIMEOUT_S)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (level,) = json.loads(report.read_text())["levels"]
+    assert level["statuses"] == {"200": requests}
+    assert level["ok"] == requests
+    assert level["errors"] == 0

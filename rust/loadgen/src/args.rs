@@ -3,21 +3,35 @@
 use std::time::Duration;
 
 pub const USAGE: &str = "\
-arrowsmith-bench: drive a V2 gRPC server's ModelInfer and report throughput and latency.
+arrowsmith-bench: drive a V2 gRPC server's ModelInfer, or an HTTP endpoint (--http), and
+report throughput and latency.
 
 usage: arrowsmith-bench --body FILE [options]
 
   --target HOST:PORT        server address (default 127.0.0.1:8081)
-  --body FILE               a serialized ModelInferRequest, sent as every request
+  --body FILE               a serialized ModelInferRequest, sent as every request; with
+                            --http, the HTTP request body, sent as is
   --concurrency LIST        closed loop: requests in flight, e.g. 1,8,32 (default 8)
   --rate LIST               open loop instead: requests per second, e.g. 1000,2000
-  --connections N           HTTP/2 connections shared by the requests (default: one per
-                            request in flight, at most 8)
+  --connections N           gRPC: HTTP/2 connections shared by the requests (default: one
+                            per request in flight, at most 8). --http: the open loop's
+                            connections at most, opened as needed (default 64; a request
+                            due when all are busy waits for one, its latency still counted
+                            from when it was due); the closed loop ignores it and uses one
+                            connection per request in flight
   --duration SECONDS        measured time per level (default 10)
   --warmup SECONDS          unmeasured time before each level (default 2)
   --requests N              stop a level after N measured requests (default: no limit)
-  --expect-rows N           check every answer's outputs have N rows (default: any)
+  --expect-rows N           check every answer's outputs have N rows (default: any;
+                            gRPC only)
   --json FILE               also write the results as JSON
+
+  --http PATH               send every request as `POST PATH` over HTTP/1.1 keep-alive
+                            connections instead of gRPC, e.g. /invocations or
+                            /v2/models/wine/infer; one request at a time per connection.
+                            A 2xx answer is OK, any other status an error; answers are
+                            counted by HTTP status, their bodies are not checked
+  --content-type TYPE       the --http requests' Content-Type (default application/json)
 ";
 
 #[derive(Debug, Clone)]
@@ -32,6 +46,9 @@ pub struct Options {
     pub requests: Option<u64>,
     pub expect_rows: Option<i64>,
     pub json: Option<String>,
+    /// HTTP/1.1 instead of gRPC: the path every request is POSTed to.
+    pub http: Option<String>,
+    pub content_type: Option<String>,
 }
 
 fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Result<Vec<T>, String> {
@@ -65,6 +82,8 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
         requests: None,
         expect_rows: None,
         json: None,
+        http: None,
+        content_type: None,
     };
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
@@ -82,6 +101,8 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
             "--requests" => options.requests = Some(list(&flag, &value)?[0]),
             "--expect-rows" => options.expect_rows = Some(list(&flag, &value)?[0]),
             "--json" => options.json = Some(value),
+            "--http" => options.http = Some(value),
+            "--content-type" => options.content_type = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -90,6 +111,30 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
     }
     if options.concurrency.contains(&0) || options.rates.iter().any(|r| *r <= 0.0) {
         return Err("concurrency and rates must be positive".into());
+    }
+    if options.connections == Some(0) {
+        return Err("--connections must be positive".into());
+    }
+    match &options.http {
+        Some(path) if !path.starts_with('/') || path.chars().any(char::is_whitespace) => {
+            return Err(format!(
+                "--http: '{path}' is not a path such as /invocations"
+            ));
+        }
+        Some(_) if options.expect_rows.is_some() => {
+            return Err("--expect-rows is not supported over HTTP".into());
+        }
+        None if options.content_type.is_some() => {
+            return Err("--content-type needs --http".into());
+        }
+        _ => {}
+    }
+    if options
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.chars().any(char::is_control))
+    {
+        return Err("--content-type: not a valid header value".into());
     }
     Ok(options)
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use arrowsmith_native::proto::ModelInferResponse;
 
-const PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// What one call ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,25 @@ pub enum Outcome {
     BadAnswer(String),
     /// The connection or stream failed.
     Transport(String),
+    /// An HTTP answer (--http), whatever its status: 2xx is OK, any other an error.
+    Http(u16),
+}
+
+/// The gRPC side of a run: HTTP/2 connections shared by the requests, and the one request.
+pub struct Grpc {
+    pub clients: Vec<SendRequest<Bytes>>,
+    pub authority: String,
+    /// The request, framed.
+    pub body: Bytes,
+    pub expect_rows: Option<i64>,
+}
+
+impl Grpc {
+    /// One call on connection `slot` (modulo their number).
+    pub async fn call(&self, slot: usize) -> Outcome {
+        let client = &self.clients[slot % self.clients.len()];
+        call(client, &self.authority, &self.body, self.expect_rows).await
+    }
 }
 
 /// A request body framed for gRPC once, shared by every call.

@@ -1,8 +1,10 @@
-//! arrowsmith-bench: a V2 gRPC load generator that is never the bottleneck: one thread,
-//! pre-serialized requests, HTTP/2 straight from `h2`, latency in an HDR histogram.
+//! arrowsmith-bench: a V2 gRPC (or HTTP/1.1) load generator that is never the bottleneck:
+//! one thread, pre-serialized requests, HTTP/2 straight from `h2` (HTTP/1.1 by hand), latency
+//! in an HDR histogram.
 
 mod args;
 mod client;
+mod http1;
 mod report;
 mod run;
 
@@ -47,19 +49,39 @@ async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
     let message =
         std::fs::read(&options.body).map_err(|e| format!("reading {}: {e}", options.body))?;
     let most_in_flight = options.concurrency.iter().copied().max().unwrap_or(1);
-    let connections = options.connections.unwrap_or(most_in_flight.min(8)).max(1);
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(client::connect(&options.target).await?);
-    }
+    let protocol = if let Some(path) = &options.http {
+        // One request at a time per connection: the closed loop opens one per request in
+        // flight up front; the open loop opens them as it needs them, up to --connections.
+        let (connections, ready) = if options.rates.is_empty() {
+            (most_in_flight, most_in_flight)
+        } else {
+            (options.connections.unwrap_or(64), 1)
+        };
+        let content_type = options
+            .content_type
+            .as_deref()
+            .unwrap_or("application/json");
+        let request = http1::request(&options.target, path, content_type, &message);
+        let pool = http1::Pool::open(&options.target, request, connections, ready).await?;
+        run::Protocol::Http(pool)
+    } else {
+        let connections = options.connections.unwrap_or(most_in_flight.min(8)).max(1);
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            clients.push(client::connect(&options.target).await?);
+        }
+        run::Protocol::Grpc(client::Grpc {
+            clients,
+            authority: options.target.clone(),
+            body: client::frame(&message),
+            expect_rows: options.expect_rows,
+        })
+    };
     let plan = Rc::new(run::Plan {
-        clients,
-        authority: options.target.clone(),
-        body: client::frame(&message),
+        protocol,
         warmup: options.warmup,
         duration: options.duration,
         requests: options.requests,
-        expect_rows: options.expect_rows,
     });
     let mut all = Vec::new();
     if options.rates.is_empty() {

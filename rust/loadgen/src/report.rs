@@ -61,11 +61,18 @@ pub fn table(all: &[Stats]) -> String {
         if errors(s) > 0 {
             let _ = writeln!(
                 out,
-                "       non-OK: statuses {:?}, bad answers {}, transport {}; first: {}",
+                "       errors: statuses {:?}, bad answers {}, transport {}; first: {}",
                 s.statuses,
                 s.bad_answers,
                 s.transport_errors,
                 s.first_error.as_deref().unwrap_or("-")
+            );
+        }
+        if s.waited > 0 {
+            let _ = writeln!(
+                out,
+                "       {} requests waited for a free connection (--connections)",
+                s.waited
             );
         }
     }
@@ -97,8 +104,9 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
             let statuses: Vec<String> = s.statuses.iter().map(|(code, n)| format!("\"{code}\": {n}")).collect();
             format!(
                 "{{\"mode\": \"{}\", \"level\": {}, \"ok\": {}, \"errors\": {}, \"statuses\": {{{}}}, \
-                 \"bad_answers\": {}, \"transport_errors\": {}, \"throughput_rps\": {:.2}, {}, \
-                 \"mean_ms\": {:.4}, \"max_ms\": {:.4}, \"elapsed_s\": {:.3}, \"generator_cpu_share\": {:.4}}}",
+                 \"bad_answers\": {}, \"transport_errors\": {}, \"waited_for_connection\": {}, \
+                 \"throughput_rps\": {:.2}, {}, \"mean_ms\": {:.4}, \"max_ms\": {:.4}, \"elapsed_s\": {:.3}, \
+                 \"generator_cpu_share\": {:.4}}}",
                 s.mode,
                 s.level,
                 s.ok,
@@ -106,6 +114,7 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
                 statuses.join(", "),
                 s.bad_answers,
                 s.transport_errors,
+                s.waited,
                 s.throughput(),
                 percentiles.join(", "),
                 s.latency.mean() / 1000.0,
@@ -115,9 +124,14 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
             )
         })
         .collect();
+    let (protocol, path) = match &options.http {
+        Some(path) => ("http", path.as_str()),
+        None => ("grpc", crate::client::PATH),
+    };
     format!(
-        "{{\"target\": {}, \"body\": {}, \"levels\": [\n  {}\n]}}\n",
+        "{{\"target\": {}, \"protocol\": \"{protocol}\", \"path\": {}, \"body\": {}, \"levels\": [\n  {}\n]}}\n",
         quoted(&options.target),
+        quoted(path),
         quoted(&options.body),
         levels.join(",\n  ")
     )

@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use h2::client::SendRequest;
 use hdrhistogram::Histogram;
 use tokio::task::LocalSet;
 
-use crate::client::{call, Outcome};
+use crate::client::{Grpc, Outcome};
+use crate::http1::Pool;
 
 /// What one level measured.
 pub struct Stats {
@@ -24,10 +23,15 @@ pub struct Stats {
     /// Measured requests sent, answered or not: what `--requests` limits.
     pub sent: u64,
     pub ok: u64,
+    /// Answers by status: over gRPC the non-OK ones; over HTTP all, 2xx included.
     pub statuses: BTreeMap<u32, u64>,
+    /// Answers whose status is an error.
+    pub status_errors: u64,
     pub bad_answers: u64,
     pub transport_errors: u64,
     pub first_error: Option<String>,
+    /// Requests that found every HTTP connection busy and waited for one (open loop).
+    pub waited: u64,
     pub elapsed: Duration,
     /// The generator's CPU time over the measured window, as a share of one core.
     pub cpu_share: f64,
@@ -42,21 +46,32 @@ impl Stats {
             sent: 0,
             ok: 0,
             statuses: BTreeMap::new(),
+            status_errors: 0,
             bad_answers: 0,
             transport_errors: 0,
             first_error: None,
+            waited: 0,
             elapsed: Duration::ZERO,
             cpu_share: 0.0,
         }
     }
 
-    fn record(&mut self, outcome: Outcome, latency: Duration) {
+    fn record(&mut self, (outcome, waited): (Outcome, bool), latency: Duration) {
+        self.waited += u64::from(waited);
         match outcome {
-            Outcome::Ok => {
-                self.ok += 1;
-                let _ = self.latency.record(latency.as_micros().max(1) as u64);
+            Outcome::Ok => self.record_ok(latency),
+            Outcome::Status(code) => {
+                *self.statuses.entry(code).or_default() += 1;
+                self.status_errors += 1;
             }
-            Outcome::Status(code) => *self.statuses.entry(code).or_default() += 1,
+            Outcome::Http(code) => {
+                *self.statuses.entry(code.into()).or_default() += 1;
+                if (200..300).contains(&code) {
+                    self.record_ok(latency);
+                } else {
+                    self.status_errors += 1;
+                }
+            }
             Outcome::BadAnswer(e) => {
                 self.bad_answers += 1;
                 self.first_error.get_or_insert(e);
@@ -68,8 +83,13 @@ impl Stats {
         }
     }
 
+    fn record_ok(&mut self, latency: Duration) {
+        self.ok += 1;
+        let _ = self.latency.record(latency.as_micros().max(1) as u64);
+    }
+
     pub fn completed(&self) -> u64 {
-        self.ok + self.statuses.values().sum::<u64>() + self.bad_answers + self.transport_errors
+        self.ok + self.status_errors + self.bad_answers + self.transport_errors
     }
 
     pub fn throughput(&self) -> f64 {
@@ -77,15 +97,29 @@ impl Stats {
     }
 }
 
+/// How requests go out.
+pub enum Protocol {
+    Grpc(Grpc),
+    Http(Pool),
+}
+
+impl Protocol {
+    /// One request (over gRPC, on connection `slot`); also whether it waited for an HTTP
+    /// connection to come free.
+    async fn call(&self, slot: usize) -> (Outcome, bool) {
+        match self {
+            Protocol::Grpc(grpc) => (grpc.call(slot).await, false),
+            Protocol::Http(pool) => pool.call().await,
+        }
+    }
+}
+
 /// What every level shares.
 pub struct Plan {
-    pub clients: Vec<SendRequest<Bytes>>,
-    pub authority: String,
-    pub body: Bytes,
+    pub protocol: Protocol,
     pub warmup: Duration,
     pub duration: Duration,
     pub requests: Option<u64>,
-    pub expect_rows: Option<i64>,
 }
 
 /// CPU time of this (single-threaded) process so far.
@@ -146,7 +180,6 @@ impl Plan {
                 Rc::clone(&measured_start),
             );
             tasks.spawn_local(async move {
-                let client = &plan.clients[i % plan.clients.len()];
                 loop {
                     let sent = Instant::now();
                     if plan.done(&stats.borrow(), sent, &window) {
@@ -154,11 +187,11 @@ impl Plan {
                     }
                     let measured = sent >= window.measure_from;
                     stats.borrow_mut().sent += u64::from(measured);
-                    let outcome = call(client, &plan.authority, &plan.body, plan.expect_rows).await;
+                    let outcome = plan.protocol.call(i).await;
                     if measured {
                         measured_start
                             .borrow_mut()
-                            .get_or_insert((window.measure_from, cpu_time()));
+                            .get_or_insert_with(|| (window.measure_from, cpu_time()));
                         stats.borrow_mut().record(outcome, sent.elapsed());
                     }
                 }
@@ -191,14 +224,12 @@ impl Plan {
                     }
                     tokio::time::sleep_until(due.into()).await;
                     if due >= window.measure_from {
-                        measured.get_or_insert((due, cpu_time()));
+                        measured.get_or_insert_with(|| (due, cpu_time()));
                         shared.borrow_mut().sent += 1;
                     }
                     let (plan, stats) = (Rc::clone(&plan), Rc::clone(&shared));
-                    let client = plan.clients[i as usize % plan.clients.len()].clone();
                     tokio::task::spawn_local(async move {
-                        let outcome =
-                            call(&client, &plan.authority, &plan.body, plan.expect_rows).await;
+                        let outcome = plan.protocol.call(i as usize).await;
                         if due >= window.measure_from {
                             stats.borrow_mut().record(outcome, due.elapsed());
                         }
