@@ -726,6 +726,23 @@ fn a_passed_deadline_is_deadline_exceeded() {
     assert_eq!(stats.requests[&(MODEL.to_owned(), "DEADLINE_EXCEEDED")], 1);
 }
 
+/// A message over a mebibyte (decoded off the front's thread) is answered like a small one,
+/// and small calls on the same connection go on meanwhile.
+#[test]
+fn a_big_message_is_answered() {
+    let server = Server::start(Model::default());
+    block_on(async {
+        let client = connect(server.address).await;
+        let values: Vec<i64> = (0..200_000).collect();
+        let big = request("big", &values);
+        assert!(big.encoded_len() > 1 << 20);
+        let little = request("small", &[7]);
+        let (reply, small) = tokio::join!(client.infer(&big), client.infer(&little));
+        assert_eq!(reply.echoed("big"), values);
+        assert_eq!(small.echoed("small"), [7]);
+    });
+}
+
 /// A message larger than `max_message_size` is RESOURCE_EXHAUSTED, as grpcio says it; a
 /// small one on the same connection afterwards is answered.
 #[test]

@@ -16,7 +16,7 @@ use http::Request;
 
 use super::proxy::{forward, Body};
 use super::wire::{self, Message, PREFIX_LEN};
-use super::Shared;
+use super::{ServedModel, Shared};
 use crate::admit::job_for;
 use crate::batch::{Batcher, Job};
 use crate::decode::decode_request;
@@ -24,6 +24,9 @@ use crate::encode::EncodedResponse;
 use crate::error::{Error, Result};
 
 pub(super) const PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// Messages bigger than this are decoded off the front's thread.
+const OFF_THREAD_BYTES: usize = 1 << 20;
 
 /// A reset this close to the deadline the client sent is the client's deadline passing
 /// (its clock started before the request reached us), not a cancellation.
@@ -94,26 +97,29 @@ pub(super) async fn model_infer(
             return;
         }
     };
-    let started = Instant::now();
-    let request = match decode_request(message) {
-        Ok(request) => request,
-        Err(error) => return answer_error(&shared, &mut respond, "", &error),
+    // A big body is decoded and checked on the blocking pool, so that other calls on this
+    // thread keep moving meanwhile.
+    let admission = if message.len() > OFF_THREAD_BYTES {
+        let admitting = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || admit(&admitting, message, deadline))
+            .await
+            .unwrap_or_else(|_| {
+                Admission::Refused(String::new(), Error::Internal("decoding failed".into()))
+            })
+    } else {
+        admit(&shared, message, deadline)
     };
-    let Some(model) = shared.model(&request.model_name, &request.model_version) else {
-        // Unknown, loading or another version: the backend says which, in its words.
-        forward(parts, Body::Buffered(body), respond, &shared.backend).await;
-        return;
+    let (model, job) = match admission {
+        Admission::Queued(model, job) => (model, job),
+        Admission::NotHere => {
+            // Unknown, loading or another version: the backend says which, in its words.
+            forward(parts, Body::Buffered(body), respond, &shared.backend).await;
+            return;
+        }
+        Admission::Refused(model, error) => {
+            return answer_error(&shared, &mut respond, &model, &error)
+        }
     };
-    let job = match job_for(request, model.signature.as_ref(), deadline) {
-        Ok(job) => Arc::new(job),
-        Err(error) => return answer_error(&shared, &mut respond, &model.name, &error),
-    };
-    shared
-        .stats
-        .observe_decode(&model.name, started.elapsed().as_secs_f64());
-    if let Err(error) = model.batcher.submit(&job) {
-        return answer_error(&shared, &mut respond, &model.name, &error);
-    }
     match answer(&model.batcher, &job, &mut respond).await {
         Some(Ok(encoded)) => {
             // Counted first, so whoever has the answer finds it counted.
@@ -123,6 +129,39 @@ pub(super) async fn model_infer(
         Some(Err(error)) => answer_error(&shared, &mut respond, &model.name, &error),
         None => shared.stats.count(&model.name, "CANCELLED"),
     }
+}
+
+/// What became of a request's message.
+enum Admission {
+    /// Decoded, checked and queued in its model's batcher.
+    Queued(Arc<ServedModel>, Arc<Job>),
+    /// It names a model (or version) this front does not serve.
+    NotHere,
+    /// Refused; the served model's name, or empty when none was found.
+    Refused(String, Error),
+}
+
+/// Decodes the message, finds its model, applies the signature and queues the job.
+fn admit(shared: &Shared, message: Bytes, deadline: Option<Instant>) -> Admission {
+    let started = Instant::now();
+    let request = match decode_request(message) {
+        Ok(request) => request,
+        Err(error) => return Admission::Refused(String::new(), error),
+    };
+    let Some(model) = shared.model(&request.model_name, &request.model_version) else {
+        return Admission::NotHere;
+    };
+    let job = match job_for(request, model.signature.as_ref(), deadline) {
+        Ok(job) => Arc::new(job),
+        Err(error) => return Admission::Refused(model.name.clone(), error),
+    };
+    shared
+        .stats
+        .observe_decode(&model.name, started.elapsed().as_secs_f64());
+    if let Err(error) = model.batcher.submit(&job) {
+        return Admission::Refused(model.name.clone(), error);
+    }
+    Admission::Queued(model, job)
 }
 
 fn answer_error(shared: &Shared, respond: &mut SendResponse<Bytes>, model: &str, error: &Error) {
