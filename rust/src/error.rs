@@ -51,11 +51,7 @@ impl Error {
             message: message.into(),
         }
     }
-}
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
     /// The error's name in `arrowsmith.errors.ErrorCode`, the label metrics carry.
     pub fn code_name(&self) -> &'static str {
         match self {
@@ -69,17 +65,6 @@ impl Error {
             Error::Unavailable(_) => "MODEL_NOT_READY",
         }
     }
-
-    /// The gRPC status code, as `arrowsmith.errors.GRPC_STATUS` maps `code_name()`.
-    pub fn grpc_code(&self) -> u32 {
-        match self {
-            Error::InvalidInput { .. } => 3,
-            Error::Unsupported(_) => 12,
-            Error::Internal(_) | Error::Model(_) => 13,
-            Error::QueueFull(_) => 8,
-            Error::DeadlineExceeded(_) => 4,
-            Error::Cancelled(_) => 1,
-            Error::Unavailable(_) => 14,
-        }
-    }
 }
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

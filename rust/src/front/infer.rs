@@ -166,7 +166,7 @@ fn admit(shared: &Shared, message: Bytes, deadline: Option<Instant>) -> Admissio
 
 fn answer_error(shared: &Shared, respond: &mut SendResponse<Bytes>, model: &str, error: &Error) {
     shared.stats.count(model, error.code_name());
-    wire::send_status(respond, error.grpc_code(), &error.to_string());
+    wire::send_status(respond, wire::status_of(error), &error.to_string());
 }
 
 /// The job's answer, or its deadline's error; None when the client cancelled the call

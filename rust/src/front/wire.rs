@@ -9,15 +9,34 @@ use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::encode::EncodedResponse;
+use crate::error::Error;
 
 /// One message's prefix: a compressed flag and a 4-byte big-endian length.
 pub const PREFIX_LEN: usize = 5;
 
-/// gRPC status codes the front sets itself.
+/// gRPC status codes.
 pub const OK: u32 = 0;
+const CANCELLED: u32 = 1;
+const INVALID_ARGUMENT: u32 = 3;
+const DEADLINE_EXCEEDED: u32 = 4;
+pub const RESOURCE_EXHAUSTED: u32 = 8;
+const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
-pub const RESOURCE_EXHAUSTED: u32 = 8;
+
+/// The status an error answers with: the table `arrowsmith.errors.GRPC_STATUS` keeps for the
+/// calls Python answers.
+pub fn status_of(error: &Error) -> u32 {
+    match error {
+        Error::InvalidInput { .. } => INVALID_ARGUMENT,
+        Error::Unsupported(_) => UNIMPLEMENTED,
+        Error::Internal(_) | Error::Model(_) => INTERNAL,
+        Error::QueueFull(_) => RESOURCE_EXHAUSTED,
+        Error::DeadlineExceeded(_) => DEADLINE_EXCEEDED,
+        Error::Cancelled(_) => CANCELLED,
+        Error::Unavailable(_) => UNAVAILABLE,
+    }
+}
 
 /// What a unary request body holds.
 pub enum Message {
