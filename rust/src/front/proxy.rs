@@ -112,63 +112,52 @@ pub async fn forward(
 
 /// Client -> backend: the request's messages, then its end (or trailers).
 async fn upload_body(body: Body, mut upload: SendStream<Bytes>) {
-    let mut body = match body {
+    match body {
         Body::Buffered(bytes) => {
             let _ = upload.send_data(bytes, true);
-            return;
         }
-        Body::Streaming(body) => body,
-    };
-    while let Some(chunk) = body.data().await {
-        let Ok(chunk) = chunk else {
-            upload.send_reset(h2::Reason::CANCEL);
-            return;
-        };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if upload.send_data(chunk, false).is_err() {
-            return;
-        }
+        Body::Streaming(body) => relay(body, upload, h2::Reason::CANCEL).await,
     }
-    let _ = match body.trailers().await {
-        Ok(Some(trailers)) => upload.send_trailers(trailers),
-        _ => upload.send_data(Bytes::new(), true),
-    };
 }
 
 /// Backend -> client: the response's headers, messages and trailers.
 async fn download(response: Response<RecvStream>, mut respond: SendResponse<Bytes>) {
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let ends_here = body.is_end_stream();
-    let Ok(mut stream) = respond.send_response(Response::from_parts(parts, ()), ends_here) else {
-        return;
-    };
-    if ends_here {
-        return;
+    if let Ok(stream) = respond.send_response(Response::from_parts(parts, ()), ends_here) {
+        if !ends_here {
+            relay(body, stream, h2::Reason::INTERNAL_ERROR).await;
+        }
     }
+}
+
+/// Moves one side's messages, then its end or trailers, to the other side. Stops when the
+/// receiving side resets (dropping `from` then cancels the sending side too); when `from`
+/// fails, resets the receiving side with `failed`.
+async fn relay(mut from: RecvStream, mut to: SendStream<Bytes>, failed: h2::Reason) {
     loop {
         let chunk = tokio::select! {
-            chunk = body.data() => chunk,
-            // The client left: dropping `body` cancels the backend's side too.
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
+            chunk = from.data() => chunk,
+            _ = poll_fn(|cx| to.poll_reset(cx)) => return,
         };
-        let Some(Ok(chunk)) = chunk else {
-            if chunk.is_some() {
-                stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                return;
+        match chunk {
+            None => break,
+            Some(Ok(chunk)) => {
+                let _ = from.flow_control().release_capacity(chunk.len());
+                if to.send_data(chunk, false).is_err() {
+                    return;
+                }
             }
-            break;
-        };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if stream.send_data(chunk, false).is_err() {
-            return;
+            Some(Err(_)) => return to.send_reset(failed),
         }
     }
-    let _ = match body.trailers().await {
-        Ok(Some(trailers)) => stream.send_trailers(trailers),
-        Ok(None) => stream.send_data(Bytes::new(), true),
-        Err(_) => {
-            stream.send_reset(h2::Reason::INTERNAL_ERROR);
-            Ok(())
+    match from.trailers().await {
+        Ok(Some(trailers)) => {
+            let _ = to.send_trailers(trailers);
         }
-    };
+        Ok(None) => {
+            let _ = to.send_data(Bytes::new(), true);
+        }
+        Err(_) => to.send_reset(failed),
+    }
 }
