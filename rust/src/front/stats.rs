@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 /// Counts and timings since the last `take`.
 #[derive(Debug, Default)]
 pub struct Stats {
-    inner: Mutex<Collected>,
+    inner: Mutex<Kept>,
 }
 
 /// One collection: `(model, status) -> requests`, and `model -> decode seconds`.
@@ -17,32 +17,50 @@ pub struct Collected {
     pub decode_seconds: HashMap<String, Vec<f64>>,
 }
 
+/// What is kept per model, looked up by the name a request already holds (no allocation
+/// per request).
+#[derive(Debug, Default)]
+struct Kept {
+    requests: HashMap<String, HashMap<&'static str, u64>>,
+    decode_seconds: HashMap<String, Vec<f64>>,
+}
+
+fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, model: &str) -> &'a mut V {
+    if !map.contains_key(model) {
+        map.insert(model.to_owned(), V::default());
+    }
+    map.get_mut(model).expect("inserted above")
+}
+
 impl Stats {
     /// A request answered with `status` (an `ErrorCode` name, or "OK"); `model` is empty
     /// when the request named no model this front serves.
     pub fn count(&self, model: &str, status: &'static str) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        match inner.requests.get_mut(&(model.to_owned(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                inner.requests.insert((model.to_owned(), status), 1);
-            }
-        }
+        let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        *entry(&mut kept.requests, model).entry(status).or_default() += 1;
     }
 
     pub fn observe_decode(&self, model: &str, seconds: f64) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        match inner.decode_seconds.get_mut(model) {
-            Some(times) => times.push(seconds),
-            None => {
-                inner.decode_seconds.insert(model.to_owned(), vec![seconds]);
-            }
-        }
+        let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        entry(&mut kept.decode_seconds, model).push(seconds);
     }
 
     /// Everything since the last call.
     pub fn take(&self) -> Collected {
-        std::mem::take(&mut *self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+        let kept = std::mem::take(&mut *self.inner.lock().unwrap_or_else(PoisonError::into_inner));
+        let requests = kept
+            .requests
+            .into_iter()
+            .flat_map(|(model, statuses)| {
+                statuses
+                    .into_iter()
+                    .map(move |(status, n)| ((model.clone(), status), n))
+            })
+            .collect();
+        Collected {
+            requests,
+            decode_seconds: kept.decode_seconds,
+        }
     }
 }
 
