@@ -110,14 +110,14 @@ class LoopAnswers:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._completions = _native.Completions()
-        self._pending: dict[int, tuple[_native.Batcher, _native.Job, asyncio.Future[bytes]]] = {}
+        self._pending: dict[int, tuple[_native.Job, asyncio.Future[bytes]]] = {}
         self._tokens = itertools.count()
         self._loop.add_reader(self._completions.fileno, self._settle)
 
     def submit(self, batcher: _native.Batcher, job: _native.Job) -> asyncio.Future[bytes]:
         token = next(self._tokens)
         future: asyncio.Future[bytes] = self._loop.create_future()
-        self._pending[token] = (batcher, job, future)
+        self._pending[token] = (job, future)
         try:
             self._completions.submit(batcher, job, token)
         except BaseException:
@@ -127,10 +127,10 @@ class LoopAnswers:
 
     def _settle(self) -> None:
         for token in self._completions.take():
-            batcher, job, future = self._pending.pop(token)
+            job, future = self._pending.pop(token)
             if future.done():
                 continue
             try:
-                future.set_result(batcher.answer(job))
+                future.set_result(job.answer())
             except ArrowsmithError as error:
                 future.set_exception(error)

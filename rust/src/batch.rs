@@ -177,6 +177,11 @@ impl Job {
         }
     }
 
+    /// The job's answer if it has settled, without waiting.
+    pub fn try_answer(&self) -> Option<Result<EncodedResponse>> {
+        self.take_answer(&mut lock(&self.state))
+    }
+
     /// When the client wants its answer by, if it said.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
@@ -305,11 +310,6 @@ impl Batcher {
                 }
             }
         }
-    }
-
-    /// The job's answer if it has settled, without waiting.
-    pub fn try_answer(&self, job: &Job) -> Option<Result<EncodedResponse>> {
-        job.take_answer(&mut lock(&job.state))
     }
 
     /// The job's answer if it has settled; otherwise registers `cx`'s waker to be woken

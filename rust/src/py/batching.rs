@@ -14,13 +14,24 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::batch::{
     Batch as CoreBatch, BatchConfig, Batcher as CoreBatcher, Job as CoreJob, Notify,
 };
-use crate::encode::OutputTensor;
+use crate::encode::{EncodedResponse, OutputTensor};
 use crate::error::Error;
 use crate::tensor::{ParamValue, Parameters};
 
 use super::buffers::{import_array, rust_owned, ArrowArray};
 use super::errors::error_from_code;
 use super::{params_dict, record_batch, tensor_view, TensorView};
+
+/// A response written straight into a new Python `bytes` object.
+fn response_bytes<'py>(
+    py: Python<'py>,
+    encoded: &EncodedResponse,
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
+        py.detach(|| encoded.write_to(&mut out));
+        Ok(())
+    })
+}
 
 /// One request, ready to join a batch.
 #[pyclass(name = "Job", module = "arrowsmith._native", frozen)]
@@ -46,6 +57,16 @@ impl Job {
     /// The client went away: the job leaves the queue and its waiter returns.
     fn cancel(&self) {
         self.0.abandon();
+    }
+
+    /// The settled job's response bytes (or its error), without waiting.
+    fn answer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let Some(answer) = self.0.try_answer() else {
+            return Err(
+                Error::Internal(format!("request '{}' has no answer yet", self.0.id)).into(),
+            );
+        };
+        response_bytes(py, &answer?)
     }
 }
 
@@ -91,10 +112,7 @@ impl Batcher {
             batcher.submit(&job)?;
             batcher.wait(&job)
         })?;
-        PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
-            py.detach(|| encoded.write_to(&mut out));
-            Ok(())
-        })
+        response_bytes(py, &encoded)
     }
 
     /// The next batch, waiting for one without the interpreter lock; None once closed and
@@ -102,20 +120,6 @@ impl Batcher {
     fn next_batch(&self, py: Python<'_>) -> Option<Batch> {
         let batcher = Arc::clone(&self.0);
         py.detach(move || batcher.next_batch()).map(Batch)
-    }
-
-    /// A settled job's response bytes (or its error), without waiting.
-    fn answer<'py>(&self, py: Python<'py>, job: &Job) -> PyResult<Bound<'py, PyBytes>> {
-        let Some(answer) = self.0.try_answer(&job.0) else {
-            return Err(
-                Error::Internal(format!("request '{}' has no answer yet", job.0.id)).into(),
-            );
-        };
-        let encoded = answer?;
-        PyBytes::new_with(py, encoded.encoded_len(), |mut out| {
-            encoded.write_to(&mut out);
-            Ok(())
-        })
     }
 
     /// Refuses new requests; the runner drains the queue, then `next_batch` returns None.
