@@ -317,10 +317,9 @@ HEADER = (
 
 
 def row(run: Run) -> str:
-    p99 = "-" if np.isnan(run.p99_ms) else f"{run.p99_ms:.2f}"
     return (
         f"{run.repetition:>3} {run.server:<17} {run.workload:<2} {run.rps:>9.1f} "
-        f"{run.p50_ms:>8.2f} {p99:>8} {run.errors:>6} "
+        f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>6} "
         f"{run.generator_cpu_share:>7.0%} {run.server_cpu_us_per_request:>10.1f} "
         f"{run.server_core_idle:>10.0%} {run.loadavg_1m:>5.2f}"
     )

@@ -137,47 +137,8 @@ class MlflowScoring:
 
     async def invocations(self, request: Request, name: str | None) -> Response:
         """Runs on the event loop. The common body (a numeric `dataframe_split`) is parsed
-        here and its wait for the batch holds no thread; anything else is answered on the
+        here and its wait for the batch holds no thread; any other body is answered on the
         thread pool by `answer_parsed`, with MLflow's parser."""
-        fast = self._fast_request(request, name)
-        if fast is None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self.answer_parsed, request, name)
-        model, request_bytes = fast
-        try:
-            response_bytes = await self.dataplane.infer_async(request_bytes, PROTOCOL)
-        except ArrowsmithError as error:
-            return error_response(error)
-        return self._rendered(model, response_bytes, unwrapped=False)
-
-    def _fast_request(self, request: Request, name: str | None) -> tuple[LoadedModel, bytes] | None:
-        """The model and the request's V2 bytes when the body takes the split fast path;
-        None otherwise (refusals included: `answer_parsed` words them)."""
-        try:
-            model = self.dataplane.model(name or self.default_model)
-        except ArrowsmithError:
-            return None
-        content_type = request.headers.get("content-type")
-        if _unsupported_media(content_type) is not None:
-            return None
-        mime = (content_type or "").split(";")[0].strip()
-        started = time.perf_counter()
-        request_bytes = self._fast_split(mime, request.body, model)
-        if request_bytes is None:
-            return None
-        metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
-        return model, request_bytes
-
-    def _rendered(self, model: LoadedModel, response_bytes: bytes, unwrapped: bool) -> Response:
-        started = time.perf_counter()
-        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
-        metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
-        return Response(200, body, JSON)
-
-    def answer_parsed(self, request: Request, name: str | None) -> Response:
-        """Runs on the thread pool: MLflow's parsing, the wait for the batch, rendering."""
-        from mlflow.exceptions import MlflowException
-
         try:
             model = self.dataplane.model(name or self.default_model)
         except ArrowsmithError as error:
@@ -189,9 +150,33 @@ class MlflowScoring:
             metrics.count_request(model.name, PROTOCOL, ErrorCode.INVALID_INPUT.value)
             return refusal
         mime = (content_type or "").split(";")[0].strip()
+        started = time.perf_counter()
+        request_bytes = self._fast_split(mime, request.body, model)
+        if request_bytes is None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self.answer_parsed, request.body, model, mime
+            )
+        metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
+        try:
+            response_bytes = await self.dataplane.infer_async(request_bytes, PROTOCOL)
+        except ArrowsmithError as error:
+            return error_response(error)
+        return self._rendered(model, response_bytes, unwrapped=False)
+
+    def _rendered(self, model: LoadedModel, response_bytes: bytes, unwrapped: bool) -> Response:
+        started = time.perf_counter()
+        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
+        metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
+        return Response(200, body, JSON)
+
+    def answer_parsed(self, body: bytes, model: LoadedModel, mime: str) -> Response:
+        """Runs on the thread pool: MLflow's parsing, the wait for the batch, rendering."""
+        from mlflow.exceptions import MlflowException
+
         try:
             started = time.perf_counter()
-            value, params, unwrapped = _parse(mime, request.body, model)
+            value, params, unwrapped = _parse(mime, body, model)
             request_bytes = mlflow_codec.request_bytes(value, params, model)
             metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
         except MlflowException as error:
