@@ -2,6 +2,13 @@
 //! content type) the signature is applied here, so bad input is refused before it can join
 //! a batch. A request-level `content_type` of `np`, `pd` or `dict` asks for the inputs as
 //! sent, in that form (as MLServer reads it); MLflow's own enforcement then judges them.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::time::Instant;
 
@@ -68,7 +75,7 @@ fn as_sent_form(inputs: &[Tensor], content_type: Option<String>) -> Result<Strin
         "np"
     } else if inputs
         .iter()
-        .all(|t| t.shape.len() == 1 || t.shape[1..] == [1])
+        .all(|t| t.shape.len() == 1 || t.shape.get(1..) == Some(&[1]))
     {
         "pd"
     } else {

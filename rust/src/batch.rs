@@ -8,15 +8,27 @@
 //! Python binding), or an async front submits and polls `poll_answer`; one runner thread
 //! per model calls `next_batch`, predicts, and calls `complete` or `fail`. Lock order: the
 //! queue's lock before any job's.
+//!
+//! Rows, shapes and names here come from clients: nothing indexes by them or does unchecked
+//! arithmetic with them, and the compiler holds the module to that. Requests batch together
+//! only when their typed `BatchKey`s are equal, and assembly checks every job against the
+//! batch again, refusing (INTERNAL for the batch) rather than indexing past a request.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ArrayRef};
 
+use crate::batch_key::BatchKey;
 use crate::encode::{prepare_response, EncodedResponse, InferResponse, OutputTensor};
 use crate::error::{Error, Result};
 use crate::tensor::{shape_text, Parameters, Tensor};
@@ -45,7 +57,7 @@ pub struct Job {
     /// None: the tensors share no row dimension, so the request runs alone.
     pub rows: Option<usize>,
     /// Requests share a batch only when their keys are equal.
-    key: String,
+    key: BatchKey,
     deadline: Option<Instant>,
     enqueued: Mutex<Option<Instant>>,
     state: Mutex<JobState>,
@@ -90,7 +102,7 @@ impl Job {
         deadline: Option<Instant>,
     ) -> Self {
         let rows = shared_rows(&tensors);
-        let key = batch_key(
+        let key = BatchKey::new(
             &form,
             &parameters,
             &requested_outputs,
@@ -201,36 +213,11 @@ fn shared_rows(tensors: &[Tensor]) -> Option<usize> {
         .then_some(first)
 }
 
-fn batch_key(
-    form: &str,
-    parameters: &Parameters,
-    requested_outputs: &[String],
-    tensors: &[Tensor],
-    batchable: bool,
-) -> String {
-    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut key = String::from(form);
-    if !batchable {
-        let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = write!(key, "|alone {n}");
-    }
-    for t in tensors {
-        let _ = write!(
-            key,
-            "|{}:{}:{}:{:?}",
-            t.name,
-            t.values.data_type(),
-            shape_text(t.shape.get(1..).unwrap_or_default()),
-            t.parameters
-        );
-    }
-    let _ = write!(key, "|{parameters:?}|{requested_outputs:?}");
-    key
-}
-
 struct Queue {
     jobs: VecDeque<Arc<Job>>,
     closed: bool,
+    /// Why the model takes no requests for now (e.g. a predict call overran its time).
+    unavailable: Option<String>,
 }
 
 /// One model's queue.
@@ -252,6 +239,7 @@ impl Batcher {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
+                unavailable: None,
             }),
             arrivals: Condvar::new(),
         }
@@ -265,6 +253,9 @@ impl Batcher {
                 "model '{}' is shutting down and takes no more requests",
                 self.model_name
             )));
+        }
+        if let Some(reason) = &queue.unavailable {
+            return Err(Error::Unavailable(reason.clone()));
         }
         if queue.jobs.len() >= self.config.max_queue {
             return Err(Error::QueueFull(format!(
@@ -304,7 +295,7 @@ impl Batcher {
                     }
                     state = job
                         .done
-                        .wait_timeout(state, deadline - now)
+                        .wait_timeout(state, deadline.saturating_duration_since(now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
@@ -329,6 +320,27 @@ impl Batcher {
         self.arrivals.notify_all();
     }
 
+    /// Closes the batcher and answers every request still queued with `error` (the runner
+    /// is gone, so nobody else would); returns how many there were.
+    pub fn abort(&self, error: &Error) -> usize {
+        let jobs = {
+            let mut queue = lock(&self.queue);
+            queue.closed = true;
+            std::mem::take(&mut queue.jobs)
+        };
+        self.arrivals.notify_all();
+        for job in &jobs {
+            job.finish(Err(error.clone()));
+        }
+        jobs.len()
+    }
+
+    /// `Some(reason)`: new submissions are refused UNAVAILABLE with it until `None` again.
+    /// Requests already queued stay queued.
+    pub fn set_unavailable(&self, reason: Option<String>) {
+        lock(&self.queue).unavailable = reason;
+    }
+
     /// Requests waiting now.
     pub fn depth(&self) -> usize {
         lock(&self.queue).jobs.len()
@@ -351,13 +363,12 @@ impl Batcher {
         });
     }
 
-    fn rows_like(queue: &Queue, key: &str) -> usize {
+    fn rows_like(queue: &Queue, key: &BatchKey) -> usize {
         queue
             .jobs
             .iter()
-            .filter(|j| j.key == key)
-            .map(|j| j.rows.unwrap_or(0))
-            .sum()
+            .filter(|j| j.key == *key)
+            .fold(0usize, |sum, j| sum.saturating_add(j.rows.unwrap_or(0)))
     }
 
     /// The next batch: blocks while the queue is empty; None once closed and drained.
@@ -379,14 +390,14 @@ impl Batcher {
                 // Hold the batch open until its first request has waited max_delay, unless
                 // it is full already; every arrival re-evaluates.
                 let opened = lock(&first.enqueued).unwrap_or_else(Instant::now);
-                let close_at = opened + self.config.max_delay;
+                let close_at = opened.checked_add(self.config.max_delay).unwrap_or(opened);
                 let now = Instant::now();
                 if now < close_at
                     && Self::rows_like(&queue, &first.key) < self.config.max_batch_rows
                 {
                     queue = self
                         .arrivals
-                        .wait_timeout(queue, close_at - now)
+                        .wait_timeout(queue, close_at.saturating_duration_since(now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                     continue;
@@ -399,29 +410,41 @@ impl Batcher {
     /// Removes from the queue the first job and every later one with its key that fits.
     fn take_batch(&self, queue: &mut Queue, first: &Arc<Job>) -> Batch {
         let mut rows = 0usize;
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Arc<Job>> = Vec::new();
         let mut rest = VecDeque::with_capacity(queue.jobs.len());
         for job in queue.jobs.drain(..) {
-            let job_rows = job.rows.unwrap_or(0);
-            let fits = jobs.is_empty() || rows + job_rows <= self.config.max_batch_rows;
-            if job.key == first.key && fits && (jobs.is_empty() || job.rows.is_some()) {
-                rows += job_rows;
+            let with = rows.checked_add(job.rows.unwrap_or(0));
+            let joins = if jobs.is_empty() {
+                Arc::ptr_eq(&job, first)
+            } else {
+                job.key == first.key
+                    && job.rows.is_some()
+                    && with.is_some_and(|n| n <= self.config.max_batch_rows)
+            };
+            if joins {
+                rows = with.unwrap_or(rows);
                 jobs.push(job);
             } else {
                 rest.push_back(job);
             }
         }
         queue.jobs = rest;
-        let started = Instant::now();
         for job in &jobs {
             let mut state = lock(&job.state);
             if matches!(*state, JobState::Queued) {
                 *state = JobState::Running;
             }
         }
+        let mut batch = self.batch_of(Arc::clone(first));
+        batch.jobs = jobs;
+        batch
+    }
+
+    fn batch_of(&self, lead: Arc<Job>) -> Batch {
         Batch {
-            jobs,
-            started,
+            jobs: vec![Arc::clone(&lead)],
+            lead,
+            started: Instant::now(),
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
         }
@@ -431,10 +454,41 @@ impl Batcher {
 /// Requests the runner predicts together.
 #[derive(Debug)]
 pub struct Batch {
+    /// The first request, whose key every other one shares.
+    lead: Arc<Job>,
+    /// Every request, the lead first.
     jobs: Vec<Arc<Job>>,
     started: Instant,
     model_name: String,
     model_version: String,
+}
+
+/// `values` of `tensor`, checked to fill its shape and to have the key's type: the batch's
+/// last check before it trusts a request's numbers.
+fn checked_values<'a>(job: &'a Job, index: usize, lead: &Tensor) -> Result<&'a Tensor> {
+    let refuse = |what: &str| {
+        Error::Internal(format!(
+            "request '{}' does not fit the batch it was put in ({what} of input {index}); \
+             the batch is refused rather than mixed",
+            job.id
+        ))
+    };
+    let tensor = job.tensors.get(index).ok_or_else(|| refuse("missing"))?;
+    if tensor.name != lead.name || tensor.values.data_type() != lead.values.data_type() {
+        return Err(refuse("name or type"));
+    }
+    if tensor.shape.get(1..) != lead.shape.get(1..) {
+        return Err(refuse("trailing dimensions"));
+    }
+    let elements = tensor
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| refuse("element count"))?;
+    if elements != tensor.values.len() {
+        return Err(refuse("element count"));
+    }
+    Ok(tensor)
 }
 
 impl Batch {
@@ -442,7 +496,8 @@ impl Batch {
     /// request; it carries no model name, so it is not for answering.
     pub fn of(job: Arc<Job>) -> Batch {
         Batch {
-            jobs: vec![job],
+            jobs: vec![Arc::clone(&job)],
+            lead: job,
             started: Instant::now(),
             model_name: String::new(),
             model_version: String::new(),
@@ -452,7 +507,8 @@ impl Batch {
     /// A batch of exactly this job (used to retry a failed batch request by request).
     fn single(&self, job: Arc<Job>) -> Batch {
         Batch {
-            jobs: vec![job],
+            jobs: vec![Arc::clone(&job)],
+            lead: job,
             started: self.started,
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
@@ -467,13 +523,21 @@ impl Batch {
         self.jobs.is_empty()
     }
 
+    /// The first request: its form, parameters, names and requested outputs are the batch's.
     pub fn first(&self) -> &Job {
-        &self.jobs[0]
+        &self.lead
     }
 
     /// Rows of each request, in batch order.
     pub fn rows(&self) -> Vec<usize> {
         self.jobs.iter().map(|j| j.rows.unwrap_or(0)).collect()
+    }
+
+    fn total_rows(&self) -> Result<usize> {
+        self.jobs
+            .iter()
+            .try_fold(0usize, |sum, j| sum.checked_add(j.rows.unwrap_or(0)))
+            .ok_or_else(|| Error::Internal("the batch's rows overflow".to_owned()))
     }
 
     /// Seconds each request waited in the queue.
@@ -484,30 +548,62 @@ impl Batch {
             .collect()
     }
 
+    /// Every request's `index`th tensor, each checked against the lead's.
+    fn column(&self, index: usize, lead: &Tensor) -> Result<Vec<&Tensor>> {
+        self.jobs
+            .iter()
+            .map(|job| checked_values(job, index, lead))
+            .collect()
+    }
+
+    /// Checks that every request has exactly the lead's inputs (the key says so; this is the
+    /// batch's own check before it combines them).
+    fn check_members(&self) -> Result<()> {
+        let count = self.lead.key.input_count();
+        for job in &self.jobs {
+            if job.key != self.lead.key || job.tensors.len() != count {
+                return Err(Error::Internal(format!(
+                    "request '{}' does not share the inputs of the batch it was put in; the \
+                     batch is refused rather than mixed",
+                    job.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The batch's tensors: each request's tensors concatenated along the first dimension.
     pub fn inputs(&self) -> Result<Vec<Tensor>> {
-        let first = self.first();
+        self.check_members()?;
         if self.jobs.len() == 1 {
-            return Ok(first.tensors.clone());
+            for (index, lead) in self.lead.tensors.iter().enumerate() {
+                checked_values(&self.lead, index, lead)?;
+            }
+            return Ok(self.lead.tensors.clone());
         }
-        let total: usize = self.rows().iter().sum();
-        (0..first.tensors.len())
-            .map(|i| {
+        let total = self.total_rows()?;
+        self.lead
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(index, lead)| {
                 let parts: Vec<&dyn Array> = self
-                    .jobs
-                    .iter()
-                    .map(|j| j.tensors[i].values.as_ref())
+                    .column(index, lead)?
+                    .into_iter()
+                    .map(|t| t.values.as_ref())
                     .collect();
                 let values = arrow_select::concat::concat(&parts).map_err(|e| {
-                    Error::Internal(format!(
-                        "batching input '{}' failed: {e}",
-                        first.tensors[i].name
-                    ))
+                    Error::Internal(format!("batching input '{}' failed: {e}", lead.name))
                 })?;
-                let mut tensor = first.tensors[i].clone();
-                tensor.shape[0] = total;
-                tensor.values = values;
-                Ok(tensor)
+                let mut shape = lead.shape.clone();
+                if let Some(rows) = shape.first_mut() {
+                    *rows = total;
+                }
+                Ok(Tensor {
+                    shape,
+                    values,
+                    ..lead.clone()
+                })
             })
             .collect()
     }
@@ -516,19 +612,25 @@ impl Batch {
     /// flat array, column after column (each column's rows in batch order): a
     /// (columns x rows) block built with one copy, which numpy and pandas take as is.
     pub fn column_block(&self) -> Result<Option<ArrayRef>> {
-        let first = self.first();
-        let Some(data_type) = first.tensors.first().map(|t| t.values.data_type()) else {
+        let lead_tensors = &self.lead.tensors;
+        let Some(data_type) = lead_tensors.first().map(|t| t.values.data_type()) else {
             return Ok(None);
         };
-        let uniform = first.tensors.iter().all(|t| {
+        let uniform = lead_tensors.iter().all(|t| {
             t.shape.len() == 1 && t.values.data_type() == data_type && t.values.null_count() == 0
         });
         if !uniform || !(data_type.is_integer() || data_type.is_floating()) {
             return Ok(None);
         }
-        let parts: Vec<&dyn Array> = (0..first.tensors.len())
-            .flat_map(|i| self.jobs.iter().map(move |j| j.tensors[i].values.as_ref()))
-            .collect();
+        self.check_members()?;
+        let mut parts: Vec<&dyn Array> = Vec::new();
+        for (index, lead) in lead_tensors.iter().enumerate() {
+            parts.extend(
+                self.column(index, lead)?
+                    .into_iter()
+                    .map(|t| t.values.as_ref()),
+            );
+        }
         arrow_select::concat::concat(&parts)
             .map(Some)
             .map_err(|e| Error::Internal(format!("building the batch's column block failed: {e}")))
@@ -538,45 +640,72 @@ impl Batch {
     /// every output must have exactly the batch's rows; otherwise all of them get INTERNAL.
     /// `parameters` go into every response (e.g. the kind of object the model returned).
     pub fn complete(&self, outputs: Vec<OutputTensor>, parameters: &Parameters) {
-        if self.jobs.len() == 1 {
-            let job = &self.jobs[0];
+        if let [job] = self.jobs.as_slice() {
             job.finish(prepare_response(self.response(job, outputs, parameters)));
             return;
         }
-        let rows = self.rows();
-        let total: usize = rows.iter().sum();
-        if let Some(bad) = outputs
-            .iter()
-            .find(|o| o.shape.first().and_then(|&d| usize::try_from(d).ok()) != Some(total))
-        {
-            self.fail(&Error::Internal(format!(
-                "model '{}' returned output '{}' of shape {} for a batch of {total} rows from {} \
-                 requests; its rows cannot be told apart, so no request gets them",
-                self.model_name,
-                bad.name,
-                shape_text(&bad.shape),
-                self.jobs.len()
-            )));
-            return;
+        match self.split(&outputs) {
+            Ok(parts) => {
+                for (job, part) in self.jobs.iter().zip(parts) {
+                    job.finish(prepare_response(self.response(job, part, parameters)));
+                }
+            }
+            Err(error) => self.fail(&error),
         }
-        let mut offset = 0;
-        for (job, &n) in self.jobs.iter().zip(&rows) {
+    }
+
+    /// The outputs cut into each request's rows, or why they cannot be.
+    fn split(&self, outputs: &[OutputTensor]) -> Result<Vec<Vec<OutputTensor>>> {
+        let total = self.total_rows()?;
+        // Per output: its values per row, once its rows are the batch's rows.
+        let per_row = outputs
+            .iter()
+            .map(|o| {
+                let rows = o.shape.first().and_then(|&d| usize::try_from(d).ok());
+                let len = o.values.len();
+                let inner = len.checked_div(total).unwrap_or(0);
+                let whole = inner.checked_mul(total) == Some(len);
+                if rows == Some(total) && whole {
+                    Ok(inner)
+                } else {
+                    Err(Error::Internal(format!(
+                        "model '{}' returned output '{}' of shape {} ({len} values) for a batch \
+                         of {total} rows from {} requests; its rows cannot be told apart, so \
+                         no request gets them",
+                        self.model_name,
+                        o.name,
+                        shape_text(&o.shape),
+                        self.jobs.len()
+                    )))
+                }
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let mut offset = 0usize;
+        let mut parts = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            let rows = job.rows.unwrap_or(0);
             let part = outputs
                 .iter()
-                .map(|o| {
-                    let inner = o.values.len().checked_div(total).unwrap_or(0);
+                .zip(&per_row)
+                .map(|(o, &inner)| {
                     let mut shape = o.shape.clone();
-                    shape[0] = n as i64;
+                    if let Some(first) = shape.first_mut() {
+                        *first = i64::try_from(rows).unwrap_or(i64::MAX);
+                    }
+                    // offset + rows <= total, and inner * total is the output's length.
+                    let start = offset.saturating_mul(inner);
+                    let len = rows.saturating_mul(inner);
                     OutputTensor {
                         name: o.name.clone(),
                         shape,
-                        values: o.values.slice(offset * inner, n * inner),
+                        values: o.values.slice(start, len),
                     }
                 })
                 .collect();
-            job.finish(prepare_response(self.response(job, part, parameters)));
-            offset += n;
+            parts.push(part);
+            offset = offset.saturating_add(rows);
         }
+        Ok(parts)
     }
 
     fn response(

@@ -1,6 +1,15 @@
 //! MLflow's signature rules applied to decoded tensors: names matched and reordered, missing
 //! inputs refused, extras dropped, column values converted only where MLflow converts them
 //! (`_enforce_mlflow_datatype`), tensor specs matched strictly. No I/O, no batching.
+//! Shapes and values come from clients: the compiler holds the module to no indexing,
+//! unchecked arithmetic or panics.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -327,7 +336,7 @@ fn coerce_tensors(inputs: &[Tensor], specs: &[TensorSpec]) -> Result<Vec<Tensor>
     let specs = if specs.iter().any(|s| s.name.is_some()) {
         specs
     } else {
-        &specs[..specs.len().min(1)]
+        specs.get(..1).unwrap_or(specs)
     };
     let pairs = match_inputs(inputs, specs)?;
     pairs
@@ -341,7 +350,7 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<Tensor> {
     // MLflow's ragged arrays: an object spec of shape [-1] takes anything, and a 1-D object
     // array passes any spec with a variable inner dimension unless it wants text or bytes.
     let ragged = spec.shape.len() > 1
-        && spec.shape[1..].contains(&-1)
+        && spec.shape.get(1..).is_some_and(|inner| inner.contains(&-1))
         && tensor.shape.len() == 1
         && tensor.datatype == DataType::Bytes
         && !matches!(spec.ty, TensorType::Str | TensorType::Bytes);

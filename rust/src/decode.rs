@@ -1,5 +1,16 @@
 //! `ModelInferRequest` bytes -> named Arrow tensors, checked against their shapes before
 //! anything else looks at them. Knows the V2 wire format, nothing about MLflow.
+//!
+//! Every number here comes from the client: sizes are checked with checked arithmetic
+//! before anything is allocated, nothing indexes by them, and the compiler holds the module
+//! to that.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::sync::Arc;
 
@@ -37,6 +48,7 @@ pub struct InferRequest {
 /// Decodes a serialized `ModelInferRequest`. `raw_input_contents` are borrowed from `buf`
 /// (no copy) wherever their alignment suits Arrow.
 pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
+    let message_len = buf.len();
     let message = ModelInferRequest::decode(buf).map_err(|e| {
         Error::request(format!("the request is not a valid ModelInferRequest: {e}"))
     })?;
@@ -72,18 +84,17 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
                 ),
             ));
         }
-        tensors.push(decode_input(input, raw.next())?);
+        tensors.push(decode_input(input, raw.next(), message_len)?);
     }
-    for (i, tensor) in tensors.iter().enumerate() {
-        if tensors[..i].iter().any(|t| t.name == tensor.name) {
-            return Err(Error::input(
-                &tensor.name,
-                format!(
-                    "input '{}' appears more than once in the request",
-                    tensor.name
-                ),
-            ));
-        }
+    let mut names = std::collections::HashSet::with_capacity(tensors.len());
+    if let Some(twice) = tensors.iter().find(|t| !names.insert(t.name.as_str())) {
+        return Err(Error::input(
+            &twice.name,
+            format!(
+                "input '{}' appears more than once in the request",
+                twice.name
+            ),
+        ));
     }
     Ok(InferRequest {
         model_name,
@@ -95,7 +106,8 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
     })
 }
 
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
+/// One input; `message_len` (the request's size) bounds the dimensions of an empty tensor.
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>, message_len: usize) -> Result<Tensor> {
     let InferInputTensor {
         name,
         datatype,
@@ -115,6 +127,9 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
     })?;
     let shape = checked_shape(&name, &shape)?;
     let count = element_count(&name, &shape)?;
+    if count == 0 {
+        check_empty_shape(&name, &shape, message_len)?;
+    }
     let values = match (raw, contents) {
         (Some(raw), _) => array_from_raw(&name, datatype, &shape, count, raw)?,
         (None, Some(contents)) => array_from_contents(&name, datatype, &shape, count, contents)?,
@@ -172,6 +187,26 @@ fn element_count(name: &str, shape: &[usize]) -> Result<usize> {
         })
 }
 
+/// A tensor with no elements still has dimensions the model's input is built with (rows
+/// of nothing, say): they may not describe more than the request could have carried, so
+/// the product of the nonzero dimensions is bounded by the request's size in bytes.
+fn check_empty_shape(name: &str, shape: &[usize], message_len: usize) -> Result<()> {
+    let described = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match described {
+        Some(n) if n <= message_len.max(1) => Ok(()),
+        _ => Err(Error::input(
+            name,
+            format!(
+                "input '{name}' has shape {}: no elements, but dimensions larger than a request                  of {message_len} bytes can describe",
+                shape_text(shape)
+            ),
+        )),
+    }
+}
+
 fn array_from_raw(
     name: &str,
     datatype: DataType,
@@ -182,13 +217,14 @@ fn array_from_raw(
     let Some(size) = datatype.element_size() else {
         return bytes_from_raw(name, shape, count, &raw);
     };
-    let expected = count * size;
-    if raw.len() != expected {
+    let expected = count.checked_mul(size);
+    if expected != Some(raw.len()) {
+        let needs = expected.map_or_else(|| "more than can be held".to_owned(), |n| n.to_string());
         return Err(Error::input(
             name,
             format!(
                 "input '{name}' has {} bytes in raw_input_contents but shape {} of {} needs \
-                 {count} x {size} = {expected} bytes",
+                 {count} x {size} = {needs} bytes",
                 raw.len(),
                 shape_text(shape),
                 datatype.name()
@@ -197,19 +233,18 @@ fn array_from_raw(
     }
     Ok(match datatype {
         DataType::Bool => {
-            if let Some(pos) = raw.iter().position(|&b| b > 1) {
+            if let Some((pos, byte)) = raw.iter().enumerate().find(|(_, &b)| b > 1) {
                 return Err(Error::input(
                     name,
                     format!(
-                        "input '{name}' has byte {} at element {pos} of its BOOL data; BOOL \
-                         elements are one byte, 0 or 1",
-                        raw[pos]
+                        "input '{name}' has byte {byte} at element {pos} of its BOOL data; BOOL \
+                         elements are one byte, 0 or 1"
                     ),
                 ));
             }
             // Arrow packs booleans into bits: this copy is inherent to the format.
             Arc::new(BooleanArray::new(
-                BooleanBuffer::collect_bool(count, |i| raw[i] == 1),
+                BooleanBuffer::collect_bool(count, |i| raw.get(i) == Some(&1)),
                 None,
             ))
         }
@@ -224,7 +259,7 @@ fn array_from_raw(
         DataType::Fp16 => raw_array::<Float16Type>(raw),
         DataType::Fp32 => raw_array::<Float32Type>(raw),
         DataType::Fp64 => raw_array::<Float64Type>(raw),
-        DataType::Bytes => unreachable!("BYTES has no fixed element size"),
+        DataType::Bytes => return bytes_from_raw(name, shape, count, &raw),
     })
 }
 
@@ -238,7 +273,7 @@ fn raw_array<T: ArrowPrimitiveType>(raw: Bytes) -> ArrayRef {
 /// Little-endian raw bytes as a typed Arrow buffer. The buffer borrows `raw` (and through it
 /// the request) when the data is aligned for `T`.
 fn raw_scalars<T: ArrowNativeType>(raw: Bytes) -> ScalarBuffer<T> {
-    let len = raw.len() / std::mem::size_of::<T>();
+    let len = raw.len().checked_div(std::mem::size_of::<T>()).unwrap_or(0);
     if raw.as_ptr().align_offset(std::mem::align_of::<T>()) == 0 {
         ScalarBuffer::new(Buffer::from(raw), 0, len)
     } else {
@@ -252,11 +287,6 @@ fn raw_scalars<T: ArrowNativeType>(raw: Bytes) -> ScalarBuffer<T> {
 
 /// BYTES in raw form: each element a 4-byte little-endian length, then that many bytes.
 fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Result<ArrayRef> {
-    let mut offsets = Vec::with_capacity(count + 1);
-    offsets.push(0i32);
-    // Arrow keeps the elements contiguous, without the length prefixes: a copy.
-    let mut values = Vec::with_capacity(raw.len().saturating_sub(4 * count));
-    let mut rest = raw;
     let too_short = |found: usize| {
         Error::input(
             name,
@@ -267,12 +297,22 @@ fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Resu
             ),
         )
     };
+    // Each element takes at least its 4-byte prefix: a count the bytes cannot hold is
+    // refused before anything is allocated for it.
+    if count > raw.len() / 4 {
+        return Err(too_short(raw.len() / 4));
+    }
+    let mut offsets = Vec::with_capacity(count.saturating_add(1));
+    offsets.push(0i32);
+    // Arrow keeps the elements contiguous, without the length prefixes: a copy.
+    let mut values = Vec::with_capacity(raw.len().saturating_sub(count.saturating_mul(4)));
+    let mut rest = raw;
     for i in 0..count {
         let Some((prefix, tail)) = rest.split_first_chunk::<4>() else {
             return Err(too_short(i));
         };
         let len = u32::from_le_bytes(*prefix) as usize;
-        if tail.len() < len {
+        let Some((element, after)) = tail.split_at_checked(len) else {
             return Err(Error::input(
                 name,
                 format!(
@@ -281,10 +321,10 @@ fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Resu
                     tail.len()
                 ),
             ));
-        }
-        values.extend_from_slice(&tail[..len]);
+        };
+        values.extend_from_slice(element);
         offsets.push(offset_i32(name, values.len())?);
-        rest = &tail[len..];
+        rest = after;
     }
     if !rest.is_empty() {
         return Err(Error::input(
@@ -397,7 +437,7 @@ fn array_from_contents(
         DataType::Fp32 => moved::<Float32Type>(contents.fp32_contents),
         DataType::Fp64 => moved::<Float64Type>(contents.fp64_contents),
         DataType::Bytes => {
-            let mut offsets = Vec::with_capacity(count + 1);
+            let mut offsets = Vec::with_capacity(count.saturating_add(1));
             offsets.push(0i32);
             let total: usize = contents.bytes_contents.iter().map(Bytes::len).sum();
             // Arrow keeps the elements in one contiguous buffer: a copy.

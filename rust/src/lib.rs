@@ -6,6 +6,7 @@
 
 pub mod admit;
 pub mod batch;
+pub mod batch_key;
 pub mod coerce;
 pub mod datatype;
 pub mod decode;

@@ -127,6 +127,19 @@ impl Batcher {
         self.0.close();
     }
 
+    /// Closes the batcher and answers every queued request with one error, given by its
+    /// `arrowsmith.errors.ErrorCode` name; returns how many were answered.
+    fn abort(&self, code: &str, message: String) -> usize {
+        self.0.abort(&error_from_code(code, message))
+    }
+
+    /// A reason: new requests are refused UNAVAILABLE with it (queued ones stay); None: taken
+    /// again.
+    #[pyo3(signature = (reason))]
+    fn set_unavailable(&self, reason: Option<String>) {
+        self.0.set_unavailable(reason);
+    }
+
     #[getter]
     fn depth(&self) -> usize {
         self.0.depth()
