@@ -124,9 +124,18 @@ class GrpcFront:
         backend_socket: str,
         max_message_size: int,
         reuse_port: bool,
+        *,
+        max_inflight_bytes: int | None = None,
+        max_concurrent_streams: int = 128,
+        max_connections: int = 1024,
+        keepalive_interval: float = 60.0,
+        keepalive_timeout: float = 20.0,
+        idle_timeout: float = 300.0,
     ) -> GrpcFront: ...
     @property
     def port(self) -> int: ...
+    @property
+    def inflight_bytes(self) -> int: ...
     def serve(
         self, name: str, version: str, batcher: Batcher, signature: Signature | None = None
     ) -> None: ...

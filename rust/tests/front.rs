@@ -20,7 +20,7 @@ use arrow_array::types::Int64Type;
 use arrowsmith_native::batch::{BatchConfig, Batcher};
 use arrowsmith_native::encode::OutputTensor;
 use arrowsmith_native::front::stats::Collected;
-use arrowsmith_native::front::{self, Front, ServedModel};
+use arrowsmith_native::front::{self, Front, Limits, ServedModel};
 use arrowsmith_native::proto::model_infer_request::InferInputTensor;
 use arrowsmith_native::proto::{ModelInferRequest, ModelInferResponse};
 use arrowsmith_native::{Error, Parameters};
@@ -29,6 +29,7 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -228,15 +229,32 @@ struct Server {
 
 impl Server {
     fn start(model: Model) -> Server {
-        Server::with_limit(model, LARGE)
+        Server::with_limits(
+            model,
+            Limits {
+                max_message_size: LARGE,
+                ..Limits::default()
+            },
+        )
     }
 
     fn with_limit(model: Model, max_message_size: usize) -> Server {
+        Server::with_limits(
+            model,
+            Limits {
+                max_message_size,
+                max_inflight_bytes: max_message_size.max(LARGE),
+                ..Limits::default()
+            },
+        )
+    }
+
+    fn with_limits(model: Model, limits: Limits) -> Server {
         let backend = Backend::start();
         let listener = front::listen("127.0.0.1", 0, false).expect("a listening socket");
         let address = listener.local_addr().expect("a bound address");
-        let front = Front::start(listener, backend.socket.clone(), max_message_size)
-            .expect("the front starts");
+        let front =
+            Front::start(listener, backend.socket.clone(), limits).expect("the front starts");
         let config = BatchConfig {
             max_batch_rows: 64,
             max_delay: Duration::from_millis(2),
@@ -323,19 +341,25 @@ struct Reply {
 }
 
 async fn connect(address: SocketAddr) -> Client {
+    connect_watched(address).await.0
+}
+
+/// A connection, and the task that drives it, which ends when the connection does.
+async fn connect_watched(address: SocketAddr) -> (Client, tokio::task::JoinHandle<()>) {
     let tcp = TcpStream::connect(address)
         .await
         .expect("the front accepts connections");
     let (sender, connection) = h2::client::handshake(tcp)
         .await
         .expect("an HTTP/2 handshake");
-    tokio::spawn(async move {
+    let driving = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Client {
+    let client = Client {
         sender,
         authority: address.to_string(),
-    }
+    };
+    (client, driving)
 }
 
 /// A message with gRPC's prefix: uncompressed, 4-byte big-endian length.
@@ -419,32 +443,64 @@ impl Client {
         upload
             .send_data(body, true)
             .expect("the request's message is sent");
-        let (parts, mut body) = response.await.expect("the front answers").into_parts();
-        assert_eq!(parts.status, http::StatusCode::OK, "HTTP status");
-        if let Some(status) = grpc_status(&parts.headers) {
-            // Trailers-only: the status is all there is.
-            return Reply {
-                status,
-                message: grpc_message(&parts.headers),
-                body: Bytes::new(),
-            };
-        }
-        let mut received = BytesMut::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.expect("the response body arrives");
-            let _ = body.flow_control().release_capacity(chunk.len());
-            received.extend_from_slice(&chunk);
-        }
-        let trailers = body
-            .trailers()
+        read_reply(response).await
+    }
+
+    /// Starts a call and sends `head` (the start of its body) without ending the request:
+    /// the rest goes through the returned stream.
+    async fn start_call(
+        &self,
+        path: &str,
+        head: Bytes,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let request = Request::post(format!("http://{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a request");
+        let mut sender = self
+            .sender
+            .clone()
+            .ready()
             .await
-            .expect("the trailers arrive")
-            .expect("a response with a message ends with trailers");
-        Reply {
-            status: grpc_status(&trailers).expect("the trailers carry grpc-status"),
-            message: grpc_message(&trailers),
-            body: unframe(&received.freeze()),
-        }
+            .expect("the front takes another stream");
+        let (response, mut upload) = sender
+            .send_request(request, false)
+            .expect("the request's headers are sent");
+        upload
+            .send_data(head, false)
+            .expect("the body's start is sent");
+        (response, upload)
+    }
+}
+
+/// How a call ended, from its response.
+async fn read_reply(response: h2::client::ResponseFuture) -> Reply {
+    let (parts, mut body) = response.await.expect("the front answers").into_parts();
+    assert_eq!(parts.status, http::StatusCode::OK, "HTTP status");
+    if let Some(status) = grpc_status(&parts.headers) {
+        // Trailers-only: the status is all there is.
+        return Reply {
+            status,
+            message: grpc_message(&parts.headers),
+            body: Bytes::new(),
+        };
+    }
+    let mut received = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the response body arrives");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .expect("the trailers arrive")
+        .expect("a response with a message ends with trailers");
+    Reply {
+        status: grpc_status(&trailers).expect("the trailers carry grpc-status"),
+        message: grpc_message(&trailers),
+        body: unframe(&received.freeze()),
     }
 }
 
@@ -803,4 +859,321 @@ fn stop_finishes_calls_in_flight_then_refuses_connections() {
     let refused = std::net::TcpStream::connect(server.address)
         .expect_err("a stopped front takes no connection");
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits: streams, connections, bytes in flight, dead and idle peers
+
+/// HTTP/2 frame types a raw peer looks at.
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+/// SETTINGS_MAX_CONCURRENT_STREAMS.
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// An HTTP/2 peer written by hand: it sends the client preface and an empty SETTINGS
+/// frame, then only reads; it answers nothing, PINGs included.
+struct RawPeer {
+    tcp: TcpStream,
+}
+
+/// One frame: its type, flags and payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+impl RawPeer {
+    async fn connect(address: SocketAddr) -> RawPeer {
+        let mut tcp = TcpStream::connect(address)
+            .await
+            .expect("the front accepts connections");
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("the preface is sent");
+        tcp.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .expect("SETTINGS are sent");
+        RawPeer { tcp }
+    }
+
+    /// The next frame; None once the front closed the connection.
+    async fn frame(&mut self) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        self.tcp.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        self.tcp.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            payload,
+        })
+    }
+
+    /// The front's first SETTINGS frame, as (identifier, value) pairs.
+    async fn settings(&mut self) -> Vec<(u16, u32)> {
+        loop {
+            let frame = self.frame().await.expect("the front sends SETTINGS");
+            if frame.kind == SETTINGS && frame.flags & 1 == 0 {
+                return frame
+                    .payload
+                    .chunks_exact(6)
+                    .map(|s| {
+                        let id = u16::from_be_bytes([s[0], s[1]]);
+                        (id, u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+                    })
+                    .collect();
+            }
+        }
+    }
+}
+
+/// Limits with the given changes to the test defaults (a large message size, keepalive and
+/// idle timeouts far beyond any test).
+fn limits(change: impl FnOnce(&mut Limits)) -> Limits {
+    let mut limits = Limits {
+        max_message_size: LARGE,
+        ..Limits::default()
+    };
+    change(&mut limits);
+    limits
+}
+
+/// A request for the served model whose encoding takes about `bytes` bytes.
+fn request_of_about(id: &str, bytes: usize) -> ModelInferRequest {
+    let values: Vec<i64> = (0..(bytes / 8) as i64).collect();
+    request(id, &values)
+}
+
+/// The front advertises its stream limit in its SETTINGS; a client that opens more calls
+/// than that on one connection has the extra ones wait (h2 queues them), so the model never
+/// sees more than the limit at once, and every call is answered.
+#[test]
+fn streams_per_connection_are_limited_and_advertised() {
+    const STREAMS: u32 = 4;
+    const CALLS: usize = 12;
+    let (batches, mut batch_sizes) = mpsc::unbounded_channel();
+    let server = Server::with_limits(
+        Model {
+            delay: Duration::from_millis(100),
+            batches: Some(batches),
+        },
+        limits(|l| l.max_concurrent_streams = STREAMS),
+    );
+    block_on(async {
+        let mut peer = RawPeer::connect(server.address).await;
+        let settings = peer.settings().await;
+        assert!(
+            settings.contains(&(MAX_CONCURRENT_STREAMS, STREAMS)),
+            "SETTINGS {settings:?}"
+        );
+
+        let client = connect(server.address).await;
+        // A client may open streams before the SETTINGS reach it (the front refuses those
+        // past the limit with REFUSED_STREAM, which gRPC clients retry); an answer comes
+        // after the front's SETTINGS on the connection.
+        let reply = client.infer(&request("first", &[0])).await;
+        assert_eq!(reply.echoed("first"), [0]);
+        let mut calls = JoinSet::new();
+        for n in 0..CALLS {
+            let client = client.clone();
+            calls.spawn(async move {
+                let id = format!("call-{n}");
+                let reply = client.infer(&request(&id, &[n as i64])).await;
+                assert_eq!(reply.echoed(&id), [n as i64]);
+            });
+        }
+        while let Some(call) = calls.join_next().await {
+            call.expect("every call is answered");
+        }
+        let reply = client.infer(&request("after", &[1])).await;
+        assert_eq!(reply.echoed("after"), [1]);
+    });
+    let mut sizes = Vec::new();
+    while let Ok(size) = batch_sizes.try_recv() {
+        sizes.push(size);
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), CALLS + 2);
+    assert!(
+        sizes.iter().all(|&n| n <= STREAMS as usize),
+        "batches of {sizes:?} requests: more calls than the limit were open at once"
+    );
+}
+
+/// A call whose prefix declares more bytes than the in-flight budget has left (another
+/// call holds most of it, its body still arriving) is RESOURCE_EXHAUSTED at once, naming
+/// the flag, before its own body is sent whole; the held call then completes, the budget
+/// is given back, and the same large call succeeds.
+#[test]
+fn the_inflight_budget_refuses_a_call_before_reading_its_body() {
+    const BUDGET: usize = 100_000;
+    let server = Server::with_limits(
+        Model::default(),
+        limits(|l| {
+            l.max_message_size = 80_000;
+            l.max_inflight_bytes = BUDGET;
+        }),
+    );
+    block_on(async {
+        let client = connect(server.address).await;
+        let held = frame(&request_of_about("held", 60_000).encode_to_vec());
+        let (held_reply, mut held_rest) = client.start_call(INFER, held.slice(..1000)).await;
+        // The front reserves the held call's bytes once its prefix arrives.
+        let give_up = Instant::now() + CALL_LIMIT;
+        while server.front.inflight_bytes() < 60_000 {
+            assert!(Instant::now() < give_up, "the held call is never reserved");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let second = frame(&request_of_about("second", 50_000).encode_to_vec());
+        let (reply, _unsent) = client.start_call(INFER, second.slice(..1000)).await;
+        let reply = tokio::time::timeout(CALL_LIMIT, read_reply(reply))
+            .await
+            .expect("the refusal comes before the body is sent");
+        assert_eq!(reply.status, 8, "{reply:?}");
+        assert!(reply.message.contains("--max-inflight-bytes"), "{reply:?}");
+        assert!(reply.message.contains(&format!("{BUDGET}")), "{reply:?}");
+
+        held_rest
+            .send_data(held.slice(1000..), true)
+            .expect("the rest of the held call is sent");
+        let reply = tokio::time::timeout(CALL_LIMIT, read_reply(held_reply))
+            .await
+            .expect("the held call is answered");
+        assert_eq!(reply.echoed("held").len(), 60_000 / 8);
+
+        let reply = client.call_framed(INFER, second, None).await;
+        assert_eq!(reply.echoed("second").len(), 50_000 / 8);
+        let reply = client.infer(&request("small", &[3])).await;
+        assert_eq!(reply.echoed("small"), [3]);
+    });
+    assert_eq!(
+        server.front.inflight_bytes(),
+        0,
+        "every reservation is given back"
+    );
+    let stats = server.stats_once("", "RESOURCE_EXHAUSTED", 1);
+    assert_eq!(stats.requests[&(String::new(), "RESOURCE_EXHAUSTED")], 1);
+}
+
+/// Past `max_connections` a new connection is closed at once (and counted); once a
+/// connection ends, a new one is served.
+#[test]
+fn connections_past_the_limit_are_closed() {
+    let server = Server::with_limits(Model::default(), limits(|l| l.max_connections = 2));
+    block_on(async {
+        let first = connect(server.address).await;
+        let second = connect(server.address).await;
+        for (client, id) in [(&first, "first"), (&second, "second")] {
+            assert_eq!(client.infer(&request(id, &[1])).await.echoed(id), [1]);
+        }
+
+        let mut third = TcpStream::connect(server.address)
+            .await
+            .expect("the kernel accepts the connection");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(CALL_LIMIT, third.read(&mut byte))
+            .await
+            .expect("the front closes the connection at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+        // The first connection ends (its client goes); a new one is then served. Until the
+        // front has seen the end, a new connection may still be refused: try again then.
+        drop(first);
+        let give_up = Instant::now() + CALL_LIMIT;
+        let address = server.address;
+        loop {
+            let attempt = tokio::spawn(async move {
+                let again = connect(address).await;
+                again.infer(&request("again", &[2])).await
+            });
+            if let Ok(reply) = attempt.await {
+                assert_eq!(reply.echoed("again"), [2]);
+                break;
+            }
+            assert!(Instant::now() < give_up, "no connection is served again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            second.infer(&request("still", &[3])).await.echoed("still"),
+            [3]
+        );
+    });
+    let stats = server.stats_once("", "CONNECTION_REFUSED", 1);
+    assert!(stats.requests[&(String::new(), "CONNECTION_REFUSED")] >= 1);
+}
+
+/// A connection without calls for the idle timeout is closed; one whose call takes longer
+/// than that is not; a new connection is served afterwards.
+#[test]
+fn an_idle_connection_is_closed() {
+    let server = Server::with_limits(
+        Model {
+            delay: Duration::from_millis(600),
+            batches: None,
+        },
+        limits(|l| l.idle_timeout = Some(Duration::from_millis(200))),
+    );
+    block_on(async {
+        let (client, driving) = connect_watched(server.address).await;
+        // The call outlasts the idle timeout: a connection with a call open is not idle.
+        let reply = client.infer(&request("slow", &[4])).await;
+        assert_eq!(reply.echoed("slow"), [4]);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), driving)
+            .await
+            .expect("the idle connection is closed")
+            .expect("the connection task ends");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150),
+            "closed after {waited:?}"
+        );
+
+        let client = connect(server.address).await;
+        assert_eq!(client.infer(&request("new", &[5])).await.echoed("new"), [5]);
+    });
+}
+
+/// A peer that stops answering PINGs is dropped after the keepalive timeout; a peer that
+/// answers them keeps its connection past that, and its calls are answered.
+#[test]
+fn a_peer_that_stops_answering_pings_is_dropped() {
+    let server = Server::with_limits(
+        Model::default(),
+        limits(|l| {
+            l.keepalive_interval = Some(Duration::from_millis(100));
+            l.keepalive_timeout = Duration::from_millis(300);
+        }),
+    );
+    block_on(async {
+        let mut peer = RawPeer::connect(server.address).await;
+        let started = Instant::now();
+        let mut pinged = false;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(frame) = peer.frame().await {
+                pinged |= frame.kind == PING;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the silent peer is still connected");
+        assert!(pinged, "the front sent a PING first");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "dropped after {waited:?}"
+        );
+
+        let (client, driving) = connect_watched(server.address).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !driving.is_finished(),
+            "a peer that answers PINGs was dropped"
+        );
+        assert_eq!(
+            client.infer(&request("alive", &[6])).await.echoed("alive"),
+            [6]
+        );
+    });
 }

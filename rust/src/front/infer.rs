@@ -4,6 +4,14 @@
 //! the front cannot answer itself (a model it does not hold, a compressed message) go to
 //! the backend unchanged.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::Poll;
@@ -14,9 +22,10 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::Request;
 
+use super::budget::{ByteBudget, OverBudget, Reservation};
 use super::proxy::{forward, Body};
 use super::wire::{self, Message, PREFIX_LEN};
-use super::{ServedModel, Shared};
+use super::{ServedModel, Shared, RESOURCE_EXHAUSTED};
 use crate::admit::job_for;
 use crate::batch::{Batcher, Job};
 use crate::decode::decode_request;
@@ -35,14 +44,29 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 enum BodyError {
     /// The message declares more bytes than the server accepts.
     TooLarge(usize),
+    /// Holding the message would pass the budget of request bytes in flight.
+    OverBudget(OverBudget),
     /// The client reset the stream or the connection failed.
     Gone,
 }
 
-/// The whole request body; one chunk is passed on as is, several are joined once.
-async fn read_body(mut body: RecvStream, limit: usize) -> Result<Bytes, BodyError> {
+/// The message length a body's gRPC prefix declares, once the prefix is there.
+fn declared_length(head: &[u8]) -> Option<usize> {
+    let length: [u8; 4] = head.get(1..PREFIX_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(length) as usize)
+}
+
+/// The whole request body, and the budget it holds; one chunk is passed on as is, several
+/// are joined once. The message's declared length is reserved as soon as its prefix
+/// arrives, before the rest is read, and what arrives beyond it is reserved too.
+async fn read_body(
+    mut body: RecvStream,
+    limit: usize,
+    budget: &Arc<ByteBudget>,
+) -> Result<(Bytes, Option<Reservation>), BodyError> {
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
+    let mut reserved: Option<Reservation> = None;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| BodyError::Gone)?;
         let _ = body.flow_control().release_capacity(chunk.len());
@@ -55,16 +79,23 @@ async fn read_body(mut body: RecvStream, limit: usize) -> Result<Bytes, BodyErro
             None => joined.extend_from_slice(&chunk),
         }
         let head = first.as_deref().unwrap_or(&joined);
-        if head.len() >= PREFIX_LEN {
-            let declared = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if let Some(declared) = declared_length(head) {
             // What is held is bounded too, whatever the prefix claims.
-            let buffered = head.len() - PREFIX_LEN;
+            let buffered = head.len().saturating_sub(PREFIX_LEN);
             if declared > limit || buffered > limit {
                 return Err(BodyError::TooLarge(declared.max(buffered)));
             }
+            let wanted = declared.max(buffered);
+            match reserved.as_mut() {
+                None => reserved = Some(budget.reserve(wanted).map_err(BodyError::OverBudget)?),
+                Some(reservation) if reservation.bytes() < wanted => reservation
+                    .grow(wanted.saturating_sub(reservation.bytes()))
+                    .map_err(BodyError::OverBudget)?,
+                Some(_) => {}
+            }
         }
     }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+    Ok((first.unwrap_or_else(|| joined.freeze()), reserved))
 }
 
 /// Answers one ModelInfer call.
@@ -75,12 +106,26 @@ pub(super) async fn model_infer(
 ) {
     let arrived = Instant::now();
     let (parts, body) = request.into_parts();
-    let deadline = wire::timeout(&parts.headers).map(|t| arrived + t);
-    let body = match read_body(body, shared.max_message_size).await {
-        Ok(body) => body,
+    // A deadline too far to represent is no deadline.
+    let deadline = wire::timeout(&parts.headers).and_then(|t| arrived.checked_add(t));
+    let limits = &shared.limits;
+    // Held until the call is over: its bytes count against the budget until then.
+    let (body, _reserved) = match read_body(body, limits.max_message_size, &shared.inflight).await {
+        Ok(read) => read,
         Err(BodyError::TooLarge(declared)) => {
-            let max = shared.max_message_size;
+            let max = limits.max_message_size;
             let message = format!("Received message larger than max ({declared} vs. {max})");
+            shared.stats.count("", RESOURCE_EXHAUSTED);
+            wire::send_status(&mut respond, wire::RESOURCE_EXHAUSTED, &message);
+            return;
+        }
+        Err(BodyError::OverBudget(over)) => {
+            let message = format!(
+                "the server is holding {} bytes of requests in flight; {} more would pass its \
+                 budget of {} (--max-inflight-bytes): try again later",
+                over.held, over.wanted, over.limit
+            );
+            shared.stats.count("", RESOURCE_EXHAUSTED);
             wire::send_status(&mut respond, wire::RESOURCE_EXHAUSTED, &message);
             return;
         }
@@ -186,7 +231,10 @@ async fn answer(
         if respond.poll_reset(cx).is_ready() {
             // A client resets the call at its deadline too; that is the deadline's doing.
             let now = Instant::now();
-            if job.deadline().is_some_and(|d| d <= now + DEADLINE_SLACK) {
+            if job
+                .deadline()
+                .is_some_and(|d| now.checked_add(DEADLINE_SLACK).is_none_or(|near| d <= near))
+            {
                 return Poll::Ready(Some(Err(batcher.expire(job))));
             }
             job.abandon();

@@ -1,7 +1,17 @@
 //! Every call the front does not answer itself goes to the backend, the process's grpcio
 //! server on a Unix socket: headers, messages and trailers are passed through as they are,
 //! in both directions at once, so unary and streaming calls (health `Watch`, reflection)
-//! behave exactly as the backend makes them.
+//! behave exactly as the backend makes them. Each side's window is given back only once
+//! what came from it has been sent on, so a call passed on holds at most one window of its
+//! bytes here, whatever the other side's pace.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::future::poll_fn;
 use std::path::PathBuf;
@@ -143,10 +153,12 @@ async fn relay(mut from: RecvStream, mut to: SendStream<Bytes>, failed: h2::Reas
         match chunk {
             None => break,
             Some(Ok(chunk)) => {
-                let _ = from.flow_control().release_capacity(chunk.len());
-                if to.send_data(chunk, false).is_err() {
+                let len = chunk.len();
+                if !send_within_window(&mut to, chunk).await {
                     return;
                 }
+                // Only now may the sender send more.
+                let _ = from.flow_control().release_capacity(len);
             }
             Some(Err(_)) => return to.send_reset(failed),
         }
@@ -160,4 +172,23 @@ async fn relay(mut from: RecvStream, mut to: SendStream<Bytes>, failed: h2::Reas
         }
         Err(_) => to.send_reset(failed),
     }
+}
+
+/// Sends `chunk` in pieces the receiver's window has room for, so that h2 never queues more
+/// than that; false when the stream ended first.
+async fn send_within_window(to: &mut SendStream<Bytes>, mut chunk: Bytes) -> bool {
+    while !chunk.is_empty() {
+        to.reserve_capacity(chunk.len());
+        let Some(Ok(room)) = poll_fn(|cx| to.poll_capacity(cx)).await else {
+            return false;
+        };
+        if room == 0 {
+            continue;
+        }
+        let piece = chunk.split_to(room.min(chunk.len()));
+        if to.send_data(piece, false).is_err() {
+            return false;
+        }
+    }
+    true
 }

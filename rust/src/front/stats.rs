@@ -1,6 +1,14 @@
 //! What the front did, kept until the metrics side collects it: requests answered by model
 //! and status, and each request's decode time (decode, model lookup and signature).
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -25,24 +33,27 @@ struct Kept {
     decode_seconds: HashMap<String, Vec<f64>>,
 }
 
-fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, model: &str) -> &'a mut V {
-    if !map.contains_key(model) {
-        map.insert(model.to_owned(), V::default());
-    }
-    map.get_mut(model).expect("inserted above")
-}
-
 impl Stats {
-    /// A request answered with `status` (an `ErrorCode` name, or "OK"); `model` is empty
-    /// when the request named no model this front serves.
+    /// A request answered with `status` (an `ErrorCode` name, "OK", or a transport limit's
+    /// refusal); `model` is empty when the request named no model this front serves.
     pub fn count(&self, model: &str, status: &'static str) {
         let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        *entry(&mut kept.requests, model).entry(status).or_default() += 1;
+        if let Some(statuses) = kept.requests.get_mut(model) {
+            let n = statuses.entry(status).or_default();
+            *n = n.saturating_add(1);
+        } else {
+            kept.requests
+                .insert(model.to_owned(), HashMap::from([(status, 1)]));
+        }
     }
 
     pub fn observe_decode(&self, model: &str, seconds: f64) {
         let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        entry(&mut kept.decode_seconds, model).push(seconds);
+        if let Some(times) = kept.decode_seconds.get_mut(model) {
+            times.push(seconds);
+        } else {
+            kept.decode_seconds.insert(model.to_owned(), vec![seconds]);
+        }
     }
 
     /// Everything since the last call.
@@ -65,6 +76,7 @@ impl Stats {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,14 @@
 //! gRPC over HTTP/2, the parts the front speaks itself: the 5-byte message prefix, the
 //! `grpc-timeout` header, and responses (a message and trailers, or trailers only).
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -48,18 +56,19 @@ pub enum Message {
 
 /// The body's one message; `Err` names what is wrong with the framing.
 pub fn unary_message(mut body: Bytes) -> Result<Message, String> {
-    if body.len() < PREFIX_LEN {
+    let (compressed, len) = match body.get(..PREFIX_LEN) {
+        Some(&[flag, l0, l1, l2, l3]) => (flag != 0, u32::from_be_bytes([l0, l1, l2, l3]) as usize),
+        _ => {
+            return Err(format!(
+                "the request body has {} bytes, less than a gRPC message prefix",
+                body.len()
+            ))
+        }
+    };
+    let held = body.len().saturating_sub(PREFIX_LEN);
+    if held != len {
         return Err(format!(
-            "the request body has {} bytes, less than a gRPC message prefix",
-            body.len()
-        ));
-    }
-    let compressed = body[0] != 0;
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() - PREFIX_LEN != len {
-        return Err(format!(
-            "a unary call carries one message: the prefix says {len} bytes, the body holds {}",
-            body.len() - PREFIX_LEN
+            "a unary call carries one message: the prefix says {len} bytes, the body holds {held}"
         ));
     }
     if compressed {
@@ -75,7 +84,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     if text.len() < 2 || text.len() > 9 {
         return None;
     }
-    let (digits, unit) = text.split_at(text.len() - 1);
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
     let value: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(value.saturating_mul(3600)),
@@ -125,7 +134,7 @@ pub fn send_status(respond: &mut SendResponse<Bytes>, code: u32, message: &str) 
 /// Answers with one response message and an OK status.
 pub fn send_message(respond: &mut SendResponse<Bytes>, encoded: &EncodedResponse) {
     let len = encoded.encoded_len();
-    let mut body = BytesMut::with_capacity(PREFIX_LEN + len);
+    let mut body = BytesMut::with_capacity(PREFIX_LEN.saturating_add(len));
     body.put_u8(0);
     body.put_u32(len as u32);
     encoded.write_to(&mut body);
@@ -141,6 +150,7 @@ pub fn send_message(respond: &mut SendResponse<Bytes>, encoded: &EncodedResponse
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -160,6 +170,13 @@ mod tests {
         assert_eq!(of("5x"), None);
         assert_eq!(of("S"), None);
         assert_eq!(of("1234567890S"), None);
+        // The largest a header can say is kept as it is; the caller's deadline arithmetic
+        // must not overflow on it.
+        assert_eq!(
+            of("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(of("-5S"), None);
         assert_eq!(timeout(&HeaderMap::new()), None);
     }
 
