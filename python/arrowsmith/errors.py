@@ -1,4 +1,4 @@
-"""The error hierarchy, shared with the native module, and the one table per transport.
+"""The error hierarchy, shared with the native module, and the one table of statuses.
 
 Each exception carries an `ErrorCode`; front ends look the code up here and never choose a
 status themselves. This module imports no transport library: the tables hold names and
@@ -8,6 +8,7 @@ numbers.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ErrorCode(enum.Enum):
@@ -22,47 +23,39 @@ class ErrorCode(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
-#: gRPC status names (members of `grpc.StatusCode`) by error code.
-GRPC_STATUS: dict[ErrorCode, str] = {
-    ErrorCode.INVALID_INPUT: "INVALID_ARGUMENT",
-    ErrorCode.UNSUPPORTED_INPUT: "UNIMPLEMENTED",
-    ErrorCode.MODEL_NOT_FOUND: "NOT_FOUND",
-    ErrorCode.MODEL_NOT_READY: "UNAVAILABLE",
-    ErrorCode.QUEUE_FULL: "RESOURCE_EXHAUSTED",
-    ErrorCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
-    ErrorCode.CANCELLED: "CANCELLED",
-    ErrorCode.MODEL_ERROR: "INTERNAL",
-    ErrorCode.INTERNAL: "INTERNAL",
-}
+@dataclass(frozen=True)
+class Statuses:
+    """How one error code answers on each transport."""
 
-#: HTTP status codes by error code.
-HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_INPUT: 400,
-    ErrorCode.UNSUPPORTED_INPUT: 501,
-    ErrorCode.MODEL_NOT_FOUND: 404,
-    ErrorCode.MODEL_NOT_READY: 503,
-    ErrorCode.QUEUE_FULL: 429,
-    ErrorCode.DEADLINE_EXCEEDED: 504,
+    #: A member of `grpc.StatusCode`, by name.
+    grpc: str
+    #: The V2 REST status.
+    http: int
+    #: MLflow's error code name (`mlflow.protos.databricks_pb2`) for the MLflow scoring
+    #: protocol (/invocations), where MLflow's own table then gives the HTTP status, as
+    #: `mlflow models serve` answers: whatever a model raises is BAD_REQUEST there, and so here.
+    mlflow: str
+
+
+#: The one table of error codes to statuses. Every front reads it (the native gRPC front keeps
+#: the same mapping in Rust; a test checks that the two agree).
+STATUSES: dict[ErrorCode, Statuses] = {
+    ErrorCode.INVALID_INPUT: Statuses("INVALID_ARGUMENT", 400, "INVALID_PARAMETER_VALUE"),
+    ErrorCode.UNSUPPORTED_INPUT: Statuses("UNIMPLEMENTED", 501, "NOT_IMPLEMENTED"),
+    ErrorCode.MODEL_NOT_FOUND: Statuses("NOT_FOUND", 404, "RESOURCE_DOES_NOT_EXIST"),
+    ErrorCode.MODEL_NOT_READY: Statuses("UNAVAILABLE", 503, "TEMPORARILY_UNAVAILABLE"),
+    ErrorCode.QUEUE_FULL: Statuses("RESOURCE_EXHAUSTED", 429, "RESOURCE_EXHAUSTED"),
+    ErrorCode.DEADLINE_EXCEEDED: Statuses("DEADLINE_EXCEEDED", 504, "DEADLINE_EXCEEDED"),
     # nginx's "client closed request": nobody is left to read it.
-    ErrorCode.CANCELLED: 499,
-    ErrorCode.MODEL_ERROR: 500,
-    ErrorCode.INTERNAL: 500,
+    ErrorCode.CANCELLED: Statuses("CANCELLED", 499, "CANCELLED"),
+    ErrorCode.MODEL_ERROR: Statuses("INTERNAL", 500, "BAD_REQUEST"),
+    ErrorCode.INTERNAL: Statuses("INTERNAL", 500, "INTERNAL_ERROR"),
 }
 
-#: MLflow's error code names (`mlflow.protos.databricks_pb2`) for the MLflow scoring protocol
-#: (/invocations), where MLflow's own table then gives the HTTP status, as
-#: `mlflow models serve` answers: whatever a model raises is BAD_REQUEST there, and so here.
-MLFLOW_ERROR_CODE: dict[ErrorCode, str] = {
-    ErrorCode.INVALID_INPUT: "INVALID_PARAMETER_VALUE",
-    ErrorCode.UNSUPPORTED_INPUT: "NOT_IMPLEMENTED",
-    ErrorCode.MODEL_NOT_FOUND: "RESOURCE_DOES_NOT_EXIST",
-    ErrorCode.MODEL_NOT_READY: "TEMPORARILY_UNAVAILABLE",
-    ErrorCode.QUEUE_FULL: "RESOURCE_EXHAUSTED",
-    ErrorCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
-    ErrorCode.CANCELLED: "CANCELLED",
-    ErrorCode.MODEL_ERROR: "BAD_REQUEST",
-    ErrorCode.INTERNAL: "INTERNAL_ERROR",
-}
+#: Views of `STATUSES`, one per transport.
+GRPC_STATUS: dict[ErrorCode, str] = {code: s.grpc for code, s in STATUSES.items()}
+HTTP_STATUS: dict[ErrorCode, int] = {code: s.http for code, s in STATUSES.items()}
+MLFLOW_ERROR_CODE: dict[ErrorCode, str] = {code: s.mlflow for code, s in STATUSES.items()}
 
 
 class ArrowsmithError(Exception):

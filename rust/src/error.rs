@@ -52,6 +52,20 @@ impl Error {
         }
     }
 
+    /// One error of each kind, for the tables that map kinds to statuses and their tests.
+    pub fn every_kind() -> [Error; 8] {
+        [
+            Error::request(""),
+            Error::Unsupported(String::new()),
+            Error::Internal(String::new()),
+            Error::Model(String::new()),
+            Error::QueueFull(String::new()),
+            Error::DeadlineExceeded(String::new()),
+            Error::Cancelled(String::new()),
+            Error::Unavailable(String::new()),
+        ]
+    }
+
     /// The error's name in `arrowsmith.errors.ErrorCode`, the label metrics carry.
     pub fn code_name(&self) -> &'static str {
         match self {

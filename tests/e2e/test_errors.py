@@ -14,6 +14,7 @@ from mlflow.pyfunc import PyFuncModel
 from support import v2
 from support.model_builders import WINE_MODEL_NAME
 from support.server import ServerHandle, StartServer
+from support.v2 import assert_refused
 from tritonclient.grpc import service_pb2 as pb
 
 # A length-delimited field 1 whose length varint never ends: no protobuf parser accepts it.
@@ -31,20 +32,6 @@ def wine_request(frame: pd.DataFrame, *, typed: bool = False) -> pb.ModelInferRe
 def input_index(request: pb.ModelInferRequest, name: str) -> int:
     """Position of input `name`, which is also its slot in `raw_input_contents`."""
     return [tensor.name for tensor in request.inputs].index(name)
-
-
-def assert_refused(
-    url: str, request: pb.ModelInferRequest | bytes, code: grpc.StatusCode, *names: str
-) -> None:
-    """Send `request`; expect status `code` and a message naming each of `names`."""
-    payload = request if isinstance(request, bytes) else request.SerializeToString()
-    with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as raised:
-        v2.model_infer_bytes(channel)(payload, timeout=60)
-    error = raised.value
-    details = error.details() or ""
-    assert error.code() == code, details
-    for name in names:
-        assert name in details, f"{name!r} is not named in {details!r}"
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,19 @@ def save_upper_case_model(output_dir: pathlib.Path) -> pathlib.Path:
     return _save_custom_pyfunc(output_dir, "UpperCaseModel", UPPER_CASE_SIGNATURE, example)
 
 
+def save_echo_frame_model(output_dir: pathlib.Path) -> pathlib.Path:
+    """A model without a signature that answers its input frame as it is."""
+    models = import_file(PYFUNC_MODELS_MODULE, PYFUNC_MODELS_FILE)
+    mlflow.pyfunc.save_model(
+        str(output_dir),
+        python_model=models.EchoFrameModel(),
+        code_paths=[str(PYFUNC_MODELS_FILE)],
+        pip_requirements=mlflow.pyfunc.get_default_pip_requirements(),
+    )
+    check_loads_in_fresh_process(output_dir)
+    return output_dir
+
+
 def load_pyfunc(model_dir: pathlib.Path) -> PyFuncModel:
     """MLflow's own loader: its predictions are what the server's answers must equal."""
     model: PyFuncModel = mlflow.pyfunc.load_model(str(model_dir))

@@ -37,3 +37,17 @@ class UpperCaseModel(PythonModel):
     ) -> pd.DataFrame:
         """A DataFrame answer, so the server must encode a named BYTES output column."""
         return pd.DataFrame({"upper": model_input["text"].str.upper()})
+
+
+class EchoFrameModel(PythonModel):
+    """Saved without a signature: answers whatever columns it is given, as they are, so a
+    test sees exactly which request's values reached which answer."""
+
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """The input frame, unchanged."""
+        return pd.DataFrame(model_input)

@@ -8,6 +8,7 @@ the wire (typed `contents`, malformed tensors, garbage bytes) where tritonclient
 import grpc
 import numpy as np
 import pandas as pd
+import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
@@ -150,3 +151,17 @@ def assert_wine_served(url: str, frame: pd.DataFrame, expected: np.ndarray) -> N
     answer = result.as_numpy("output-0")
     assert answer is not None, "the good request after an error got no output-0"
     np.testing.assert_allclose(answer, expected[: len(rows)], rtol=1e-6)
+
+
+def assert_refused(
+    url: str, request: pb.ModelInferRequest | bytes, code: grpc.StatusCode, *names: str
+) -> None:
+    """Send `request`; expect status `code` and a message naming each of `names`."""
+    payload = request if isinstance(request, bytes) else request.SerializeToString()
+    with grpc.insecure_channel(url) as channel, pytest.raises(grpc.RpcError) as raised:
+        model_infer_bytes(channel)(payload, timeout=60)
+    error = raised.value
+    details = error.details() or ""
+    assert error.code() == code, details
+    for name in names:
+        assert name in details, f"{name!r} is not named in {details!r}"

@@ -37,14 +37,20 @@ fn response_bytes<'py>(
 #[pyclass(name = "Job", module = "arrowsmith._native", frozen)]
 pub struct Job(pub Arc<CoreJob>);
 
+/// The deadline `timeout` seconds from now; None without a timeout or when it lies beyond
+/// what the clock can represent (no deadline then, as gRPC treats an unreadable one).
 pub fn deadline_after(timeout: Option<f64>) -> PyResult<Option<Instant>> {
-    timeout
-        .map(|seconds| {
-            Duration::try_from_secs_f64(seconds.max(0.0))
-                .map(|d| Instant::now() + d)
-                .map_err(|e| PyValueError::new_err(format!("timeout {seconds}: {e}")))
-        })
-        .transpose()
+    let Some(seconds) = timeout else {
+        return Ok(None);
+    };
+    if seconds.is_nan() {
+        return Err(PyValueError::new_err(format!(
+            "timeout {seconds} is not a number"
+        )));
+    }
+    Ok(Duration::try_from_secs_f64(seconds.max(0.0))
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d)))
 }
 
 #[pymethods]

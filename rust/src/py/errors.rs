@@ -1,9 +1,11 @@
 //! The one place native errors become Python exceptions: the classes of
 //! `arrowsmith.errors`, so Python and Rust share one hierarchy.
 
+use pyo3::prelude::*;
 use pyo3::PyErr;
 
 use crate::error::Error;
+use crate::front::wire::status_of;
 
 pyo3::import_exception!(arrowsmith.errors, InvalidInputError);
 pyo3::import_exception!(arrowsmith.errors, UnsupportedError);
@@ -45,4 +47,21 @@ pub fn error_from_code(code: &str, message: String) -> Error {
         "MODEL_NOT_READY" => Error::Unavailable(message),
         _ => Error::Internal(message),
     }
+}
+
+/// For each kind of native error: its `ErrorCode` name and the gRPC status number the native
+/// front answers it with; and for each `ErrorCode` name Python may hand the native side, the
+/// kind it becomes. Tests hold both against `arrowsmith.errors.STATUSES`.
+#[pyfunction]
+pub fn error_statuses() -> Vec<(&'static str, u32)> {
+    Error::every_kind()
+        .iter()
+        .map(|error| (error.code_name(), status_of(error)))
+        .collect()
+}
+
+/// The `ErrorCode` name of the native error that `code` becomes (see `error_from_code`).
+#[pyfunction]
+pub fn native_error_code(code: &str) -> &'static str {
+    error_from_code(code, String::new()).code_name()
 }

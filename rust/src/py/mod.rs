@@ -189,6 +189,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batching::Completions>()?;
     m.add_class::<front::GrpcFront>()?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::error_statuses, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::native_error_code, m)?)?;
     m.add(
         "build_profile",
         if cfg!(debug_assertions) {
