@@ -13,8 +13,11 @@ from typing import Any
 
 from arrowsmith import __version__
 from arrowsmith.config import (
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PREDICT_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
     ModelConfig,
     ServerConfig,
 )
@@ -111,6 +114,28 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("grpc-threads", 32, int),
         help="handler threads for the calls Python answers: grpcio's behind the native gRPC front, "
         "and HTTP bodies parsed off the event loop (default 32)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=_env("request-timeout", DEFAULT_REQUEST_TIMEOUT, float),
+        help="seconds an HTTP inference request may wait for its answer before a 504; 0: no "
+        f"limit (default {DEFAULT_REQUEST_TIMEOUT:g}; a gRPC client sets its own deadline)",
+    )
+    serve.add_argument(
+        "--predict-timeout",
+        type=float,
+        default=_env("predict-timeout", DEFAULT_PREDICT_TIMEOUT, float),
+        help="seconds a model call may run: past it, its requests are answered "
+        "DEADLINE_EXCEEDED and the model is not ready until the call returns; after 3 times "
+        f"that the process exits to be replaced; 0: untimed (default {DEFAULT_PREDICT_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_env("drain-timeout", DEFAULT_DRAIN_TIMEOUT, float),
+        help="seconds that SIGTERM leaves every front and model to finish what is in flight, "
+        f"all at once (default {DEFAULT_DRAIN_TIMEOUT:g}: below Kubernetes' 30 s grace period)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
@@ -233,6 +258,9 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         grpc_threads=args.grpc_threads,
         workers=args.workers,
         log_level=args.log_level.upper(),
+        request_timeout=args.request_timeout,
+        predict_timeout=args.predict_timeout,
+        drain_timeout=args.drain_timeout,
     )
 
 

@@ -12,6 +12,14 @@ DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 #: thousands of rows share calls; models whose rows are costly (or memory-bound) set less.
 DEFAULT_MAX_BATCH_SIZE = 65536
 
+#: Seconds an HTTP inference request may wait for its answer.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+#: Seconds a model call may run before its requests are answered DEADLINE_EXCEEDED.
+DEFAULT_PREDICT_TIMEOUT = 30.0
+#: Seconds of draining after SIGTERM: below Kubernetes' default grace period (30 s), so the
+#: drain ends before the kubelet's SIGKILL.
+DEFAULT_DRAIN_TIMEOUT = 20.0
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -67,6 +75,13 @@ class ServerConfig:
     #: Server processes sharing the ports (SO_REUSEPORT), each loading every model.
     workers: int = 1
     log_level: str = "INFO"
+    #: Seconds an HTTP inference request may wait for its answer (504 after); 0: no limit.
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Seconds a model call may take before its requests are answered DEADLINE_EXCEEDED and
+    #: the model is not ready until it returns; 0: untimed.
+    predict_timeout: float = DEFAULT_PREDICT_TIMEOUT
+    #: Seconds a stop signal leaves for every front and runner to drain, all at once.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -90,3 +105,12 @@ class ServerConfig:
             raise ValueError("--max-message-size must be positive")
         if self.grpc_threads <= 0:
             raise ValueError("--grpc-threads must be positive")
+        for flag, seconds in (
+            ("--request-timeout", self.request_timeout),
+            ("--predict-timeout", self.predict_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise ValueError(f"{flag} must be a number of seconds, not {seconds!r}")
+            if not 0 <= seconds < float("inf"):
+                raise ValueError(f"{flag} {seconds} must be 0 or more seconds")

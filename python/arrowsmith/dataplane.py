@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from arrowsmith import __version__, _native, metrics
-from arrowsmith.errors import ArrowsmithError, ModelNotReadyError
+from arrowsmith.errors import (
+    ArrowsmithError,
+    DeadlineExceededError,
+    ErrorCode,
+    ModelNotReadyError,
+)
 from arrowsmith.models.registry import LoadedModel, ModelRegistry
 
 SERVER_NAME = "arrowsmith"
@@ -26,8 +31,11 @@ class ServerMetadata:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, request_timeout: float | None = None) -> None:
         self.registry = registry
+        #: Seconds an HTTP request may wait for its answer (`--request-timeout`); None: no
+        #: limit. gRPC calls carry their client's deadline instead.
+        self.request_timeout = request_timeout
         #: Made on the event loop by the first `infer_async` (the HTTP front's one loop).
         self._loop_answers: LoopAnswers | None = None
 
@@ -72,14 +80,21 @@ class DataPlane:
             return model.runner.batcher.submit(job)
 
     async def infer_async(self, request_bytes: bytes, protocol: str) -> bytes:
-        """`infer` for the HTTP front's event loop: the wait for the batch holds no thread."""
+        """`infer` for the HTTP front's event loop: the wait for the batch holds no thread.
+        Answered DEADLINE_EXCEEDED after `request_timeout`; if the waiting task is cancelled
+        (the client went away), the job leaves the queue unrun."""
         if self._loop_answers is None:
             self._loop_answers = LoopAnswers()
         counted = Counted(protocol)
         with counted:
-            model, job = self._job(request_bytes, None, counted)
+            model, job = self._job(request_bytes, self.request_timeout, counted)
             assert model.runner is not None
-            return await self._loop_answers.submit(model.runner.batcher, job)
+            answer = self._loop_answers.submit(model.runner.batcher, job, self.request_timeout)
+            try:
+                return await answer
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
 
 
 class Counted:
@@ -100,34 +115,66 @@ class Counted:
             metrics.count_request(self.model, self.protocol, "OK")
         elif isinstance(error, ArrowsmithError):
             metrics.count_request(self.model, self.protocol, error.code.value)
+        elif isinstance(error, asyncio.CancelledError):
+            metrics.count_request(self.model, self.protocol, ErrorCode.CANCELLED.value)
 
 
 class LoopAnswers:
     """Jobs whose answers arrive on an asyncio event loop: the native side marks each settled
     job on a socket the loop watches, and the loop resolves that job's future, so a request
-    waiting for its batch holds no thread. Create and use it on the loop's own thread."""
+    waiting for its batch holds no thread. Create and use it on the loop's own thread.
+
+    A job given a timeout is answered DEADLINE_EXCEEDED by a timer of the loop when it runs
+    out, and cancelled: the native side notices a deadline only when its runner looks at
+    the queue, and a runner stuck in a long call does not."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._completions = _native.Completions()
-        self._pending: dict[int, tuple[_native.Job, asyncio.Future[bytes]]] = {}
+        self._pending: dict[
+            int, tuple[_native.Job, asyncio.Future[bytes], asyncio.TimerHandle | None]
+        ] = {}
         self._tokens = itertools.count()
         self._loop.add_reader(self._completions.fileno, self._settle)
 
-    def submit(self, batcher: _native.Batcher, job: _native.Job) -> asyncio.Future[bytes]:
+    def submit(
+        self, batcher: _native.Batcher, job: _native.Job, timeout: float | None = None
+    ) -> asyncio.Future[bytes]:
         token = next(self._tokens)
         future: asyncio.Future[bytes] = self._loop.create_future()
-        self._pending[token] = (job, future)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._expire, token, timeout)
+        self._pending[token] = (job, future, timer)
         try:
             self._completions.submit(batcher, job, token)
         except BaseException:
             del self._pending[token]
+            if timer is not None:
+                timer.cancel()
             raise
         return future
 
+    def _expire(self, token: int, timeout: float) -> None:
+        """The job's time ran out: its future fails, and the job is cancelled (which settles
+        it, so `_settle` then forgets it)."""
+        pending = self._pending.get(token)
+        if pending is None:
+            return
+        job, future, _ = pending
+        if not future.done():
+            future.set_exception(
+                DeadlineExceededError(
+                    f"no answer within the server's request timeout ({timeout:g} s)"
+                )
+            )
+        job.cancel()
+
     def _settle(self) -> None:
         for token in self._completions.take():
-            job, future = self._pending.pop(token)
+            job, future, timer = self._pending.pop(token)
+            if timer is not None:
+                timer.cancel()
             if future.done():
                 continue
             try:

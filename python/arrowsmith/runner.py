@@ -1,5 +1,7 @@
 """The only caller of a model's `predict`: MLflow's refusals become INVALID_ARGUMENT, the
-model's own exceptions MODEL_ERROR with the model's message."""
+model's own exceptions MODEL_ERROR with the model's message. "Own exceptions" means all of
+them: a `sys.exit()` or a `KeyboardInterrupt` raised in model code fails that call, not the
+server (stop signals are handled on the main thread, never inside a model's call)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def predict(
         if error.error_code in _INPUT_ERROR_CODES:
             raise InvalidInputError(error.message) from error
         raise ModelError(f"model '{model.name}' failed: {error.message}") from error
-    except Exception as error:
+    except BaseException as error:
+        # SystemExit, KeyboardInterrupt, GeneratorExit, a foreign extension's panic: raised
+        # by the model's code on a runner thread, they end nothing but this call.
         logger.warning("model %s raised %s: %s", model.name, type(error).__name__, error)
         raise ModelError(f"model '{model.name}' failed: {type(error).__name__}: {error}") from error

@@ -1,12 +1,22 @@
 """A server process: start the fronts (live at once), load and warm up the models (then
-ready), serve until SIGTERM or SIGINT, and drain in-flight requests before exiting."""
+ready), serve until SIGTERM or SIGINT, and drain in-flight requests before exiting.
+
+On a stop signal, readiness and gRPC health turn false first; then every front and every
+model's runner drains at the same time, within one budget (`--drain-timeout`). A model that
+can no longer answer here (its runner ended, or a call of it never returns) makes the
+process do the same and exit with EXIT_MODEL_FAILED, so that whoever runs it (the
+supervisor of `--workers`, Kubernetes) starts it again."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sys
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -19,11 +29,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("arrowsmith")
 
-#: Seconds in-flight requests get to finish after a stop signal.
-DRAIN_SECONDS = 10.0
-
 #: A server's exit status when its models did not load (restarting it would not help).
 EXIT_LOAD_FAILED = 3
+#: A server's exit status when a loaded model can no longer answer in it: its runner thread
+#: ended, or a call of it never returned (sysexits' EX_SOFTWARE). Restarting it helps.
+EXIT_MODEL_FAILED = 70
 
 
 def configure_logging(config: ServerConfig) -> None:
@@ -62,16 +72,102 @@ class Fronts:
             logger.info("HTTP listening on %s:%d", config.host, self.http.port)
 
     def set_ready(self, registry: ModelRegistry) -> None:
+        """Serves the loaded models; health is the `Lifecycle`'s to set."""
         for model in registry.models():
             self.grpc.serve_model(model)
         if self.http is not None:
             self.http.wait_started()
-        self.grpc.set_serving(True)
+
+    def stops(self) -> list[tuple[str, Callable[[float], object]]]:
+        """Each front's `stop(grace_seconds)`, by name."""
+        http = [] if self.http is None else [("HTTP", self.http.stop)]
+        return [*http, ("gRPC", self.grpc.stop)]
 
     def stop(self, grace_seconds: float) -> None:
-        if self.http is not None:
-            self.http.stop(grace_seconds)
-        self.grpc.stop(grace_seconds)
+        for _, stop in self.stops():
+            stop(grace_seconds)
+
+
+class Lifecycle:
+    """How the process ends, and gRPC health in step with readiness. A stop signal ends it
+    with 0 once drained; `fatal` (a model cannot answer any more) with EXIT_MODEL_FAILED.
+    Health follows the registry's readiness once the fronts serve (a model turns not ready
+    while a call of it overruns, say) and stays NOT_SERVING from the moment a stop begins."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.stop = stop_on_signals()
+        self.exit_code = 0
+        self._fronts: Fronts | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def serving(self, fronts: Fronts) -> None:
+        with self._lock:
+            self._fronts = fronts
+            self._update_health()
+
+    def readiness_changed(self) -> None:
+        with self._lock:
+            self._update_health()
+
+    def _update_health(self) -> None:
+        if self._fronts is not None:
+            self._fronts.grpc.set_serving(self.registry.ready and not self._stopping)
+
+    def begin_stop(self) -> None:
+        """Readiness and health turn false, at once."""
+        self.registry.begin_stop()
+        with self._lock:
+            self._stopping = True
+            self._update_health()
+
+    def fatal(self, reason: str) -> None:
+        """A model can no longer answer in this process: it stops, to be replaced."""
+        with self._lock:
+            if self.exit_code == 0:
+                self.exit_code = EXIT_MODEL_FAILED
+                logger.critical(
+                    "%s: this process stops and exits with %d to be replaced",
+                    reason,
+                    EXIT_MODEL_FAILED,
+                )
+            self._stopping = True
+            self._update_health()
+        self.stop.set()
+
+
+def drain(fronts: Fronts | None, registry: ModelRegistry, budget: float) -> list[str]:
+    """Stops every front and every model's runner at the same time, each letting what it
+    holds finish, all within `budget` seconds; returns the names of those still busy then
+    (a stop that returns False did not finish either)."""
+    deadline = time.monotonic() + budget
+    stops = [] if fronts is None else fronts.stops()
+    stops += [(f"model {m.name}", m.runner.stop) for m in registry.models() if m.runner]
+    finished: set[str] = set()
+
+    def run(name: str, stop: Callable[[float], object]) -> None:
+        if stop(budget) is not False:
+            finished.add(name)
+
+    threads = [
+        threading.Thread(target=run, args=(name, stop), name=f"drain {name}", daemon=True)
+        for name, stop in stops
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [name for name, _ in stops if name not in finished]
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process without waiting for threads that may never end (a model call that
+    does not return, a handler still waiting for it)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def serve(config: ServerConfig, worker: bool = False) -> int:
@@ -81,14 +177,17 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     with EXIT_LOAD_FAILED when a model does not load."""
     configure_logging(config)
     from arrowsmith import _native
+    from arrowsmith.batching import RunnerWatch
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.models.registry import ModelRegistry, load_model
 
     if _native.build_profile == "debug":
         logger.warning("the native extension is a debug build: expect it to be slow")
-    stop = stop_on_signals()
     registry = ModelRegistry([m.served_name for m in config.models])
-    dataplane = DataPlane(registry)
+    lifecycle = Lifecycle(registry)
+    stop = lifecycle.stop
+    watch = RunnerWatch(config.predict_timeout, lifecycle.readiness_changed, lifecycle.fatal)
+    dataplane = DataPlane(registry, config.request_timeout or None)
     fronts = None if worker else Fronts(config, dataplane, worker)
     if config.metrics_port and not worker:
         from prometheus_client import start_http_server
@@ -97,7 +196,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         logger.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     try:
         for model_config in config.models:
-            registry.add(load_model(model_config))
+            registry.add(load_model(model_config, watch))
     except Exception:
         logger.exception("loading failed; exiting")
         if fronts is not None:
@@ -107,12 +206,25 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     # Everything loaded so far (MLflow, pandas, the models) lives as long as the process:
     # kept out of the collector's full passes, which would otherwise stall requests.
     gc.freeze()
-    if fronts is None:
-        fronts = Fronts(config, dataplane, worker)
-    fronts.set_ready(registry)
-    logger.info("ready: serving %s", ", ".join(registry.names()))
+    if not stop.is_set():
+        if fronts is None:
+            fronts = Fronts(config, dataplane, worker)
+        fronts.set_ready(registry)
+        lifecycle.serving(fronts)
+        logger.info("ready: serving %s", ", ".join(registry.names()))
     stop.wait()
-    fronts.stop(DRAIN_SECONDS)
-    registry.stop(DRAIN_SECONDS)
-    logger.info("stopped")
-    return 0
+    lifecycle.begin_stop()
+    busy = drain(fronts, registry, config.drain_timeout)
+    watch.stop()
+    code = lifecycle.exit_code
+    if busy:
+        logger.error(
+            "still busy after --drain-timeout (%g s): %s; exiting anyway",
+            config.drain_timeout,
+            ", ".join(busy),
+        )
+    else:
+        logger.info("stopped")
+    if busy or code != 0:
+        _exit_now(code)
+    return code

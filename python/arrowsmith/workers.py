@@ -18,11 +18,13 @@ import tempfile
 import time
 
 from arrowsmith.config import ModelConfig, ServerConfig
-from arrowsmith.server import DRAIN_SECONDS, EXIT_LOAD_FAILED, configure_logging, stop_on_signals
+from arrowsmith.server import EXIT_LOAD_FAILED, configure_logging, stop_on_signals
 
 logger = logging.getLogger("arrowsmith.workers")
 
 _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
+#: Seconds a stopping worker gets beyond its --drain-timeout before it is killed.
+KILL_MARGIN_SECONDS = 5.0
 
 
 def _spawn(index: int, config: ServerConfig, metrics_dir: str) -> subprocess.Popen[bytes]:
@@ -70,7 +72,7 @@ def supervise(config: ServerConfig) -> int:
                 logger.warning("worker %d ended (exit %s); starting it again", index, code)
                 workers[index] = _spawn(index, config, metrics_dir)
     finally:
-        _stop_all(list(workers.values()))
+        _stop_all(list(workers.values()), config.drain_timeout + KILL_MARGIN_SECONDS)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
@@ -81,12 +83,13 @@ def _mark_dead(pid: int, metrics_dir: str) -> None:
     multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
-def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to every worker, then wait for each to drain; kill the ones that hang."""
+def _stop_all(processes: list[subprocess.Popen[bytes]], patience: float) -> None:
+    """SIGTERM to every worker, then wait up to `patience` seconds for them to drain; kill
+    the ones that hang."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + DRAIN_SECONDS + 5
+    deadline = time.monotonic() + patience
     for process in processes:
         try:
             process.wait(max(0.1, deadline - time.monotonic()))

@@ -6,6 +6,7 @@ client: a HOLD row keeps it busy long enough for later requests to queue behind 
 batching certain instead of likely), and a POISON row makes it raise.
 """
 
+import sys
 import time
 from typing import Any
 
@@ -21,6 +22,11 @@ BATCH_ROWS = "batch_rows"
 
 HOLD_PAYLOAD = -2.0
 POISON_PAYLOAD = -1.0
+# For UnrulyEchoModel: a row with this payload makes it call sys.exit(), or raise
+# KeyboardInterrupt; a payload of SLEEP_BASE + s makes it sleep s seconds.
+EXIT_PAYLOAD = -3.0
+INTERRUPT_PAYLOAD = -4.0
+SLEEP_BASE = 1000.0
 HOLD_SECONDS = 1.0
 # Every call sleeps a little, so concurrent requests pile up while the model is busy.
 CALL_SECONDS = 0.003
@@ -62,3 +68,35 @@ class DropLastRowModel(EchoRowIdModel):
     ) -> pd.DataFrame:
         """The echo answer without its last row."""
         return super().predict(context, model_input, params).iloc[:-1]
+
+
+class UnrulyEchoModel(EchoRowIdModel):
+    """The echo model with model code that misbehaves on request: `sys.exit()`, a
+    KeyboardInterrupt, or a call that takes as long as the client asks."""
+
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Exits or interrupts on those payloads, naming the row; sleeps on SLEEP_BASE + s."""
+        ids = model_input[ROW_ID].to_numpy()
+        payload = model_input[PAYLOAD].to_numpy()
+        exits = ids[payload == EXIT_PAYLOAD]
+        if len(exits):
+            sys.exit(f"row {exits[0]} asked the model to exit")
+        interrupts = ids[payload == INTERRUPT_PAYLOAD]
+        if len(interrupts):
+            raise KeyboardInterrupt(f"row {interrupts[0]} interrupted the model")
+        sleeps = payload[payload >= SLEEP_BASE]
+        if len(sleeps):
+            time.sleep(float(sleeps.max()) - SLEEP_BASE)
+            return pd.DataFrame(
+                {
+                    ROW_ID: ids.copy(),
+                    TWICE: payload * 2,
+                    BATCH_ROWS: np.full(len(ids), len(ids), dtype=np.int64),
+                }
+            )
+        return super().predict(context, model_input, params)

@@ -31,6 +31,9 @@ SETTINGS = [
     ("--max-message-size", "ARROWSMITH_MAX_MESSAGE_SIZE", "1024", "max_message_size", 1024),
     ("--grpc-threads", "ARROWSMITH_GRPC_THREADS", "4", "grpc_threads", 4),
     ("--log-level", "ARROWSMITH_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("--request-timeout", "ARROWSMITH_REQUEST_TIMEOUT", "2.5", "request_timeout", 2.5),
+    ("--predict-timeout", "ARROWSMITH_PREDICT_TIMEOUT", "0", "predict_timeout", 0.0),
+    ("--drain-timeout", "ARROWSMITH_DRAIN_TIMEOUT", "7", "drain_timeout", 7.0),
 ]
 SETTING_IDS = [s[0] for s in SETTINGS]
 SETTING_ARGS = ("flag", "variable", "value", "field", "parsed")
@@ -178,6 +181,15 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert raised.value.code == 0
     assert capsys.readouterr().out.strip() == f"arrowsmith {__version__}"
+
+
+@pytest.mark.parametrize("flag", ["--request-timeout", "--predict-timeout", "--drain-timeout"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_timeouts_must_be_finite_and_not_negative(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    assert cli.main(["serve", "model", flag, value]) == 2
+    assert flag in capsys.readouterr().err
 
 
 def test_config_without_models_is_refused() -> None:

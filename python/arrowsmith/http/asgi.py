@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arrowsmith.errors import ArrowsmithError, InternalError, InvalidInputError
@@ -22,6 +23,32 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = "application/json"
+#: How long a handler runs before the front starts watching for its client's disconnect.
+WATCH_AFTER_SECONDS = 0.01
+
+
+class Disconnect:
+    """What to do if the client goes away before its answer (cancel its job, say); callbacks
+    may be added from any thread, and one added after the fact runs at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+        self.happened = False
+
+    def add(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if not self.happened:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def fire(self) -> None:
+        with self._lock:
+            self.happened = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,7 @@ class Request:
     #: Lower-case header names; the last of repeated headers wins.
     headers: dict[str, str]
     body: bytes
+    disconnect: Disconnect = field(default_factory=Disconnect, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,45 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def _watch_disconnect(
+    receive: Receive, disconnect: Disconnect, task: asyncio.Task[Any]
+) -> None:
+    """Once the whole body is read, the next message is the client's going away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    disconnect.fire()
+    task.cancel()
+
+
+async def _unless_gone(
+    answered: Awaitable[Response], receive: Receive, disconnect: Disconnect
+) -> Response | None:
+    """The handler's response; None when the client went away first (the handler is then
+    cancelled, and `disconnect`'s callbacks have run). The watch for a disconnect starts
+    only once the answer has taken WATCH_AFTER_SECONDS: most answers come sooner, and a
+    disconnect before then is still reported when it starts."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    watchers: list[asyncio.Task[None]] = []
+
+    def watch() -> None:
+        watchers.append(loop.create_task(_watch_disconnect(receive, disconnect, task)))
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, watch)
+    try:
+        return await answered
+    except asyncio.CancelledError:
+        if disconnect.happened:
+            task.uncancel()
+            return None
+        raise
+    finally:
+        timer.cancel()
+        for watcher in watchers:
+            watcher.cancel()
+
+
 class AsgiApp:
     def __init__(self, router: Router, executor: Executor, max_body_size: int) -> None:
         self._router = router
@@ -94,7 +161,13 @@ class AsgiApp:
                 answered = await loop.run_in_executor(self._executor, endpoint.handler, request)
             else:
                 answered = endpoint.handler(request)
-            response = await answered if inspect.isawaitable(answered) else answered
+            if inspect.isawaitable(answered):
+                gone_or_response = await _unless_gone(answered, receive, request.disconnect)
+                if gone_or_response is None:
+                    return
+                response = gone_or_response
+            else:
+                response = answered
         except ArrowsmithError as error:
             response = endpoint.errors(error)
         except Exception as error:

@@ -22,7 +22,7 @@ from arrowsmith import metrics
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
 from arrowsmith.http import mlflow_codec, split_fast_path
-from arrowsmith.http.asgi import JSON, Request, Response
+from arrowsmith.http.asgi import JSON, Disconnect, Request, Response
 
 if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel
@@ -155,7 +155,7 @@ class MlflowScoring:
         if request_bytes is None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self.answer_parsed, request.body, model, mime
+                self._executor, self.answer_parsed, request.body, model, mime, request.disconnect
             )
         metrics.observe_stage(model.name, PROTOCOL, "parse", time.perf_counter() - started)
         try:
@@ -170,8 +170,11 @@ class MlflowScoring:
         metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
         return Response(200, body, JSON)
 
-    def answer_parsed(self, body: bytes, model: LoadedModel, mime: str) -> Response:
-        """Runs on the thread pool: MLflow's parsing, the wait for the batch, rendering."""
+    def answer_parsed(
+        self, body: bytes, model: LoadedModel, mime: str, disconnect: Disconnect | None = None
+    ) -> Response:
+        """Runs on the thread pool: MLflow's parsing, the wait for the batch (within the
+        request timeout; the job is cancelled when the client goes away), rendering."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -186,7 +189,12 @@ class MlflowScoring:
             metrics.count_request(model.name, PROTOCOL, error.code.value)
             return error_response(error)
         try:
-            response_bytes = self.dataplane.infer(request_bytes, None, None, PROTOCOL)
+            response_bytes = self.dataplane.infer(
+                request_bytes,
+                self.dataplane.request_timeout,
+                None if disconnect is None else disconnect.add,
+                PROTOCOL,
+            )
         except ArrowsmithError as error:
             return error_response(error)
         return self._rendered(model, response_bytes, unwrapped)

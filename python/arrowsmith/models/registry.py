@@ -22,7 +22,7 @@ from arrowsmith.models.signature import (
 from arrowsmith.models.warmup import warm_up
 
 if TYPE_CHECKING:
-    from arrowsmith.batching import ModelRunner
+    from arrowsmith.batching import ModelRunner, RunnerWatch
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class LoadedModel:
         return properties
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Loads, describes and warms up one model, then starts its batcher."""
+def load_model(config: ModelConfig, watch: RunnerWatch | None = None) -> LoadedModel:
+    """Loads, describes and warms up one model, then starts its batcher; its runner reports
+    to `watch` (which also times its calls) when given."""
     from arrowsmith.batching import ModelRunner
 
     uri, name = config.uri, config.name
@@ -105,7 +106,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         config.max_batch_delay_ms,
         config.max_queue_size,
     )
-    model.runner = ModelRunner(model, batcher)
+    model.runner = ModelRunner(model, batcher, watch)
     model.runner.start()
     model.ready = True
     logger.info(
@@ -146,10 +147,18 @@ class ModelRegistry:
     def models(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    def begin_stop(self) -> None:
+        """The server is stopping: every model turns not ready at once (queued and running
+        requests are still answered)."""
+        for model in self._models.values():
+            if model.runner is not None:
+                model.runner.begin_stop()
+            model.ready = False
+
     def stop(self, timeout: float) -> None:
         """Stops every model's batcher; queued requests are answered first."""
+        self.begin_stop()
         for model in self._models.values():
-            model.ready = False
             if model.runner is not None:
                 model.runner.stop(timeout)
 
