@@ -14,7 +14,13 @@ from typing import Any
 from arrowsmith import __version__
 from arrowsmith.config import (
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PREDICT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -106,7 +112,51 @@ def _parser() -> argparse.ArgumentParser:
         "--max-message-size",
         type=int,
         default=_env("max-message-size", DEFAULT_MAX_MESSAGE_SIZE, int),
-        help="largest gRPC message accepted or sent, in bytes (default: 256 MiB)",
+        help="largest gRPC message accepted or sent, and largest HTTP body (413 past it), in "
+        "bytes (default: 256 MiB)",
+    )
+    serve.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=_env("max-inflight-bytes", DEFAULT_MAX_INFLIGHT_BYTES, int),
+        help="request bytes each front holds at once; a request that would pass it is refused "
+        "before its body is read (gRPC RESOURCE_EXHAUSTED, HTTP 429); at least "
+        "--max-message-size (default: 1 GiB)",
+    )
+    serve.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=_env("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, int),
+        help="calls a client may have open at once on one gRPC (HTTP/2) connection, advertised "
+        f"in SETTINGS (default {DEFAULT_MAX_CONCURRENT_STREAMS})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=_env("max-connections", DEFAULT_MAX_CONNECTIONS, int),
+        help="connections each front serves at once: past it gRPC closes new connections, "
+        f"HTTP answers 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--keepalive-interval",
+        type=float,
+        default=_env("keepalive-interval", DEFAULT_KEEPALIVE_INTERVAL, float),
+        help="seconds between HTTP/2 PINGs on a gRPC connection; 0: none "
+        f"(default {DEFAULT_KEEPALIVE_INTERVAL:g})",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=_env("keepalive-timeout", DEFAULT_KEEPALIVE_TIMEOUT, float),
+        help="seconds a PING may wait for its answer before the connection is dropped "
+        f"(default {DEFAULT_KEEPALIVE_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=_env("idle-timeout", DEFAULT_IDLE_TIMEOUT, float),
+        help="seconds a connection may stay without a request before it is closed (GOAWAY on "
+        f"gRPC); 0: never (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     serve.add_argument(
         "--grpc-threads",
@@ -255,6 +305,12 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         http_port=args.http_port,
         metrics_port=args.metrics_port,
         max_message_size=args.max_message_size,
+        max_inflight_bytes=args.max_inflight_bytes,
+        max_concurrent_streams=args.max_concurrent_streams,
+        max_connections=args.max_connections,
+        keepalive_interval=args.keepalive_interval,
+        keepalive_timeout=args.keepalive_timeout,
+        idle_timeout=args.idle_timeout,
         grpc_threads=args.grpc_threads,
         workers=args.workers,
         log_level=args.log_level.upper(),

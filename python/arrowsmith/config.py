@@ -7,6 +7,16 @@ from dataclasses import dataclass
 #: gRPC's own default (4 MiB) is the most reported limit in peers' issue trackers.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
+#: Bounds on what clients can make one server process hold, sized for a small machine:
+#: request bytes in flight (each front), HTTP/2 streams per connection, connections (each
+#: front), and the seconds of the keepalive PING, of its answer, and of an idle connection.
+DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 128
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_KEEPALIVE_INTERVAL = 60.0
+DEFAULT_KEEPALIVE_TIMEOUT = 20.0
+DEFAULT_IDLE_TIMEOUT = 300.0
+
 #: Rows per model call. A call of a tabular model costs mostly its fixed overhead (MLflow's
 #: and scikit-learn's checks, ~0.5 ms) rather than its rows, so the default lets requests of
 #: thousands of rows share calls; models whose rows are costly (or memory-bound) set less.
@@ -71,6 +81,17 @@ class ServerConfig:
     #: Prometheus /metrics; 0 turns it off.
     metrics_port: int = 8082
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Request bytes held at once by each front; past it, RESOURCE_EXHAUSTED (HTTP 429).
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    #: HTTP/2 streams a client may open at once on one gRPC connection.
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    #: Connections each front serves at once.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Seconds between PINGs on a gRPC connection (0: none) and for the PING's answer.
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    #: Seconds a connection may stay without a request before it is closed (0: forever).
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     grpc_threads: int = 32
     #: Server processes sharing the ports (SO_REUSEPORT), each loading every model.
     workers: int = 1
@@ -82,6 +103,32 @@ class ServerConfig:
     predict_timeout: float = DEFAULT_PREDICT_TIMEOUT
     #: Seconds a stop signal leaves for every front and runner to drain, all at once.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    def _check_limits(self) -> None:
+        for flag, count in (
+            ("--max-inflight-bytes", self.max_inflight_bytes),
+            ("--max-concurrent-streams", self.max_concurrent_streams),
+            ("--max-connections", self.max_connections),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+                raise ValueError(f"{flag} must be a positive whole number, not {count!r}")
+        if self.max_concurrent_streams > 2**31 - 1:
+            raise ValueError("--max-concurrent-streams must be below 2^31")
+        if self.max_inflight_bytes < self.max_message_size:
+            raise ValueError(
+                f"--max-inflight-bytes ({self.max_inflight_bytes}) must be at least "
+                f"--max-message-size ({self.max_message_size}): a largest message must fit"
+            )
+        for flag, seconds, zero_allowed in (
+            ("--keepalive-interval", self.keepalive_interval, True),
+            ("--keepalive-timeout", self.keepalive_timeout, False),
+            ("--idle-timeout", self.idle_timeout, True),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise ValueError(f"{flag} must be a number of seconds, not {seconds!r}")
+            if not (0 <= seconds < 1e9) or (seconds == 0 and not zero_allowed):
+                least = "0 or more" if zero_allowed else "more than 0"
+                raise ValueError(f"{flag} {seconds} must be {least} seconds")
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -103,6 +150,7 @@ class ServerConfig:
             raise ValueError("several --workers share one --grpc-port, which cannot be 0")
         if self.max_message_size <= 0:
             raise ValueError("--max-message-size must be positive")
+        self._check_limits()
         if self.grpc_threads <= 0:
             raise ValueError("--grpc-threads must be positive")
         for flag, seconds in (

@@ -55,7 +55,17 @@ class GrpcFront:
         # Workers share the port on purpose; a lone server must not share it by accident
         # with a process already there.
         self.native = _native.GrpcFront(
-            config.host, config.grpc_port, str(backend_socket), size, reuse_port
+            config.host,
+            config.grpc_port,
+            str(backend_socket),
+            size,
+            reuse_port,
+            max_inflight_bytes=config.max_inflight_bytes,
+            max_concurrent_streams=config.max_concurrent_streams,
+            max_connections=config.max_connections,
+            keepalive_interval=config.keepalive_interval,
+            keepalive_timeout=config.keepalive_timeout,
+            idle_timeout=config.idle_timeout,
         )
         self.port = self.native.port
         metrics.before_scrape(self._flush_stats)

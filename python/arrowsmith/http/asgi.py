@@ -13,7 +13,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from arrowsmith.errors import ArrowsmithError, InternalError, InvalidInputError
+from arrowsmith import metrics
+from arrowsmith.errors import ArrowsmithError, InternalError, InvalidInputError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +85,107 @@ class Endpoint:
 Router = Callable[[str, str], Endpoint]
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body; None when the client went away first."""
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise InvalidInputError(f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+class BodyTooLargeError(InvalidInputError):
+    """The request body is over the size limit: HTTP 413. What is left of it is not kept
+    (uvicorn reads past it), so the client still gets its answer."""
+
+
+class OverBudgetError(QueueFullError):
+    """Holding the body would pass the budget of request bytes in flight: 429, like a full
+    queue."""
+
+
+def refused(response: Response, error: ArrowsmithError) -> Response:
+    """`response` to `error`, with 413 for a body over the size limit."""
+    if not isinstance(error, BodyTooLargeError):
+        return response
+    return Response(413, response.body, response.content_type, response.headers)
+
+
+class InflightBytes:
+    """The bytes of request bodies the front holds, against a budget. Used from the event
+    loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise OverBudgetError(
+                f"the server is holding {self.held} bytes of requests in flight; {size} more "
+                f"would pass its budget of {self.limit} (--max-inflight-bytes): try again later"
+            )
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+def _protocol(path: str) -> str:
+    """The metrics' protocol label of a request path."""
+    return "rest" if path.startswith("/v2") else "mlflow"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class _Held:
+    """What one request holds of the budget; given back when the request is over."""
+
+    def __init__(self, budget: InflightBytes) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        if size > self.size:
+            self.budget.take(size - self.size)
+            self.size = size
+
+    def release(self) -> None:
+        self.budget.give_back(self.size)
+        self.size = 0
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int, held: _Held) -> bytes | None:
+    """The whole body; None when the client went away first. A body over `limit`, or one
+    the budget cannot hold, is refused before it is read when Content-Length announces it,
+    else as soon as what arrived passes."""
+    try:
+        declared = _content_length(scope)
+        if declared is not None:
+            if declared > limit:
+                raise BodyTooLargeError(
+                    f"the request body of {declared} bytes exceeds the limit of {limit} bytes "
+                    "(--max-message-size)"
+                )
+            held.grow_to(declared)
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"the request body exceeds the limit of {limit} bytes (--max-message-size)"
+                )
+            held.grow_to(size)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except (BodyTooLargeError, OverBudgetError):
+        metrics.count_request("", _protocol(scope["path"]), "RESOURCE_EXHAUSTED")
+        raise
 
 
 async def _watch_disconnect(
@@ -141,17 +228,32 @@ async def _unless_gone(
 
 
 class AsgiApp:
-    def __init__(self, router: Router, executor: Executor, max_body_size: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        executor: Executor,
+        max_body_size: int,
+        max_inflight_bytes: int | None = None,
+    ) -> None:
         self._router = router
         self._executor = executor
         self._max_body_size = max_body_size
+        #: Bytes of request bodies held until their requests are answered.
+        self.inflight = InflightBytes(max_inflight_bytes or max_body_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan events are off; websockets are not served
+        held = _Held(self.inflight)
+        try:
+            await self._answer(scope, receive, send, held)
+        finally:
+            held.release()
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, held: _Held) -> None:
         endpoint = self._router(scope["method"], scope["path"])
         try:
-            body = await _read_body(receive, self._max_body_size)
+            body = await _read_body(scope, receive, self._max_body_size, held)
             if body is None:
                 return
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

@@ -22,7 +22,7 @@ from arrowsmith import metrics
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
 from arrowsmith.http import mlflow_codec, split_fast_path
-from arrowsmith.http.asgi import JSON, Disconnect, Request, Response
+from arrowsmith.http.asgi import JSON, Disconnect, Request, Response, refused
 
 if TYPE_CHECKING:
     from arrowsmith.models.registry import LoadedModel
@@ -52,7 +52,7 @@ def error_response(error: ArrowsmithError) -> Response:
     from mlflow.protos.databricks_pb2 import ErrorCode as MlflowErrorCode
 
     code = MlflowErrorCode.Value(MLFLOW_ERROR_CODE[error.code])
-    return mlflow_error_response(MlflowException(error.message, error_code=code))
+    return refused(mlflow_error_response(MlflowException(error.message, error_code=code)), error)
 
 
 def _unsupported_media(content_type: str | None) -> Response | None:

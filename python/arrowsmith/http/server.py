@@ -6,6 +6,7 @@ lock."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 _POLL_SECONDS = 0.005
 #: Connections the kernel holds for uvicorn (its own default).
 _BACKLOG = 2048
+#: A keep-alive timeout no connection reaches (a day).
+_NEVER_SECONDS = 86400
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -78,7 +81,13 @@ class HttpFront:
             MlflowScoring(dataplane, config.models[0].served_name, self._executor),
             MetricsPage(),
         )
-        self._app = AsgiApp(routes, self._executor, config.max_message_size)
+        self._app = AsgiApp(
+            routes, self._executor, config.max_message_size, config.max_inflight_bytes
+        )
+        self._max_connections = config.max_connections
+        # uvicorn closes a keep-alive connection after this long without a request; 0 (never
+        # on gRPC) is "as good as never" here.
+        self._idle_timeout = math.ceil(config.idle_timeout) or _NEVER_SECONDS
         self._server: uvicorn.Server | None = None
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
@@ -98,6 +107,9 @@ class HttpFront:
                 access_log=False,
                 server_header=False,
                 backlog=_BACKLOG,
+                # Past it, uvicorn answers 503 at once.
+                limit_concurrency=self._max_connections,
+                timeout_keep_alive=self._idle_timeout,
             )
         )
         self._server.run(sockets=[self._socket])

@@ -15,7 +15,7 @@ import orjson
 from arrowsmith import metrics
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, ArrowsmithError, ErrorCode, InvalidInputError
-from arrowsmith.http.asgi import Request, Response
+from arrowsmith.http.asgi import BodyTooLargeError, Request, Response, refused
 from arrowsmith.http.v2_codec import (
     HEADER_LENGTH,
     OutputForm,
@@ -37,7 +37,7 @@ def json_response(document: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ArrowsmithError) -> Response:
-    return json_response({"error": error.message}, HTTP_STATUS[error.code])
+    return refused(json_response({"error": error.message}, HTTP_STATUS[error.code]), error)
 
 
 def decompressed(request: Request, limit: int) -> bytes:
@@ -55,7 +55,9 @@ def decompressed(request: Request, limit: int) -> bytes:
     except zlib.error as error:
         raise InvalidInputError(f"the body is not valid {encoding}: {error}") from None
     if inflater.unconsumed_tail:
-        raise InvalidInputError(f"the inflated request body exceeds the limit of {limit} bytes")
+        raise BodyTooLargeError(
+            f"the inflated request body exceeds the limit of {limit} bytes (--max-message-size)"
+        )
     return body
 
 
