@@ -117,17 +117,23 @@ fn values(plan: &InputPlan, j: usize, i: usize) -> (ArrayRef, Vec<u8>, Vec<usize
     let array: ArrayRef = match plan.datatype {
         DataType::Fp64 => {
             let v: Vec<f64> = (0..count).map(|k| (base + k) as f64).collect();
-            v.iter().for_each(|x| raw.extend(x.to_le_bytes()));
+            for x in &v {
+                raw.extend(x.to_le_bytes());
+            }
             Arc::new(Float64Array::from(v))
         }
         DataType::Fp32 => {
             let v: Vec<f32> = (0..count).map(|k| (base + k) as f32).collect();
-            v.iter().for_each(|x| raw.extend(x.to_le_bytes()));
+            for x in &v {
+                raw.extend(x.to_le_bytes());
+            }
             Arc::new(Float32Array::from(v))
         }
         DataType::Int64 => {
             let v: Vec<i64> = (0..count).map(|k| (base + k) as i64).collect();
-            v.iter().for_each(|x| raw.extend(x.to_le_bytes()));
+            for x in &v {
+                raw.extend(x.to_le_bytes());
+            }
             Arc::new(Int64Array::from(v))
         }
         DataType::Bool => {
@@ -195,9 +201,9 @@ fn job(plan: &JobPlan, j: usize) -> (Arc<Job>, Expected) {
 /// The stand-in model: each batch answered with its own inputs, as outputs of the same names.
 fn echo_runner(batcher: Arc<Batcher>) -> thread::JoinHandle<usize> {
     thread::spawn(move || {
-        let mut batches = 0;
+        let mut taken = 0;
         while let Some(batch) = batcher.next_batch() {
-            batches += 1;
+            taken += 1;
             match batch.inputs() {
                 Ok(inputs) => {
                     let outputs = inputs
@@ -213,7 +219,7 @@ fn echo_runner(batcher: Arc<Batcher>) -> thread::JoinHandle<usize> {
                 Err(error) => batch.fail(&error),
             }
         }
-        batches
+        taken
     })
 }
 
@@ -251,10 +257,10 @@ fn spelled(plan: &JobPlan) -> Option<JobPlan> {
     };
     let arrow = first.datatype.arrow_type();
     let dims: Vec<String> = first.trailing.iter().map(ToString::to_string).collect();
-    let params = first
-        .content_type
-        .map(|c| format!("{{\"content_type\": String(\"{c}\")}}"))
-        .unwrap_or_else(|| "{}".to_owned());
+    let params = first.content_type.map_or_else(
+        || "{}".to_owned(),
+        |c| format!("{{\"content_type\": String(\"{c}\")}}"),
+    );
     let merged = InputPlan {
         name: format!(
             "{}:{arrow}:[{}]:{params}|{}",
