@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import requests
 from mlflow.pyfunc import PyFuncModel
+from prometheus_client.parser import text_string_to_metric_families
 from support import v2
 from support.model_builders import WINE_MODEL_NAME
 from support.server import ServerHandle, running_server
@@ -187,11 +188,26 @@ def test_a_call_over_the_inflight_budget_is_resource_exhausted(
     error = refused
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert "--max-inflight-bytes" in (error.details() or "")
+    assert refusals(limited, "grpc") >= 1
 
     with grpc.insecure_channel(limited.url) as channel:
         answer = pb_answer(v2.model_infer_bytes(channel), second)
     np.testing.assert_allclose(answer, wine_expected[:450], rtol=1e-6)
     v2.assert_wine_served(limited.url, wine_frame, wine_expected)
+
+
+def refusals(server: ServerHandle, protocol: str) -> float:
+    """Requests refused by a transport limit, as the metrics count them (no model named)."""
+    text = requests.get(f"{server.http_url}/metrics", timeout=TIMEOUT_S).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "arrowsmith_requests_total"
+        and sample.labels.get("protocol") == protocol
+        and sample.labels.get("model") == ""
+        and sample.labels.get("status") == "RESOURCE_EXHAUSTED"
+    )
 
 
 def pb_answer(call: grpc.UnaryUnaryMultiCallable, request: bytes) -> np.ndarray:
@@ -324,6 +340,7 @@ def test_an_http_body_over_the_inflight_budget_is_429(
         assert answer is not None
         assert answer.status_code == 429, answer.text
         assert "--max-inflight-bytes" in answer.json()["error"]
+        assert refusals(limited, "rest") >= 1
     finally:
         held.close()
     for _ in range(50):
