@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare bench-soak
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -94,3 +94,7 @@ bench-batching: build example-model loadgen ## W1 with batching off/on, 1 and 2 
 bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLServer (own venv), mlflow serve
 	PROJECT_PYTHON=$(PY) bash benchmarks/peers/setup.sh
 	$(PY) benchmarks/compare.py
+
+SOAK_ARGS ?=
+bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, hostile requests, SIGKILL every 5 min (SOAK_ARGS="--duration 120")
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
