@@ -13,6 +13,8 @@ __all__ = [
     "Signature",
     "build_profile",
     "decode_request",
+    "error_statuses",
+    "native_error_code",
 ]
 
 build_profile: Final[str]
