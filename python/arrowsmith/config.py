@@ -8,8 +8,9 @@ from dataclasses import dataclass
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
 #: Bounds on what clients can make one server process hold, sized for a small machine:
-#: request bytes in flight (each front), HTTP/2 streams per connection, connections (each
-#: front), and the seconds of the keepalive PING, of its answer, and of an idle connection.
+#: request bytes in flight (both fronts together), HTTP/2 streams per connection,
+#: connections (each front), and the seconds of the keepalive PING, of its answer, and of an
+#: idle connection.
 DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 128
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -81,7 +82,8 @@ class ServerConfig:
     #: Prometheus /metrics; 0 turns it off.
     metrics_port: int = 8082
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Request bytes held at once by each front; past it, RESOURCE_EXHAUSTED (HTTP 429).
+    #: Request bytes held at once by the process's fronts together; past it,
+    #: RESOURCE_EXHAUSTED (HTTP 429).
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     #: HTTP/2 streams a client may open at once on one gRPC connection.
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS

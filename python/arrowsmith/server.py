@@ -67,7 +67,9 @@ class Fronts:
         if config.http_port:
             from arrowsmith.http.server import HttpFront
 
-            self.http = HttpFront(config, dataplane, reuse_port=worker)
+            self.http = HttpFront(
+                config, dataplane, reuse_port=worker, shared_budget=self.grpc.native
+            )
             self.http.start()
             logger.info("HTTP listening on %s:%d", config.host, self.http.port)
 

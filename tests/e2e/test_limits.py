@@ -317,6 +317,35 @@ def test_an_inflated_body_over_the_limit_is_413(
     assert_http_served(limited, wine_frame, wine_expected)
 
 
+def test_the_budget_is_shared_by_both_fronts(
+    limited: ServerHandle, wine_frame: pd.DataFrame, wine_expected: np.ndarray
+) -> None:
+    """While a half-sent gRPC call holds 90,000 of the 120,000 bytes, a 40,000-byte HTTP
+    body is 429: the process holds at most the budget whichever front the bytes came to."""
+    body = v2_infer_body(wine_frame.iloc[:600])
+    assert BUDGET - HELD_BYTES < len(body) < MESSAGE_LIMIT
+    url = f"{limited.http_url}/v2/models/wine/infer"
+    peer = RawHttp2(limited.port)
+    try:
+        peer.start_model_infer(HELD_BYTES, b"\x00" * 1000)
+        answer = None
+        for _ in range(50):
+            answer = requests.post(url, data=body, timeout=TIMEOUT_S)
+            if answer.status_code == 429:
+                break
+        assert answer is not None
+        assert answer.status_code == 429, answer.text
+        assert "--max-inflight-bytes" in answer.json()["error"]
+    finally:
+        peer.close()
+    for _ in range(50):
+        answer = requests.post(url, data=body, timeout=TIMEOUT_S)
+        if answer.status_code != 429:
+            break
+    assert answer.status_code == 200, answer.text
+    assert_http_served(limited, wine_frame, wine_expected)
+
+
 def test_an_http_body_over_the_inflight_budget_is_429(
     limited: ServerHandle, wine_frame: pd.DataFrame, wine_expected: np.ndarray
 ) -> None:

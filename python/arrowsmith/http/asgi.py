@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from arrowsmith import metrics
 from arrowsmith.errors import ArrowsmithError, InternalError, InvalidInputError, QueueFullError
@@ -102,24 +102,42 @@ def refused(response: Response, error: ArrowsmithError) -> Response:
     return Response(413, response.body, response.content_type, response.headers)
 
 
-class InflightBytes:
-    """The bytes of request bodies the front holds, against a budget. Used from the event
-    loop only."""
+class SharedBudget(Protocol):
+    """A budget of request bytes other fronts hold too (the native gRPC front's)."""
 
-    def __init__(self, limit: int) -> None:
+    @property
+    def inflight_bytes(self) -> int: ...
+    def reserve_inflight(self, bytes: int) -> bool: ...
+    def release_inflight(self, bytes: int) -> None: ...
+
+
+class InflightBytes:
+    """The bytes of request bodies the front holds, against a budget: `shared` with the
+    other fronts of the process when given (then its limit is `limit` too), else its own.
+    Used from the event loop only."""
+
+    def __init__(self, limit: int, shared: SharedBudget | None = None) -> None:
         self.limit = limit
+        self.shared = shared
         self.held = 0
 
     def take(self, size: int) -> None:
-        if self.held + size > self.limit:
+        if self.shared is None:
+            taken = self.held + size <= self.limit
+        else:
+            taken = self.shared.reserve_inflight(size)
+        if not taken:
+            held = self.held if self.shared is None else self.shared.inflight_bytes
             raise OverBudgetError(
-                f"the server is holding {self.held} bytes of requests in flight; {size} more "
+                f"the server is holding {held} bytes of requests in flight; {size} more "
                 f"would pass its budget of {self.limit} (--max-inflight-bytes): try again later"
             )
         self.held += size
 
     def give_back(self, size: int) -> None:
         self.held -= size
+        if self.shared is not None:
+            self.shared.release_inflight(size)
 
 
 def _protocol(path: str) -> str:
@@ -234,12 +252,13 @@ class AsgiApp:
         executor: Executor,
         max_body_size: int,
         max_inflight_bytes: int | None = None,
+        shared_budget: SharedBudget | None = None,
     ) -> None:
         self._router = router
         self._executor = executor
         self._max_body_size = max_body_size
         #: Bytes of request bodies held until their requests are answered.
-        self.inflight = InflightBytes(max_inflight_bytes or max_body_size)
+        self.inflight = InflightBytes(max_inflight_bytes or max_body_size, shared_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
-from arrowsmith.http.asgi import AsgiApp, Request, Response
+from arrowsmith.http.asgi import AsgiApp, Request, Response, SharedBudget
 from arrowsmith.http.invocations import MlflowScoring
 from arrowsmith.http.routes import Routes
 from arrowsmith.http.v2_rest import V2Rest
@@ -72,7 +72,15 @@ class MetricsPage:
 class HttpFront:
     """A started HTTP server; `stop` lets in-flight requests finish."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        dataplane: DataPlane,
+        reuse_port: bool,
+        shared_budget: SharedBudget | None = None,
+    ) -> None:
+        """`shared_budget`: the gRPC front's budget of request bytes in flight, so that the
+        process holds at most --max-inflight-bytes whichever front the bytes came to."""
         self._socket = listening_socket(config.host, config.http_port, reuse_port)
         self.port: int = self._socket.getsockname()[1]
         self._executor = ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="http")
@@ -82,7 +90,11 @@ class HttpFront:
             MetricsPage(),
         )
         self._app = AsgiApp(
-            routes, self._executor, config.max_message_size, config.max_inflight_bytes
+            routes,
+            self._executor,
+            config.max_message_size,
+            config.max_inflight_bytes,
+            shared_budget,
         )
         self._max_connections = config.max_connections
         # uvicorn closes a keep-alive connection after this long without a request; 0 (never

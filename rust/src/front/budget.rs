@@ -52,8 +52,9 @@ impl ByteBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Takes `bytes` more, unless that would pass the limit.
-    fn take(&self, bytes: usize) -> Result<(), OverBudget> {
+    /// Takes `bytes` more, unless that would pass the limit. Who takes without a
+    /// `Reservation` (a front in another language) gives back exactly what it took.
+    pub fn take(&self, bytes: usize) -> Result<(), OverBudget> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= self.limit)
@@ -66,7 +67,7 @@ impl ByteBudget {
             })
     }
 
-    fn give_back(&self, bytes: usize) {
+    pub fn give_back(&self, bytes: usize) {
         // Never below zero, whatever happens: a reservation gives back what it took.
         let _ = self
             .used

@@ -234,6 +234,11 @@ impl Front {
         self.shared.inflight.used()
     }
 
+    /// The process's budget of request bytes in flight, for the other fronts to share.
+    pub fn budget(&self) -> &ByteBudget {
+        &self.shared.inflight
+    }
+
     /// Stops taking connections, lets calls in flight finish for up to `grace`, then ends
     /// the front's thread.
     pub fn stop(&self, grace: Duration) {

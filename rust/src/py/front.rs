@@ -122,6 +122,17 @@ impl GrpcFront {
         self.front.inflight_bytes()
     }
 
+    /// Takes `bytes` from the process's budget of request bytes in flight, which the HTTP
+    /// front shares; False when that would pass the limit. `release_inflight` gives them back.
+    fn reserve_inflight(&self, bytes: usize) -> bool {
+        self.front.budget().take(bytes).is_ok()
+    }
+
+    /// Gives back bytes taken with `reserve_inflight`.
+    fn release_inflight(&self, bytes: usize) {
+        self.front.budget().give_back(bytes);
+    }
+
     /// Stops listening and gives calls in flight up to `grace_seconds` to finish.
     fn stop(&self, py: Python<'_>, grace_seconds: f64) -> PyResult<()> {
         let grace = seconds("grace_seconds", grace_seconds)?;
