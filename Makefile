@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare bench-soak
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -98,3 +98,23 @@ bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLSe
 SOAK_ARGS ?=
 bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, hostile requests, SIGKILL every 5 min (SOAK_ARGS="--duration 120")
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
+# Fuzzing: cargo-fuzz (libFuzzer, nightly Rust) for the Rust parsers, atheris (libFuzzer for
+# Python) for the V2 REST codec. Each target starts from its committed seed corpus and grows a
+# scratch copy (corpus-run/, ignored by git); a crash stops the run and lands in
+# rust/fuzz/artifacts/<target>/ or tests/fuzz/artifacts/.
+FUZZ_RUNS ?= 10000000
+FUZZ_SANITIZER ?= address
+FUZZ_TARGETS := decode_request grpc_wire batch_assembly
+
+fuzz: $(INSTALLED) ## fuzz every parser of client bytes, FUZZ_RUNS (10M) executions per target (hours; not in test)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd rust/fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus-run/$$target && \
+		cargo +nightly fuzz run -O -s $(FUZZ_SANITIZER) $$target corpus-run/$$target corpus/$$target -- \
+			-runs=$(FUZZ_RUNS) -print_final_stats=1 \
+			$$(test -f dicts/$$target.dict && echo -dict=dicts/$$target.dict) || exit 1; \
+	done
+	mkdir -p tests/fuzz/corpus-run/v2_codec tests/fuzz/artifacts
+	$(PY) tests/fuzz/fuzz_v2_codec.py -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+		-artifact_prefix=tests/fuzz/artifacts/ tests/fuzz/corpus-run/v2_codec tests/fuzz/corpus/v2_codec

@@ -137,7 +137,9 @@ def _json_raw(name: str, datatype: str, shape: list[int], data: Any) -> bytes:
 
 def _shape(name: str, value: Any) -> list[int]:
     if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        # A dimension is an int64 on the wire.
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63
+        for d in value
     ):
         raise InvalidInputError(f"input '{name}' needs a shape of non-negative integers", name)
     return value

@@ -1,0 +1,9 @@
+//! Arbitrary bytes as a gRPC unary request body (prefix + message) and as a `grpc-timeout`
+//! header value.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    arrowsmith_fuzz::harness::grpc_wire_case(data);
+});
