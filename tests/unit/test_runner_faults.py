@@ -1,0 +1,161 @@
+"""The runner's fault handling, with stand-ins for the native batcher: a panic of the native
+side fails the batch INTERNAL, a loop that breaks answers everything waiting and reports a
+fatal fault, and a call past the predict timeout is answered and makes the model not ready
+until it returns."""
+
+import threading
+import time
+import types
+
+import pytest
+from arrowsmith import batching
+
+
+class PanicException(BaseException):
+    """Stands for pyo3's PanicException, which derives from BaseException."""
+
+
+class FakeBatch:
+    def __init__(self, requests: int = 1) -> None:
+        self.requests = requests
+        self.failed: list[tuple[str, str]] = []
+        self.single_batches: list[FakeBatch] = []
+
+    def __len__(self) -> int:
+        return self.requests
+
+    def fail(self, code: str, message: str) -> None:
+        self.failed.append((code, message))
+
+    def singles(self) -> list["FakeBatch"]:
+        self.single_batches = [FakeBatch() for _ in range(self.requests)]
+        return self.single_batches
+
+    def rows(self) -> list[int]:
+        return [1] * self.requests
+
+    def queue_waits(self) -> list[float]:
+        return [0.0] * self.requests
+
+
+class FakeBatcher:
+    def __init__(self, *batches: FakeBatch) -> None:
+        self.batches = list(batches)
+        self.aborted: list[tuple[str, str]] = []
+        self.unavailable: list[str | None] = []
+        self.depth = 0
+
+    def next_batch(self) -> FakeBatch | None:
+        if not self.batches:
+            raise PanicException("the queue's lock was poisoned")
+        return self.batches.pop(0)
+
+    def abort(self, code: str, message: str) -> int:
+        self.aborted.append((code, message))
+        return 3
+
+    def set_unavailable(self, reason: str | None) -> None:
+        self.unavailable.append(reason)
+
+    def close(self) -> None:
+        pass
+
+
+class Events:
+    def __init__(self) -> None:
+        self.fatal: list[str] = []
+        self.changes = 0
+        self.fatal_seen = threading.Event()
+
+    def readiness_changed(self) -> None:
+        self.changes += 1
+
+    def on_fatal(self, reason: str) -> None:
+        self.fatal.append(reason)
+        self.fatal_seen.set()
+
+
+def runner(batcher: FakeBatcher, events: Events, timeout: float = 0.0) -> batching.ModelRunner:
+    model = types.SimpleNamespace(name="m", ready=True, outputs=[])
+    watch = batching.RunnerWatch(timeout, events.readiness_changed, events.on_fatal)
+    return batching.ModelRunner(model, batcher, watch)  # type: ignore[arg-type]
+
+
+def test_a_native_panic_fails_the_batch_internal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def panics(batch: object, model: object) -> None:
+        raise PanicException("index out of bounds")
+
+    monkeypatch.setattr(batching, "batch_input", panics)
+    batch = FakeBatch(2)
+    runner(FakeBatcher(), Events()).run_batch(batch)  # type: ignore[arg-type]
+    for single in batch.single_batches:
+        [(code, message)] = single.failed
+        assert code == "INTERNAL" and "PanicException: index out of bounds" in message
+
+
+def test_a_broken_loop_answers_everything_and_reports_a_fatal_fault() -> None:
+    """The loop breaks with a batch in its hands: that batch and the queue are answered
+    UNAVAILABLE, the model is not ready, and the fault is reported."""
+    in_hand = FakeBatch()
+    batcher = FakeBatcher(in_hand)
+    events = Events()
+    model_runner = runner(batcher, events)
+
+    def broken(batch: object) -> None:
+        raise RuntimeError("a bug in the loop")
+
+    model_runner.run_batch = broken  # type: ignore[method-assign]
+    model_runner.start()
+    assert events.fatal_seen.wait(10)
+    assert "RuntimeError: a bug in the loop" in events.fatal[0]
+    assert not model_runner.model.ready
+    assert [code for code, _ in batcher.aborted] == ["MODEL_NOT_READY"]
+    [(code, message)] = in_hand.failed
+    assert code == "MODEL_NOT_READY" and "runner" in message
+
+
+def test_a_panic_of_next_batch_is_a_fatal_fault() -> None:
+    batcher = FakeBatcher()
+    events = Events()
+    runner(batcher, events).start()
+    assert events.fatal_seen.wait(10)
+    assert "PanicException" in events.fatal[0]
+    assert [code for code, _ in batcher.aborted] == ["MODEL_NOT_READY"]
+
+
+def test_an_orderly_stop_is_no_fault() -> None:
+    batcher = FakeBatcher()
+    batcher.next_batch = lambda: None  # type: ignore[method-assign]
+    events = Events()
+    model_runner = runner(batcher, events)
+    model_runner.begin_stop()
+    model_runner.start()
+    assert model_runner.stop(10)
+    assert events.fatal == [] and batcher.aborted == []
+
+
+def test_a_call_past_the_predict_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answered DEADLINE_EXCEEDED and not ready while it runs; ready when it returns; a
+    fatal fault only past three times the timeout."""
+    events = Events()
+    batcher = FakeBatcher()
+    model_runner = runner(batcher, events, timeout=0.5)
+    batch = FakeBatch(2)
+    model_runner._begin_call(batch)  # type: ignore[arg-type]
+    started = time.monotonic()
+    model_runner.check_call(started + 0.4)
+    assert batch.failed == [] and model_runner.model.ready
+    model_runner.check_call(started + 0.6)
+    [(code, message)] = batch.failed
+    assert code == "DEADLINE_EXCEEDED" and "--predict-timeout" in message
+    assert not model_runner.model.ready and batcher.unavailable[-1] is not None
+    model_runner.check_call(started + 1.0)
+    assert len(batch.failed) == 1 and events.fatal == []
+    model_runner._end_call()
+    assert model_runner.model.ready and batcher.unavailable[-1] is None
+    assert events.changes == 2
+
+    model_runner._begin_call(batch)  # type: ignore[arg-type]
+    model_runner.check_call(time.monotonic() + 1.6)
+    assert events.fatal and "has not returned" in events.fatal[0]
+    assert [code for code, _ in batcher.aborted] == ["MODEL_NOT_READY"]
