@@ -669,9 +669,9 @@ impl Batch {
                     Ok(inner)
                 } else {
                     Err(Error::Internal(format!(
-                        "model '{}' returned output '{}' of shape {} ({len} values) for a batch \
-                         of {total} rows from {} requests; its rows cannot be told apart, so \
-                         no request gets them",
+                        "model '{}' returned output '{}' of shape {} for a batch of {total} \
+                         rows from {} requests ({len} values); its rows cannot be told apart, \
+                         so no request gets them",
                         self.model_name,
                         o.name,
                         shape_text(&o.shape),
