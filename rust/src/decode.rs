@@ -200,7 +200,8 @@ fn check_empty_shape(name: &str, shape: &[usize], message_len: usize) -> Result<
         _ => Err(Error::input(
             name,
             format!(
-                "input '{name}' has shape {}: no elements, but dimensions larger than a request                  of {message_len} bytes can describe",
+                "input '{name}' has shape {}: no elements, but dimensions larger than a \
+                 request of {message_len} bytes can describe",
                 shape_text(shape)
             ),
         )),
