@@ -102,7 +102,8 @@ bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, ho
 # Fuzzing: cargo-fuzz (libFuzzer, nightly Rust) for the Rust parsers, atheris (libFuzzer for
 # Python) for the V2 REST codec. Each target starts from its committed seed corpus and grows a
 # scratch copy (corpus-run/, ignored by git); a crash stops the run and lands in
-# rust/fuzz/artifacts/<target>/ or tests/fuzz/artifacts/.
+# rust/fuzz/artifacts/<target>/ or tests/fuzz/artifacts/. `-a` keeps overflow checks in the
+# optimized build, so an arithmetic overflow is a crash, not a silently wrapped size.
 FUZZ_RUNS ?= 10000000
 FUZZ_SANITIZER ?= address
 FUZZ_TARGETS := decode_request grpc_wire batch_assembly
@@ -111,7 +112,7 @@ fuzz: $(INSTALLED) ## fuzz every parser of client bytes, FUZZ_RUNS (10M) executi
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	cd rust/fuzz && for target in $(FUZZ_TARGETS); do \
 		mkdir -p corpus-run/$$target && \
-		cargo +nightly fuzz run -O -s $(FUZZ_SANITIZER) $$target corpus-run/$$target corpus/$$target -- \
+		cargo +nightly fuzz run -O -a -s $(FUZZ_SANITIZER) $$target corpus-run/$$target corpus/$$target -- \
 			-runs=$(FUZZ_RUNS) -print_final_stats=1 \
 			$$(test -f dicts/$$target.dict && echo -dict=dicts/$$target.dict) || exit 1; \
 	done

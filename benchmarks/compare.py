@@ -102,6 +102,8 @@ class Session:
     port: int
     cwd: Path | None = None
     path: Path | None = None
+    #: Where Python finds the package first (an earlier build, for `ab.py`).
+    pythonpath: Path | None = None
 
 
 def sessions(model: Path, digits: Path, work: Path) -> list[Session]:
@@ -152,6 +154,8 @@ def grpc_server(session: Session, body: bytes, log: Path) -> Iterator[subprocess
     env = dict(os.environ)
     if session.path is not None:
         env["PATH"] = f"{session.path}{os.pathsep}{env.get('PATH', '')}"
+    if session.pythonpath is not None:
+        env["PYTHONPATH"] = str(session.pythonpath)
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *session.command],
