@@ -12,7 +12,7 @@ import json
 import pathlib
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -317,6 +317,16 @@ def test_an_inflated_body_over_the_limit_is_413(
     assert_http_served(limited, wine_frame, wine_expected)
 
 
+def post_until(url: str, body: bytes, wanted: Callable[[int], bool]) -> requests.Response:
+    """POSTs `body` until the answer's status is `wanted` (the front learns of a held request
+    a moment after it is sent), at most 50 times; the last answer."""
+    for _ in range(50):
+        answer = requests.post(url, data=body, timeout=TIMEOUT_S)
+        if wanted(answer.status_code):
+            break
+    return answer
+
+
 def test_the_budget_is_shared_by_both_fronts(
     limited: ServerHandle, wine_frame: pd.DataFrame, wine_expected: np.ndarray
 ) -> None:
@@ -328,20 +338,12 @@ def test_the_budget_is_shared_by_both_fronts(
     peer = RawHttp2(limited.port)
     try:
         peer.start_model_infer(HELD_BYTES, b"\x00" * 1000)
-        answer = None
-        for _ in range(50):
-            answer = requests.post(url, data=body, timeout=TIMEOUT_S)
-            if answer.status_code == 429:
-                break
-        assert answer is not None
+        answer = post_until(url, body, lambda status: status == 429)
         assert answer.status_code == 429, answer.text
         assert "--max-inflight-bytes" in answer.json()["error"]
     finally:
         peer.close()
-    for _ in range(50):
-        answer = requests.post(url, data=body, timeout=TIMEOUT_S)
-        if answer.status_code != 429:
-            break
+    answer = post_until(url, body, lambda status: status != 429)
     assert answer.status_code == 200, answer.text
     assert_http_served(limited, wine_frame, wine_expected)
 
@@ -361,21 +363,13 @@ def test_an_http_body_over_the_inflight_budget_is_429(
             + f"Content-Length: {HELD_BYTES}\r\n\r\n".encode()
             + b"{" * 100
         )
-        answer = None
-        for _ in range(50):
-            answer = requests.post(url, data=body, timeout=TIMEOUT_S)
-            if answer.status_code == 429:
-                break
-        assert answer is not None
+        answer = post_until(url, body, lambda status: status == 429)
         assert answer.status_code == 429, answer.text
         assert "--max-inflight-bytes" in answer.json()["error"]
         assert refusals(limited, "rest") >= 1
     finally:
         held.close()
-    for _ in range(50):
-        answer = requests.post(url, data=body, timeout=TIMEOUT_S)
-        if answer.status_code != 429:
-            break
+    answer = post_until(url, body, lambda status: status != 429)
     assert answer.status_code == 200, answer.text
     assert_http_served(limited, wine_frame, wine_expected)
 
