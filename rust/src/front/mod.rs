@@ -346,6 +346,11 @@ async fn serve_connection(
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // h2's guard against rapid reset closes a connection whose client resets more than
+        // 20 streams (its default) before they are accepted; clients cancelling calls at
+        // their deadlines under load did that in the soak run. As many as the client may
+        // open at once keeps the guard and spares honest cancellations.
+        .max_pending_accept_reset_streams(limits.max_concurrent_streams as usize)
         .handshake::<_, Bytes>(socket);
     // A peer that connects and never speaks HTTP/2 does not hold a connection for long.
     let Ok(Ok(mut connection)) = tokio::time::timeout(limits.keepalive_timeout, handshake).await
