@@ -112,32 +112,23 @@ class SharedBudget(Protocol):
 
 
 class InflightBytes:
-    """The bytes of request bodies the front holds, against a budget: `shared` with the
-    other fronts of the process when given (then its limit is `limit` too), else its own.
-    Used from the event loop only."""
+    """The bytes of request bodies the front holds, taken from the process's budget that
+    the gRPC front keeps (`shared`, of `limit` bytes)."""
 
-    def __init__(self, limit: int, shared: SharedBudget | None = None) -> None:
+    def __init__(self, limit: int, shared: SharedBudget) -> None:
         self.limit = limit
         self.shared = shared
-        self.held = 0
 
     def take(self, size: int) -> None:
-        if self.shared is None:
-            taken = self.held + size <= self.limit
-        else:
-            taken = self.shared.reserve_inflight(size)
-        if not taken:
-            held = self.held if self.shared is None else self.shared.inflight_bytes
+        if not self.shared.reserve_inflight(size):
             raise OverBudgetError(
-                f"the server is holding {held} bytes of requests in flight; {size} more "
-                f"would pass its budget of {self.limit} (--max-inflight-bytes): try again later"
+                f"the server is holding {self.shared.inflight_bytes} bytes of requests in "
+                f"flight; {size} more would pass its budget of {self.limit} "
+                "(--max-inflight-bytes): try again later"
             )
-        self.held += size
 
     def give_back(self, size: int) -> None:
-        self.held -= size
-        if self.shared is not None:
-            self.shared.release_inflight(size)
+        self.shared.release_inflight(size)
 
 
 def _protocol(path: str) -> str:
@@ -251,14 +242,14 @@ class AsgiApp:
         router: Router,
         executor: Executor,
         max_body_size: int,
-        max_inflight_bytes: int | None = None,
-        shared_budget: SharedBudget | None = None,
+        max_inflight_bytes: int,
+        shared_budget: SharedBudget,
     ) -> None:
         self._router = router
         self._executor = executor
         self._max_body_size = max_body_size
         #: Bytes of request bodies held until their requests are answered.
-        self.inflight = InflightBytes(max_inflight_bytes or max_body_size, shared_budget)
+        self.inflight = InflightBytes(max_inflight_bytes, shared_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
