@@ -32,8 +32,11 @@ logger = logging.getLogger("arrowsmith")
 #: A server's exit status when its models did not load (restarting it would not help).
 EXIT_LOAD_FAILED = 3
 #: A server's exit status when a loaded model can no longer answer in it: its runner thread
-#: ended, or a call of it never returned (sysexits' EX_SOFTWARE). Restarting it helps.
+#: ended, or a call of it never returned, or a front stopped serving (sysexits'
+#: EX_SOFTWARE). Restarting it helps.
 EXIT_MODEL_FAILED = 70
+#: How often the main thread checks that every front still serves.
+FRONT_CHECK_SECONDS = 0.1
 
 
 def configure_logging(config: ServerConfig) -> None:
@@ -80,6 +83,13 @@ class Fronts:
         if self.http is not None:
             self.http.wait_started()
 
+    def ended(self) -> list[str]:
+        """The fronts that no longer serve (their thread ended)."""
+        ended = [] if self.grpc.running else ["gRPC"]
+        if self.http is not None and not self.http.running:
+            ended.append("HTTP")
+        return ended
+
     def stops(self) -> list[tuple[str, Callable[[float], object]]]:
         """Each front's `stop(grace_seconds)`, by name."""
         http = [] if self.http is None else [("HTTP", self.http.stop)]
@@ -92,7 +102,8 @@ class Fronts:
 
 class Lifecycle:
     """How the process ends, and gRPC health in step with readiness. A stop signal ends it
-    with 0 once drained; `fatal` (a model cannot answer any more) with EXIT_MODEL_FAILED.
+    with 0 once drained; `fatal` (a model or a front cannot answer any more) with
+    EXIT_MODEL_FAILED.
     Health follows the registry's readiness once the fronts serve (a model turns not ready
     while a call of it overruns, say) and stays NOT_SERVING from the moment a stop begins."""
 
@@ -116,6 +127,14 @@ class Lifecycle:
     def _update_health(self) -> None:
         if self._fronts is not None:
             self._fronts.grpc.set_serving(self.registry.ready and not self._stopping)
+
+    def wait(self) -> None:
+        """Until a stop: a signal, `fatal`, or a front whose thread ended (a dead front is
+        `fatal` too: the process cannot answer through it, so it stops to be replaced)."""
+        while not self.stop.wait(FRONT_CHECK_SECONDS):
+            ended = [] if self._fronts is None else self._fronts.ended()
+            if ended:
+                self.fatal(f"the {' and '.join(ended)} front stopped serving")
 
     def begin_stop(self) -> None:
         """Readiness and health turn false, at once."""
@@ -214,7 +233,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         fronts.set_ready(registry)
         lifecycle.serving(fronts)
         logger.info("ready: serving %s", ", ".join(registry.names()))
-    stop.wait()
+    lifecycle.wait()
     lifecycle.begin_stop()
     busy = drain(fronts, registry, config.drain_timeout)
     watch.stop()

@@ -352,6 +352,24 @@ def test_runner_that_ends_turns_the_model_not_ready_and_the_process_exits(
         assert "injected fault" in log and "exits with 70" in log, log[-4000:]
 
 
+def test_a_front_that_stops_serving_turns_the_server_not_ready(
+    unruly_model_dir: pathlib.Path, server_logs: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """The HTTP front's thread ends while the process runs: readiness and health turn false
+    at once over gRPC, and the process exits with 70 to be restarted."""
+    trigger = tmp_path / "http-fault"
+    _, env = fault_env(
+        tmp_path, ARROWSMITH_TEST_HTTP_FRONT_FAULT=str(trigger), ARROWSMITH_TEST_DRAIN_DELAY="3"
+    )
+    with launch(unruly_model_dir, server_logs, env=env) as server:
+        assert health(server) == SERVING
+        trigger.touch()
+        wait_for(lambda: health(server) == NOT_SERVING, "NOT_SERVING after the fault", server)
+        assert not model_ready(server)
+        assert server.process.wait(CALL_TIMEOUT_S) == EXIT_MODEL_FAILED
+        assert "the HTTP front stopped serving" in server.log_text()
+
+
 def test_worker_whose_runner_ended_is_replaced(
     unruly_model_dir: pathlib.Path, server_logs: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:

@@ -78,6 +78,11 @@ class GrpcFront:
         assert model.runner is not None, "only a loaded model is served natively"
         self.native.serve(model.name, model.version, model.runner.batcher, model.signature)
 
+    @property
+    def running(self) -> bool:
+        """False once the native front's thread has ended."""
+        return bool(self.native.running)
+
     def set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING

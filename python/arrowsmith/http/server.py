@@ -77,7 +77,7 @@ class HttpFront:
         config: ServerConfig,
         dataplane: DataPlane,
         reuse_port: bool,
-        shared_budget: SharedBudget | None = None,
+        shared_budget: SharedBudget,
     ) -> None:
         """`shared_budget`: the gRPC front's budget of request bytes in flight, so that the
         process holds at most --max-inflight-bytes whichever front the bytes came to."""
@@ -125,6 +125,11 @@ class HttpFront:
             )
         )
         self._server.run(sockets=[self._socket])
+
+    @property
+    def running(self) -> bool:
+        """False once uvicorn's thread has ended."""
+        return self._thread.is_alive()
 
     def wait_started(self) -> None:
         """Blocks until uvicorn accepts connections (or has failed to start)."""

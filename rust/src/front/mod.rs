@@ -229,6 +229,16 @@ impl Front {
         &self.shared.stats
     }
 
+    /// Whether the front's thread still serves (it ends only when stopped, or when its
+    /// listener could not be used).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
     /// Request bytes held by calls in flight now.
     pub fn inflight_bytes(&self) -> usize {
         self.shared.inflight.used()

@@ -116,6 +116,12 @@ impl GrpcFront {
         )
     }
 
+    /// Whether the front still serves: False once its thread has ended.
+    #[getter]
+    fn running(&self) -> bool {
+        self.front.is_running()
+    }
+
     /// Request bytes held by calls in flight now.
     #[getter]
     fn inflight_bytes(&self) -> usize {
