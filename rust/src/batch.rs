@@ -435,15 +435,9 @@ impl Batcher {
                 *state = JobState::Running;
             }
         }
-        let mut batch = self.batch_of(Arc::clone(first));
-        batch.jobs = jobs;
-        batch
-    }
-
-    fn batch_of(&self, lead: Arc<Job>) -> Batch {
         Batch {
-            jobs: vec![Arc::clone(&lead)],
-            lead,
+            lead: Arc::clone(first),
+            jobs,
             started: Instant::now(),
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
@@ -454,7 +448,8 @@ impl Batcher {
 /// Requests the runner predicts together.
 #[derive(Debug)]
 pub struct Batch {
-    /// The first request, whose key every other one shares.
+    /// The first request, whose key every other one shares (`jobs`' first, held apart so
+    /// that nothing indexes for it).
     lead: Arc<Job>,
     /// Every request, the lead first.
     jobs: Vec<Arc<Job>>,
