@@ -44,6 +44,17 @@ def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
         raise ValueError(f"{variable}={value!r} is not a valid --{flag}") from None
 
 
+def _number(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: Callable[[str], Any],
+    default: Any,
+    help: str | None = None,
+) -> None:
+    """`--flag`, a number of `kind`; its default is $ARROWSMITH_FLAG when set."""
+    parser.add_argument(f"--{flag}", type=kind, default=_env(flag, default, kind), help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arrowsmith",
@@ -70,121 +81,138 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--name", default=_env("name", None), help="the name clients use")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
-    serve.add_argument("--grpc-port", type=int, default=_env("grpc-port", 8081, int))
-    serve.add_argument(
-        "--http-port",
-        type=int,
-        default=_env("http-port", 8080, int),
-        help="V2 REST, MLflow's /invocations and /metrics; 0 turns HTTP off (default 8080)",
+    _number(serve, "grpc-port", int, 8081)
+    _number(
+        serve,
+        "http-port",
+        int,
+        8080,
+        "V2 REST, MLflow's /invocations and /metrics; 0 turns HTTP off (default 8080)",
     )
-    serve.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env("metrics-port", 8082, int),
-        help="Prometheus /metrics port; 0 turns metrics serving off",
+    _number(
+        serve,
+        "metrics-port",
+        int,
+        8082,
+        "Prometheus /metrics port; 0 turns metrics serving off",
     )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=_env("workers", len(os.sched_getaffinity(0)), int),
-        help="server processes sharing the ports, each loading the models (default: the cores "
+    _number(
+        serve,
+        "workers",
+        int,
+        len(os.sched_getaffinity(0)),
+        "server processes sharing the ports, each loading the models (default: the cores "
         "this process may run on)",
     )
-    serve.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=_env("max-batch-size", DEFAULT_MAX_BATCH_SIZE, int),
-        help=f"rows per model call; 1 turns batching off (default {DEFAULT_MAX_BATCH_SIZE})",
+    _number(
+        serve,
+        "max-batch-size",
+        int,
+        DEFAULT_MAX_BATCH_SIZE,
+        f"rows per model call; 1 turns batching off (default {DEFAULT_MAX_BATCH_SIZE})",
     )
-    serve.add_argument(
-        "--max-batch-delay-ms",
-        type=float,
-        default=_env("max-batch-delay-ms", 0.0, float),
-        help="how long a batch may wait for more requests (default 0: never wait)",
+    _number(
+        serve,
+        "max-batch-delay-ms",
+        float,
+        0.0,
+        "how long a batch may wait for more requests (default 0: never wait)",
     )
-    serve.add_argument(
-        "--max-queue-size",
-        type=int,
-        default=_env("max-queue-size", 1024, int),
-        help="requests waiting per model before RESOURCE_EXHAUSTED (default 1024)",
+    _number(
+        serve,
+        "max-queue-size",
+        int,
+        1024,
+        "requests waiting per model before RESOURCE_EXHAUSTED (default 1024)",
     )
-    serve.add_argument(
-        "--max-message-size",
-        type=int,
-        default=_env("max-message-size", DEFAULT_MAX_MESSAGE_SIZE, int),
-        help="largest gRPC message accepted or sent, and largest HTTP body (413 past it), in "
+    _number(
+        serve,
+        "max-message-size",
+        int,
+        DEFAULT_MAX_MESSAGE_SIZE,
+        "largest gRPC message accepted or sent, and largest HTTP body (413 past it), in "
         "bytes (default: 256 MiB)",
     )
-    serve.add_argument(
-        "--max-inflight-bytes",
-        type=int,
-        default=_env("max-inflight-bytes", DEFAULT_MAX_INFLIGHT_BYTES, int),
-        help="request bytes each front holds at once; a request that would pass it is refused "
-        "before its body is read (gRPC RESOURCE_EXHAUSTED, HTTP 429); at least "
+    _number(
+        serve,
+        "max-inflight-bytes",
+        int,
+        DEFAULT_MAX_INFLIGHT_BYTES,
+        "request bytes the process holds at once, both fronts together; a request that would "
+        "pass it is refused before its body is read (gRPC RESOURCE_EXHAUSTED, HTTP 429); at least "
         "--max-message-size (default: 1 GiB)",
     )
-    serve.add_argument(
-        "--max-concurrent-streams",
-        type=int,
-        default=_env("max-concurrent-streams", DEFAULT_MAX_CONCURRENT_STREAMS, int),
-        help="calls a client may have open at once on one gRPC (HTTP/2) connection, advertised "
+    _number(
+        serve,
+        "max-concurrent-streams",
+        int,
+        DEFAULT_MAX_CONCURRENT_STREAMS,
+        "calls a client may have open at once on one gRPC (HTTP/2) connection, advertised "
         f"in SETTINGS (default {DEFAULT_MAX_CONCURRENT_STREAMS})",
     )
-    serve.add_argument(
-        "--max-connections",
-        type=int,
-        default=_env("max-connections", DEFAULT_MAX_CONNECTIONS, int),
-        help="connections each front serves at once: past it gRPC closes new connections, "
+    _number(
+        serve,
+        "max-connections",
+        int,
+        DEFAULT_MAX_CONNECTIONS,
+        "connections each front serves at once: past it gRPC closes new connections, "
         f"HTTP answers 503 (default {DEFAULT_MAX_CONNECTIONS})",
     )
-    serve.add_argument(
-        "--keepalive-interval",
-        type=float,
-        default=_env("keepalive-interval", DEFAULT_KEEPALIVE_INTERVAL, float),
-        help="seconds between HTTP/2 PINGs on a gRPC connection; 0: none "
+    _number(
+        serve,
+        "keepalive-interval",
+        float,
+        DEFAULT_KEEPALIVE_INTERVAL,
+        "seconds between HTTP/2 PINGs on a gRPC connection; 0: none "
         f"(default {DEFAULT_KEEPALIVE_INTERVAL:g})",
     )
-    serve.add_argument(
-        "--keepalive-timeout",
-        type=float,
-        default=_env("keepalive-timeout", DEFAULT_KEEPALIVE_TIMEOUT, float),
-        help="seconds a PING may wait for its answer before the connection is dropped "
+    _number(
+        serve,
+        "keepalive-timeout",
+        float,
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        "seconds a PING may wait for its answer before the connection is dropped "
         f"(default {DEFAULT_KEEPALIVE_TIMEOUT:g})",
     )
-    serve.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=_env("idle-timeout", DEFAULT_IDLE_TIMEOUT, float),
-        help="seconds a connection may stay without a request before it is closed (GOAWAY on "
+    _number(
+        serve,
+        "idle-timeout",
+        float,
+        DEFAULT_IDLE_TIMEOUT,
+        "seconds a connection may stay without a request before it is closed (GOAWAY on "
         f"gRPC); 0: never (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
-    serve.add_argument(
-        "--grpc-threads",
-        type=int,
-        default=_env("grpc-threads", 32, int),
-        help="handler threads for the calls Python answers: grpcio's behind the native gRPC front, "
+    _number(
+        serve,
+        "grpc-threads",
+        int,
+        32,
+        "handler threads for the calls Python answers: grpcio's behind the native gRPC front, "
         "and HTTP bodies parsed off the event loop (default 32)",
     )
-    serve.add_argument(
-        "--request-timeout",
-        type=float,
-        default=_env("request-timeout", DEFAULT_REQUEST_TIMEOUT, float),
-        help="seconds an HTTP inference request may wait for its answer before a 504; 0: no "
+    _number(
+        serve,
+        "request-timeout",
+        float,
+        DEFAULT_REQUEST_TIMEOUT,
+        "seconds an HTTP inference request may wait for its answer before a 504; 0: no "
         f"limit (default {DEFAULT_REQUEST_TIMEOUT:g}; a gRPC client sets its own deadline)",
     )
-    serve.add_argument(
-        "--predict-timeout",
-        type=float,
-        default=_env("predict-timeout", DEFAULT_PREDICT_TIMEOUT, float),
-        help="seconds a model call may run: past it, its requests are answered "
+    _number(
+        serve,
+        "predict-timeout",
+        float,
+        DEFAULT_PREDICT_TIMEOUT,
+        "seconds a model call may run: past it, its requests are answered "
         "DEADLINE_EXCEEDED and the model is not ready until the call returns; after 3 times "
         f"that the process exits to be replaced; 0: untimed (default {DEFAULT_PREDICT_TIMEOUT:g})",
     )
-    serve.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=_env("drain-timeout", DEFAULT_DRAIN_TIMEOUT, float),
-        help="seconds that SIGTERM leaves every front and model to finish what is in flight, "
+    _number(
+        serve,
+        "drain-timeout",
+        float,
+        DEFAULT_DRAIN_TIMEOUT,
+        "seconds that SIGTERM leaves every front and model to finish what is in flight, "
         f"all at once (default {DEFAULT_DRAIN_TIMEOUT:g}: below Kubernetes' 30 s grace period)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
