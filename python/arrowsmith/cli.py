@@ -14,6 +14,7 @@ from typing import Any
 from arrowsmith import __version__
 from arrowsmith.config import (
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HTTP_THREADS,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -42,6 +43,15 @@ def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
         return convert(value)
     except ValueError:
         raise ValueError(f"{variable}={value!r} is not a valid --{flag}") from None
+
+
+def _boolean(text: str) -> bool:
+    """An environment variable's yes or no."""
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    try:
+        return words[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
 
 
 def _number(
@@ -93,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         serve,
         "metrics-port",
         int,
-        8082,
-        "Prometheus /metrics port; 0 turns metrics serving off",
+        None,
+        "Prometheus /metrics port; 0 turns metrics serving off (default 8082; 0 with --uds-only)",
     )
+    _add_listener_flags(serve)
     _number(
         serve,
         "workers",
@@ -184,11 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _number(
         serve,
-        "grpc-threads",
+        "http-threads",
         int,
-        32,
-        "handler threads for the calls Python answers: grpcio's behind the native gRPC front, "
-        "and HTTP bodies parsed off the event loop (default 32)",
+        DEFAULT_HTTP_THREADS,
+        "threads of the HTTP front for work kept off its event loop: large V2 REST bodies "
+        "parsed and rendered, /invocations bodies only MLflow's parser reads (parsed, waited "
+        f"for and rendered) (default {DEFAULT_HTTP_THREADS})",
     )
     _number(
         serve,
@@ -218,6 +230,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
     return parser
+
+
+def _add_listener_flags(serve: argparse.ArgumentParser) -> None:
+    """TLS for both fronts, and Unix sockets beside (or instead of) their TCP ports."""
+    for flag, help in (
+        ("tls-cert", "PEM certificate chain: both fronts serve TLS (needs --tls-key)"),
+        ("tls-key", "PEM private key of --tls-cert"),
+        (
+            "tls-client-ca",
+            "PEM bundle of the CAs that sign client certificates: clients must present one "
+            "(mutual TLS; needs --tls-cert)",
+        ),
+        ("grpc-uds", "also serve gRPC on a Unix socket at this path (needs --workers 1)"),
+        ("http-uds", "also serve HTTP on a Unix socket at this path (needs --workers 1)"),
+    ):
+        serve.add_argument(f"--{flag}", metavar="PATH", default=_env(flag, None), help=help)
+    serve.add_argument(
+        "--uds-only",
+        action="store_true",
+        default=_env("uds-only", False, _boolean),
+        help="listen on no TCP port: gRPC only on --grpc-uds (required), HTTP only on "
+        "--http-uds (off without it), no metrics port",
+    )
 
 
 def _add_bench_parser(commands: Any) -> None:
@@ -331,7 +366,7 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
-        metrics_port=args.metrics_port,
+        metrics_port=_metrics_port(args),
         max_message_size=args.max_message_size,
         max_inflight_bytes=args.max_inflight_bytes,
         max_concurrent_streams=args.max_concurrent_streams,
@@ -339,13 +374,27 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         keepalive_interval=args.keepalive_interval,
         keepalive_timeout=args.keepalive_timeout,
         idle_timeout=args.idle_timeout,
-        grpc_threads=args.grpc_threads,
+        http_threads=args.http_threads,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        grpc_uds=args.grpc_uds,
+        http_uds=args.http_uds,
+        uds_only=args.uds_only,
         workers=args.workers,
         log_level=args.log_level.upper(),
         request_timeout=args.request_timeout,
         predict_timeout=args.predict_timeout,
         drain_timeout=args.drain_timeout,
     )
+
+
+def _metrics_port(args: argparse.Namespace) -> int:
+    """The given --metrics-port, else 8082 (0 with --uds-only, which opens no TCP port)."""
+    if args.metrics_port is not None:
+        port: int = args.metrics_port
+        return port
+    return 0 if args.uds_only else 8082
 
 
 def main(argv: Sequence[str] | None = None) -> int:

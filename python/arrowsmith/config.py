@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 #: gRPC's own default (4 MiB) is the most reported limit in peers' issue trackers.
@@ -30,6 +31,11 @@ DEFAULT_PREDICT_TIMEOUT = 30.0
 #: Seconds of draining after SIGTERM: below Kubernetes' default grace period (30 s), so the
 #: drain ends before the kubelet's SIGKILL.
 DEFAULT_DRAIN_TIMEOUT = 20.0
+#: Threads of the HTTP front for the work kept off its event loop.
+DEFAULT_HTTP_THREADS = 32
+
+#: Bytes a Unix socket's path may take (sockaddr_un's sun_path, less its NUL on Linux).
+MAX_UNIX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,18 @@ class ServerConfig:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     #: Seconds a connection may stay without a request before it is closed (0: forever).
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    grpc_threads: int = 32
+    #: Threads of the HTTP front that parse large bodies, and answer the bodies only
+    #: MLflow's parser reads, off its event loop.
+    http_threads: int = DEFAULT_HTTP_THREADS
+    #: PEM files of the server's certificate chain and key: TLS on every listener of both
+    #: fronts. With a client CA (a PEM bundle), clients must present a certificate it signed.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    #: Unix socket paths each front also listens on; with `uds_only`, the only listeners.
+    grpc_uds: str | None = None
+    http_uds: str | None = None
+    uds_only: bool = False
     #: Server processes sharing the ports (SO_REUSEPORT), each loading every model.
     workers: int = 1
     log_level: str = "INFO"
@@ -132,6 +149,56 @@ class ServerConfig:
                 least = "0 or more" if zero_allowed else "more than 0"
                 raise ValueError(f"{flag} {seconds} must be {least} seconds")
 
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+        ):
+            if path is not None:
+                _check_readable(flag, path)
+
+    def _check_unix_sockets(self) -> None:
+        sockets = [
+            (flag, path)
+            for flag, path in (("--grpc-uds", self.grpc_uds), ("--http-uds", self.http_uds))
+            if path is not None
+        ]
+        if self.uds_only and self.grpc_uds is None:
+            raise ValueError("--uds-only needs --grpc-uds, the socket gRPC is served on")
+        if self.uds_only and self.metrics_port:
+            raise ValueError("--uds-only opens no TCP port: --metrics-port must be 0")
+        if sockets and self.workers > 1:
+            raise ValueError(
+                f"several --workers cannot share the Unix socket of {sockets[0][0]}: "
+                "give --workers 1"
+            )
+        if self.grpc_uds is not None and self.grpc_uds == self.http_uds:
+            raise ValueError("--grpc-uds and --http-uds must be different paths")
+        for flag, path in sockets:
+            if len(os.fsencode(path)) > MAX_UNIX_SOCKET_PATH:
+                raise ValueError(
+                    f"{flag} {path} is longer than a Unix socket path may be "
+                    f"({MAX_UNIX_SOCKET_PATH} bytes)"
+                )
+            folder = os.path.dirname(path) or "."
+            if not os.path.isdir(folder):
+                raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+
+    @property
+    def http_tcp(self) -> bool:
+        """Whether the HTTP front listens on --host:--http-port."""
+        return self.http_port != 0 and not self.uds_only
+
+    @property
+    def serves_http(self) -> bool:
+        """Whether there is an HTTP front: on TCP, on --http-uds, or both."""
+        return self.http_tcp or self.http_uds is not None
+
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("no model to serve")
@@ -153,8 +220,10 @@ class ServerConfig:
         if self.max_message_size <= 0:
             raise ValueError("--max-message-size must be positive")
         self._check_limits()
-        if self.grpc_threads <= 0:
-            raise ValueError("--grpc-threads must be positive")
+        if self.http_threads <= 0:
+            raise ValueError("--http-threads must be positive")
+        self._check_tls()
+        self._check_unix_sockets()
         for flag, seconds in (
             ("--request-timeout", self.request_timeout),
             ("--predict-timeout", self.predict_timeout),
@@ -164,3 +233,12 @@ class ServerConfig:
                 raise ValueError(f"{flag} must be a number of seconds, not {seconds!r}")
             if not 0 <= seconds < float("inf"):
                 raise ValueError(f"{flag} {seconds} must be 0 or more seconds")
+
+
+def _check_readable(flag: str, path: str) -> None:
+    """Refuses a file that is missing or cannot be read now, naming its flag."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {path} cannot be read: {error.strerror}") from None

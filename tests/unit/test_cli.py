@@ -29,20 +29,29 @@ SETTINGS = [
     ("--max-batch-delay-ms", "ARROWSMITH_MAX_BATCH_DELAY_MS", "2.5", "max_batch_delay_ms", 2.5),
     ("--max-queue-size", "ARROWSMITH_MAX_QUEUE_SIZE", "5", "max_queue_size", 5),
     ("--max-message-size", "ARROWSMITH_MAX_MESSAGE_SIZE", "1024", "max_message_size", 1024),
-    ("--grpc-threads", "ARROWSMITH_GRPC_THREADS", "4", "grpc_threads", 4),
+    ("--http-threads", "ARROWSMITH_HTTP_THREADS", "4", "http_threads", 4),
     ("--log-level", "ARROWSMITH_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("--request-timeout", "ARROWSMITH_REQUEST_TIMEOUT", "2.5", "request_timeout", 2.5),
     ("--predict-timeout", "ARROWSMITH_PREDICT_TIMEOUT", "0", "predict_timeout", 0.0),
     ("--drain-timeout", "ARROWSMITH_DRAIN_TIMEOUT", "7", "drain_timeout", 7.0),
 ]
 SETTING_IDS = [s[0] for s in SETTINGS]
+#: The variables of the TLS and Unix socket flags, which need files and folders to test.
+LISTENER_VARIABLES = [
+    "ARROWSMITH_TLS_CERT",
+    "ARROWSMITH_TLS_KEY",
+    "ARROWSMITH_TLS_CLIENT_CA",
+    "ARROWSMITH_GRPC_UDS",
+    "ARROWSMITH_HTTP_UDS",
+    "ARROWSMITH_UDS_ONLY",
+]
 SETTING_ARGS = ("flag", "variable", "value", "field", "parsed")
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the developer's shell exports must not leak into the defaults."""
-    for _, variable, *_ in SETTINGS:
+    for variable in [s[1] for s in SETTINGS] + LISTENER_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.delenv("ARROWSMITH_MODEL_URI", raising=False)
     monkeypatch.delenv("ARROWSMITH_CONFIG", raising=False)
@@ -75,7 +84,13 @@ def test_defaults() -> None:
         grpc_port=8081,
         metrics_port=8082,
         max_message_size=256 * 1024 * 1024,
-        grpc_threads=32,
+        http_threads=32,
+        tls_cert=None,
+        tls_key=None,
+        tls_client_ca=None,
+        grpc_uds=None,
+        http_uds=None,
+        uds_only=False,
         workers=len(os.sched_getaffinity(0)),
         log_level="INFO",
     )
@@ -140,7 +155,7 @@ def test_missing_model_uri_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         (["--http-port", "65536"], "--http-port 65536 is not a port number"),
         (["--max-message-size", "-5"], "--max-message-size must be positive"),
         (["--max-message-size", "0"], "--max-message-size must be positive"),
-        (["--grpc-threads", "0"], "--grpc-threads must be positive"),
+        (["--http-threads", "0"], "--http-threads must be positive"),
         (["--workers", "0"], "--workers must be positive"),
         (
             ["--workers", "2", "--grpc-port", "0"],
@@ -269,3 +284,183 @@ def test_model_uri_and_config_file_together_is_a_usage_error(
         cli.parse_config(["serve", "model", "--config", path])
     assert raised.value.code == 2
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.fixture
+def pem_files(tmp_path: pathlib.Path) -> dict[str, str]:
+    """Stand-ins for the PEM files: the configuration only checks that they can be read."""
+    paths = {}
+    for name in ("cert", "key", "ca"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text(name)
+        paths[name] = str(path)
+    return paths
+
+
+def test_tls_flags(pem_files: dict[str, str]) -> None:
+    config = cli.parse_config(
+        [
+            "serve",
+            "model",
+            "--tls-cert",
+            pem_files["cert"],
+            "--tls-key",
+            pem_files["key"],
+            "--tls-client-ca",
+            pem_files["ca"],
+        ]
+    )
+    assert (config.tls_cert, config.tls_key, config.tls_client_ca) == (
+        pem_files["cert"],
+        pem_files["key"],
+        pem_files["ca"],
+    )
+
+
+def test_tls_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, pem_files: dict[str, str]
+) -> None:
+    monkeypatch.setenv("ARROWSMITH_TLS_CERT", pem_files["cert"])
+    monkeypatch.setenv("ARROWSMITH_TLS_KEY", pem_files["key"])
+    monkeypatch.setenv("ARROWSMITH_TLS_CLIENT_CA", pem_files["ca"])
+    config = cli.parse_config(["serve", "model", "--tls-client-ca", pem_files["cert"]])
+    assert (config.tls_cert, config.tls_key) == (pem_files["cert"], pem_files["key"])
+    assert config.tls_client_ca == pem_files["cert"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert"], "--tls-cert and --tls-key go together: give both or neither"),
+        (["--tls-key"], "--tls-cert and --tls-key go together: give both or neither"),
+        (["--tls-client-ca"], "--tls-client-ca needs --tls-cert and --tls-key"),
+        (["--tls-key", "--tls-client-ca"], "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_incomplete_tls_flags_are_refused(
+    pem_files: dict[str, str], capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    args = [part for flag in flags for part in (flag, pem_files["cert"])]
+    assert cli.main(["serve", "model", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key", "--tls-client-ca"])
+@pytest.mark.parametrize(
+    ("target", "reason"), [("absent.pem", "No such file or directory"), (".", "Is a directory")]
+)
+def test_unreadable_tls_file_is_named(
+    tmp_path: pathlib.Path,
+    pem_files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    target: str,
+    reason: str,
+) -> None:
+    paths = {
+        "--tls-cert": pem_files["cert"],
+        "--tls-key": pem_files["key"],
+        "--tls-client-ca": pem_files["ca"],
+    }
+    bad = str(tmp_path / target)
+    paths[flag] = bad
+    args = [part for pair in paths.items() for part in pair]
+    assert cli.main(["serve", "model", *args]) == 2
+    assert capsys.readouterr().err == f"arrowsmith: {flag} {bad} cannot be read: {reason}\n"
+
+
+def test_unix_socket_flags(tmp_path: pathlib.Path) -> None:
+    grpc_uds, http_uds = str(tmp_path / "grpc.sock"), str(tmp_path / "http.sock")
+    config = cli.parse_config(
+        ["serve", "model", "--workers", "1", "--grpc-uds", grpc_uds, "--http-uds", http_uds]
+    )
+    assert (config.grpc_uds, config.http_uds, config.uds_only) == (grpc_uds, http_uds, False)
+    assert config.http_tcp
+    assert config.serves_http
+    assert config.metrics_port == 8082
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("1", True), ("true", True), ("no", False)])
+def test_unix_socket_environment_variables(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value: str, parsed: bool
+) -> None:
+    monkeypatch.setenv("ARROWSMITH_GRPC_UDS", str(tmp_path / "grpc.sock"))
+    monkeypatch.setenv("ARROWSMITH_HTTP_UDS", str(tmp_path / "http.sock"))
+    monkeypatch.setenv("ARROWSMITH_UDS_ONLY", value)
+    monkeypatch.setenv("ARROWSMITH_WORKERS", "1")
+    config = cli.parse_config(["serve", "model"])
+    assert config.grpc_uds == str(tmp_path / "grpc.sock")
+    assert config.http_uds == str(tmp_path / "http.sock")
+    assert config.uds_only is parsed
+
+
+def test_uds_only_opens_no_tcp_port(tmp_path: pathlib.Path) -> None:
+    """No HTTP or metrics port; HTTP only on its socket, and off without one."""
+    grpc_uds = str(tmp_path / "grpc.sock")
+    only_grpc = ["serve", "model", "--workers", "1", "--uds-only", "--grpc-uds", grpc_uds]
+    config = cli.parse_config(only_grpc)
+    assert config.uds_only
+    assert config.metrics_port == 0
+    assert not config.http_tcp
+    assert not config.serves_http
+    with_http = cli.parse_config([*only_grpc, "--http-uds", str(tmp_path / "http.sock")])
+    assert not with_http.http_tcp
+    assert with_http.serves_http
+
+
+def test_http_on_its_socket_only(tmp_path: pathlib.Path) -> None:
+    """--http-port 0 with --http-uds: HTTP on the socket, no HTTP port."""
+    http_uds = str(tmp_path / "http.sock")
+    config = cli.parse_config(
+        ["serve", "model", "--workers", "1", "--http-port", "0", "--http-uds", http_uds]
+    )
+    assert not config.http_tcp
+    assert config.serves_http
+
+
+def test_unknown_uds_only_value_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ARROWSMITH_UDS_ONLY", "maybe")
+    assert cli.main(["serve", "model"]) == 2
+    assert "ARROWSMITH_UDS_ONLY='maybe' is not a valid --uds-only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--uds-only"], "--uds-only needs --grpc-uds, the socket gRPC is served on"),
+        (
+            ["--uds-only", "--grpc-uds", "{tmp}/g.sock", "--metrics-port", "9100"],
+            "--uds-only opens no TCP port: --metrics-port must be 0",
+        ),
+        (
+            ["--workers", "2", "--grpc-uds", "{tmp}/g.sock"],
+            "several --workers cannot share the Unix socket of --grpc-uds: give --workers 1",
+        ),
+        (
+            ["--workers", "2", "--http-uds", "{tmp}/h.sock"],
+            "several --workers cannot share the Unix socket of --http-uds: give --workers 1",
+        ),
+        (
+            ["--grpc-uds", "{tmp}/same.sock", "--http-uds", "{tmp}/same.sock"],
+            "--grpc-uds and --http-uds must be different paths",
+        ),
+        (
+            ["--http-uds", "{tmp}/absent/h.sock"],
+            "--http-uds {tmp}/absent/h.sock: the folder {tmp}/absent does not exist",
+        ),
+        (
+            ["--grpc-uds", "{tmp}/" + "s" * 120],
+            "--grpc-uds {tmp}/" + "s" * 120 + " is longer than a Unix socket path may be "
+            "(107 bytes)",
+        ),
+    ],
+)
+def test_invalid_unix_socket_settings(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    workers = [] if "--workers" in args else ["--workers", "1"]
+    assert cli.main(["serve", "model", *workers, *args]) == 2
+    assert capsys.readouterr().err == f"arrowsmith: {message.format(tmp=tmp_path)}\n"
