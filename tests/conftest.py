@@ -1,4 +1,5 @@
-"""Shared fixtures: the wine data, the three test models, and servers running them.
+"""Shared fixtures: the wine data, the three test models, servers running them, and TLS
+certificates.
 
 Models are built once per session in a temporary folder (training the wine model takes a few
 seconds); each server is a real `arrowsmith serve` process on its own free port.
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 from mlflow.pyfunc import PyFuncModel
 from support import model_builders
-from support.server import ServerHandle, StartServer, running_server
+from support.certs import TlsFiles, make_tls_files
+from support.server import PLAIN_TCP, Listening, ServerHandle, StartServer, running_server
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +118,21 @@ def start_server(server_logs: pathlib.Path) -> Iterator[StartServer]:
     with contextlib.ExitStack() as stack:
 
         def start(
-            model_dir: pathlib.Path, *extra_args: str, name: str | None = None
+            model_dir: pathlib.Path,
+            *extra_args: str,
+            name: str | None = None,
+            listening: Listening = PLAIN_TCP,
         ) -> ServerHandle:
-            server = running_server(model_dir, *extra_args, name=name, log_dir=server_logs)
+            server = running_server(
+                model_dir, *extra_args, name=name, log_dir=server_logs, listening=listening
+            )
             return stack.enter_context(server)
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A test CA with a server certificate (localhost, 127.0.0.1) and a client certificate,
+    and an unrelated CA with a client certificate; tests must not change these files."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

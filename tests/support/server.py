@@ -2,24 +2,30 @@
 
 Each server gets its own free port and log file, so tests never fight over a fixed port and
 a failed start-up shows the server's own words. Readiness is judged the way a client sees it:
-tritonclient's ServerReady over gRPC.
+tritonclient's ServerReady over gRPC (with TLS, or over the Unix socket, as the server
+listens), or, for tests of the HTTP front alone, /v2/health/ready over HTTP.
 """
 
 import contextlib
 import dataclasses
+import http.client
 import os
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from support.certs import TlsFiles, client_context
+from support.unix_http import UnixHTTPConnection
 
 STARTUP_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.1
@@ -43,6 +49,39 @@ def free_port() -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class Listening:
+    """How a test server listens beyond its free TCP ports, and so how clients reach it."""
+
+    #: Serve TLS with the server certificate of these files.
+    tls: TlsFiles | None = None
+    #: Also require client certificates signed by `tls.ca`; clients present `tls.client_cert`.
+    mutual_tls: bool = False
+    grpc_uds: pathlib.Path | None = None
+    http_uds: pathlib.Path | None = None
+    #: No TCP listeners: gRPC on `grpc_uds` only, HTTP on `http_uds` only.
+    uds_only: bool = False
+    #: What readiness is polled over: gRPC (ServerReady) or HTTP (/v2/health/ready).
+    ready_over: Literal["grpc", "http"] = "grpc"
+
+    def args(self) -> list[str]:
+        """The `arrowsmith serve` flags that make the server listen so."""
+        args = []
+        if self.tls is not None:
+            args += ["--tls-cert", str(self.tls.server_cert), "--tls-key", str(self.tls.server_key)]
+            if self.mutual_tls:
+                args += ["--tls-client-ca", str(self.tls.ca)]
+        if self.grpc_uds is not None:
+            args += ["--grpc-uds", str(self.grpc_uds)]
+        if self.http_uds is not None:
+            args += ["--http-uds", str(self.http_uds)]
+        return args + (["--uds-only"] if self.uds_only else [])
+
+
+#: The default: plain TCP ports only, readiness over gRPC.
+PLAIN_TCP = Listening()
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerHandle:
     """A running server: where to reach it, its process and its log."""
 
@@ -51,16 +90,55 @@ class ServerHandle:
     log_path: pathlib.Path
     #: The HTTP port (V2 REST, /invocations, /metrics).
     http_port: int = 0
+    listening: Listening = PLAIN_TCP
 
     @property
     def url(self) -> str:
         """The address tritonclient and grpc channels take."""
+        if self.listening.uds_only:
+            return f"unix:{self.listening.grpc_uds}"
         return f"127.0.0.1:{self.port}"
 
     @property
     def http_url(self) -> str:
         """The base URL of the HTTP front."""
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "http" if self.listening.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    def grpc_client(self, **options: Any) -> grpcclient.InferenceServerClient:
+        """A tritonclient gRPC client for `url`, with the test CA (and the client
+        certificate, under mutual TLS) when the server serves TLS."""
+        tls = self.listening.tls
+        if tls is not None:
+            options.update(ssl=True, root_certificates=str(tls.ca))
+            if self.listening.mutual_tls:
+                options.update(
+                    private_key=str(tls.client_key), certificate_chain=str(tls.client_cert)
+                )
+        return grpcclient.InferenceServerClient(self.url, **options)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What an HTTP client needs to trust the server (and, under mutual TLS, to
+        present the client certificate); None without TLS."""
+        tls = self.listening.tls
+        if tls is None:
+            return None
+        if self.listening.mutual_tls:
+            return client_context(tls.ca, tls.client_cert, tls.client_key)
+        return client_context(tls.ca)
+
+    def http_connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
+        """A connection to the HTTP front: over the Unix socket without a TCP listener,
+        else its port; HTTPS when the server serves TLS."""
+        context = self.ssl_context()
+        if self.listening.uds_only:
+            assert self.listening.http_uds is not None, "this server serves no HTTP"
+            return UnixHTTPConnection(self.listening.http_uds, timeout, context)
+        if context is None:
+            return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.http_port, timeout=timeout, context=context
+        )
 
     def log_text(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
@@ -75,7 +153,11 @@ class StartServer(Protocol):
     """The `start_server` fixture: start a dedicated server, stopped when the test ends."""
 
     def __call__(
-        self, model_dir: pathlib.Path, *extra_args: str, name: str | None = None
+        self,
+        model_dir: pathlib.Path,
+        *extra_args: str,
+        name: str | None = None,
+        listening: Listening = PLAIN_TCP,
     ) -> ServerHandle:
         """Start `arrowsmith serve model_dir *extra_args [--name name]` and wait until ready."""
         ...
@@ -110,10 +192,30 @@ def server_command(
     ]
 
 
+def _server_ready(handle: ServerHandle, client: grpcclient.InferenceServerClient | None) -> bool:
+    """One readiness poll: the gRPC client's ServerReady, else HTTP's /v2/health/ready."""
+    if client is not None:
+        with contextlib.suppress(InferenceServerException):
+            return bool(client.is_server_ready())
+        return False
+    connection = handle.http_connection(timeout=POLL_INTERVAL_S * 10)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
 def _wait_until_ready(handle: ServerHandle) -> None:
-    """Poll ServerReady until it says yes; fail with the log if the server dies or stalls."""
+    """Poll readiness until it says yes; fail with the log if the server dies or stalls."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with grpcclient.InferenceServerClient(handle.url, channel_args=FAST_RECONNECT_ARGS) as client:
+    with contextlib.ExitStack() as stack:
+        client = None
+        if handle.listening.ready_over == "grpc":
+            client = handle.grpc_client(channel_args=FAST_RECONNECT_ARGS)
+            stack.callback(client.close)
         while time.monotonic() < deadline:
             exit_code = handle.process.poll()
             if exit_code is not None:
@@ -121,9 +223,8 @@ def _wait_until_ready(handle: ServerHandle) -> None:
                     f"server exited with code {exit_code} before it was ready; log tail:\n"
                     f"{handle.log_tail()}"
                 )
-            with contextlib.suppress(InferenceServerException):
-                if client.is_server_ready():
-                    return
+            if _server_ready(handle, client):
+                return
             time.sleep(POLL_INTERVAL_S)
     pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s; log tail:\n{handle.log_tail()}")
 
@@ -146,12 +247,13 @@ def running_server(
     *extra_args: str,
     name: str | None = None,
     log_dir: pathlib.Path,
+    listening: Listening = PLAIN_TCP,
 ) -> Iterator[ServerHandle]:
     """Start a server for `model_dir` (or for the `--config` in `extra_args`), yield it once
     ready, and always stop it afterwards."""
     port = free_port()
     http_port = free_port()
-    args = [*extra_args, *(["--name", name] if name is not None else [])]
+    args = [*extra_args, *listening.args(), *(["--name", name] if name is not None else [])]
     label = name or (model_dir.name if model_dir is not None else "config")
     log_path = log_dir / f"arrowsmith-{label}-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -163,7 +265,7 @@ def running_server(
             stdin=subprocess.DEVNULL,
             env=env,
         )
-    handle = ServerHandle(port=port, process=process, log_path=log_path, http_port=http_port)
+    handle = ServerHandle(port, process, log_path, http_port, listening)
     try:
         _wait_until_ready(handle)
         yield handle

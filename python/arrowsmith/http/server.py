@@ -1,7 +1,7 @@
 """The HTTP server: uvicorn (httptools parser, uvloop event loop) on a thread of the server
-process, on a socket bound here so that workers can share the port (SO_REUSEPORT), with
-its own pool of handler threads that wait in the native batcher without the interpreter
-lock."""
+process, on sockets bound here (TCP, so that workers can share the port with SO_REUSEPORT;
+a Unix socket with --http-uds), HTTPS with --tls-cert, with its own pool of handler threads
+that wait in the native batcher without the interpreter lock."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,13 @@ from arrowsmith.dataplane import DataPlane
 from arrowsmith.http.asgi import AsgiApp, Request, Response, SharedBudget
 from arrowsmith.http.invocations import MlflowScoring
 from arrowsmith.http.routes import Routes
+from arrowsmith.http.tls import ReloadableContext, TlsFiles
 from arrowsmith.http.v2_rest import V2Rest
+from arrowsmith.unix_socket import UnixListener
 
 if TYPE_CHECKING:
+    import ssl
+
     import uvicorn
 
 logger = logging.getLogger(__name__)
@@ -81,9 +86,16 @@ class HttpFront:
     ) -> None:
         """`shared_budget`: the gRPC front's budget of request bytes in flight, so that the
         process holds at most --max-inflight-bytes whichever front the bytes came to."""
-        self._socket = listening_socket(config.host, config.http_port, reuse_port)
-        self.port: int = self._socket.getsockname()[1]
-        self._executor = ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="http")
+        self._tls: ReloadableContext | None = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            files = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+            self._tls = ReloadableContext(files)
+        self._tcp: socket.socket | None = None
+        self._unix: UnixListener | None = None
+        self._listen(config, reuse_port)
+        #: The TCP port; None without a TCP listener (--uds-only, or --http-port 0).
+        self.port: int | None = None if self._tcp is None else self._tcp.getsockname()[1]
+        self._executor = ThreadPoolExecutor(config.http_threads, thread_name_prefix="http")
         routes = Routes(
             V2Rest(dataplane, config.max_message_size, self._executor),
             MlflowScoring(dataplane, config.models[0].served_name, self._executor),
@@ -102,6 +114,25 @@ class HttpFront:
         self._idle_timeout = math.ceil(config.idle_timeout) or _NEVER_SECONDS
         self._server: uvicorn.Server | None = None
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+
+    def _listen(self, config: ServerConfig, reuse_port: bool) -> None:
+        if config.http_tcp:
+            self._tcp = listening_socket(config.host, config.http_port, reuse_port)
+        if config.http_uds is not None:
+            try:
+                self._unix = UnixListener(config.http_uds)
+            except OSError:
+                if self._tcp is not None:
+                    self._tcp.close()
+                raise
+
+    def reload_tls(self) -> None:
+        """Reads --tls-cert, --tls-key and --tls-client-ca again: connections opened from
+        now on get the new certificate (and client CAs); open ones keep theirs. If a file
+        cannot be used, raises TlsFileError naming it and keeps the certificate in use.
+        Without TLS, does nothing."""
+        if self._tls is not None:
+            self._tls.reload()
 
     def start(self) -> None:
         self._thread.start()
@@ -122,9 +153,21 @@ class HttpFront:
                 # Past it, uvicorn answers 503 at once.
                 limit_concurrency=self._max_connections,
                 timeout_keep_alive=self._idle_timeout,
+                ssl_context_factory=None if self._tls is None else self._ssl_context,
             )
         )
-        self._server.run(sockets=[self._socket])
+        self._server.run(sockets=self._sockets())
+
+    def _ssl_context(
+        self, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        """Hands uvicorn the context that reloads change (instead of one of its own)."""
+        assert self._tls is not None
+        return self._tls.context
+
+    def _sockets(self) -> list[socket.socket]:
+        tcp = [] if self._tcp is None else [self._tcp]
+        return tcp + ([] if self._unix is None else [self._unix.socket])
 
     @property
     def running(self) -> bool:
@@ -144,4 +187,7 @@ class HttpFront:
             self._server.should_exit = True
         self._thread.join(grace_seconds + 1)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._socket.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._unix is not None:
+            self._unix.close()
