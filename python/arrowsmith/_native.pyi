@@ -116,17 +116,24 @@ def decode_request(data: bytes) -> InferRequest: ...
 
 @final
 class GrpcFront:
-    """The native gRPC front: ModelInfer for the models it serves, everything else passed to
-    the grpcio server behind `backend_socket`."""
+    """The native gRPC server: the inference service (ModelInfer, ModelStreamInfer and the
+    small RPCs), health and reflection, on a TCP port and/or a Unix socket, with TLS when
+    given certificate files."""
 
     def __new__(
         cls,
         host: str,
-        port: int,
-        backend_socket: str,
+        port: int | None,
         max_message_size: int,
         reuse_port: bool,
         *,
+        uds: str | None = None,
+        server_name: str = "",
+        server_version: str = "",
+        expected_models: list[str] = ...,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
         max_inflight_bytes: int | None = None,
         max_concurrent_streams: int = 128,
         max_connections: int = 1024,
@@ -135,7 +142,7 @@ class GrpcFront:
         idle_timeout: float = 300.0,
     ) -> GrpcFront: ...
     @property
-    def port(self) -> int: ...
+    def port(self) -> int | None: ...
     @property
     def running(self) -> bool: ...
     @property
@@ -143,8 +150,17 @@ class GrpcFront:
     def reserve_inflight(self, bytes: int) -> bool: ...
     def release_inflight(self, bytes: int) -> None: ...
     def serve(
-        self, name: str, version: str, batcher: Batcher, signature: Signature | None = None
+        self,
+        name: str,
+        version: str,
+        batcher: Batcher,
+        metadata: bytes,
+        config: bytes,
+        signature: Signature | None = None,
     ) -> None: ...
+    def set_model_ready(self, name: str, ready: bool) -> None: ...
+    def set_serving(self, serving: bool) -> None: ...
+    def reload_tls(self) -> bool: ...
     def take_stats(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, list[float]]]]: ...
     def stop(self, grace_seconds: float) -> None: ...
 

@@ -1,6 +1,7 @@
 """A server process: start the fronts (live at once), load and warm up the models (then
 ready), serve until SIGTERM or SIGINT, and drain in-flight requests before exiting.
 
+SIGHUP reads the TLS certificate files again, for both fronts, without dropping a connection.
 On a stop signal, readiness and gRPC health turn false first; then every front and every
 model's runner drains at the same time, within one budget (`--drain-timeout`). A model that
 can no longer answer here (its runner ended, or a call of it never returns) makes the
@@ -64,17 +65,24 @@ class Fronts:
     def __init__(self, config: ServerConfig, dataplane: DataPlane, worker: bool) -> None:
         from arrowsmith.grpc.server import GrpcFront
 
+        self._tls = config.tls_cert is not None
         self.grpc = GrpcFront(config, dataplane, reuse_port=worker)
-        logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
+        if self.grpc.port is not None:
+            logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
+        if config.grpc_uds:
+            logger.info("gRPC listening on unix:%s", config.grpc_uds)
         self.http: HttpFront | None = None
-        if config.http_port:
+        if config.serves_http:
             from arrowsmith.http.server import HttpFront
 
             self.http = HttpFront(
                 config, dataplane, reuse_port=worker, shared_budget=self.grpc.native
             )
             self.http.start()
-            logger.info("HTTP listening on %s:%d", config.host, self.http.port)
+            if self.http.port is not None:
+                logger.info("HTTP listening on %s:%d", config.host, self.http.port)
+            if config.http_uds:
+                logger.info("HTTP listening on unix:%s", config.http_uds)
 
     def set_ready(self, registry: ModelRegistry) -> None:
         """Serves the loaded models; health is the `Lifecycle`'s to set."""
@@ -82,6 +90,23 @@ class Fronts:
             self.grpc.serve_model(model)
         if self.http is not None:
             self.http.wait_started()
+
+    def reload_tls(self) -> None:
+        """Both fronts read their certificate files again; a front whose files are not
+        usable keeps the ones it has, and says so."""
+        if not self._tls:
+            logger.info("SIGHUP: no TLS files to reload")
+            return
+        fronts: list[tuple[str, Callable[[], object]]] = [("gRPC", self.grpc.reload_tls)]
+        if self.http is not None:
+            fronts.append(("HTTP", self.http.reload_tls))
+        for name, reload in fronts:
+            try:
+                reload()
+            except Exception as error:
+                logger.error("the %s front keeps its TLS files: %s", name, error)
+            else:
+                logger.info("the %s front reloaded its TLS files", name)
 
     def ended(self) -> list[str]:
         """The fronts that no longer serve (their thread ended)."""
@@ -110,6 +135,8 @@ class Lifecycle:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self.stop = stop_on_signals()
+        self._reload = threading.Event()
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
         self.exit_code = 0
         self._fronts: Fronts | None = None
         self._stopping = False
@@ -126,13 +153,20 @@ class Lifecycle:
 
     def _update_health(self) -> None:
         if self._fronts is not None:
-            self._fronts.grpc.set_serving(self.registry.ready and not self._stopping)
+            serving = self.registry.ready and not self._stopping
+            self._fronts.grpc.publish_readiness(self.registry, serving)
 
     def wait(self) -> None:
         """Until a stop: a signal, `fatal`, or a front whose thread ended (a dead front is
-        `fatal` too: the process cannot answer through it, so it stops to be replaced)."""
+        `fatal` too: the process cannot answer through it, so it stops to be replaced). A
+        SIGHUP meanwhile reloads the fronts' TLS files."""
         while not self.stop.wait(FRONT_CHECK_SECONDS):
-            ended = [] if self._fronts is None else self._fronts.ended()
+            if self._fronts is None:
+                continue
+            if self._reload.is_set():
+                self._reload.clear()
+                self._fronts.reload_tls()
+            ended = self._fronts.ended()
             if ended:
                 self.fatal(f"the {' and '.join(ended)} front stopped serving")
 

@@ -33,6 +33,9 @@ pub enum Error {
     /// The model cannot take requests now (e.g. the server is stopping).
     #[error("{0}")]
     Unavailable(String),
+    /// The request names a model, or a version of it, the server does not serve.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Error {
@@ -53,7 +56,7 @@ impl Error {
     }
 
     /// One error of each kind, for the tables that map kinds to statuses and their tests.
-    pub fn every_kind() -> [Error; 8] {
+    pub fn every_kind() -> [Error; 9] {
         [
             Error::request(""),
             Error::Unsupported(String::new()),
@@ -63,6 +66,7 @@ impl Error {
             Error::DeadlineExceeded(String::new()),
             Error::Cancelled(String::new()),
             Error::Unavailable(String::new()),
+            Error::NotFound(String::new()),
         ]
     }
 
@@ -77,6 +81,7 @@ impl Error {
             Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::Cancelled(_) => "CANCELLED",
             Error::Unavailable(_) => "MODEL_NOT_READY",
+            Error::NotFound(_) => "MODEL_NOT_FOUND",
         }
     }
 }

@@ -137,7 +137,7 @@ fn values(plan: &InputPlan, j: usize, i: usize) -> (ArrayRef, Vec<u8>, Vec<usize
             Arc::new(Int64Array::from(v))
         }
         DataType::Bool => {
-            let v: Vec<bool> = (0..count).map(|k| (j + i + k) % 3 == 0).collect();
+            let v: Vec<bool> = (0..count).map(|k| (j + i + k).is_multiple_of(3)).collect();
             raw.extend(v.iter().map(|&b| u8::from(b)));
             Arc::new(BooleanArray::from(v))
         }

@@ -184,12 +184,13 @@ def wait_for(
 
 
 class HealthWatch:
-    """A Health/Watch stream read on a thread of its own: the statuses it delivered."""
+    """A Health/Watch stream of `service` ("": the server) read on a thread of its own: the
+    statuses it delivered."""
 
-    def __init__(self, server: ServerHandle) -> None:
+    def __init__(self, server: ServerHandle, service: str = "") -> None:
         self._channel = grpc.insecure_channel(server.url)
         stub = health_pb2_grpc.HealthStub(self._channel)
-        self._stream = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        self._stream = stub.Watch(health_pb2.HealthCheckRequest(service=service))
         self.seen: list[int] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -322,6 +323,7 @@ def test_runner_that_ends_turns_the_model_not_ready_and_the_process_exits(
     trigger, env = fault_env(tmp_path, ARROWSMITH_TEST_DRAIN_DELAY="3")
     with launch(unruly_model_dir, server_logs, env=env) as server:
         watch = HealthWatch(server)
+        model_watch = HealthWatch(server, MODEL)
         with grpc.insecure_channel(server.url) as channel:
             busy = infer_later(channel, echo_request(1, sleep_payload(BUSY_S)))
             time.sleep(SETTLE_S)
@@ -344,9 +346,10 @@ def test_runner_that_ends_turns_the_model_not_ready_and_the_process_exits(
         [(status, document)] = status_after_fault
         assert status == 503 and "runner" in str(document["error"]), document
         assert_not_ready(server)
-        wait_for(lambda: NOT_SERVING in watch.seen, "NOT_SERVING on Health/Watch", server)
-        assert watch.seen[0] == SERVING
-        watch.close()
+        for watched in (watch, model_watch):
+            wait_for(lambda w=watched: NOT_SERVING in w.seen, "NOT_SERVING on Health/Watch", server)
+            assert watched.seen[0] == SERVING
+            watched.close()
         assert server.process.wait(CALL_TIMEOUT_S) == EXIT_MODEL_FAILED
         log = server.log_text()
         assert "injected fault" in log and "exits with 70" in log, log[-4000:]

@@ -20,9 +20,6 @@ EXCEPTIONS: dict[ErrorCode, type[ArrowsmithError]] = {
     if isinstance(cls, type) and issubclass(cls, ArrowsmithError) and cls is not ArrowsmithError
 }
 
-#: Codes only Python raises (looking a model up happens before anything native waits).
-PYTHON_ONLY = {ErrorCode.MODEL_NOT_FOUND}
-
 #: How each front answers each exception class, found in a process of its own: the fronts'
 #: generated messages and tritonclient's (imported by the tests) cannot share one protobuf
 #: descriptor pool.
@@ -85,9 +82,7 @@ def test_every_code_has_statuses_and_an_exception() -> None:
 
 def test_the_native_front_answers_as_the_table_says() -> None:
     native = _native.error_statuses()
-    assert {name for name, _ in native} | {c.value for c in PYTHON_ONLY} == {
-        c.value for c in ErrorCode
-    }
+    assert {name for name, _ in native} == {c.value for c in ErrorCode}
     for name, number in native:
         expected = getattr(grpc.StatusCode, STATUSES[ErrorCode(name)].grpc)
         assert number == expected.value[0], name
@@ -95,11 +90,7 @@ def test_the_native_front_answers_as_the_table_says() -> None:
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.value)
 def test_codes_cross_to_the_native_side_unchanged(code: ErrorCode) -> None:
-    crossed = _native.native_error_code(code.value)
-    if code in PYTHON_ONLY:
-        assert crossed == ErrorCode.INTERNAL.value
-    else:
-        assert crossed == code.value
+    assert _native.native_error_code(code.value) == code.value
 
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.value)

@@ -1,25 +1,19 @@
-"""The gRPC front: a native HTTP/2 server on the gRPC port answers ModelInfer for ready
-models without the interpreter, and passes every other call (the small RPCs, health,
-reflection, ModelInfer for a model it does not hold) to grpcio's synchronous server, which
-listens on a Unix socket of this process only."""
+"""The gRPC front: the native module's one gRPC server (tonic) serves every call on the
+gRPC port or socket without the interpreter. Python tells it which models it serves, with
+their metadata and config, and how ready they are; it collects the front's request counts
+into the Prometheus metrics."""
 
 from __future__ import annotations
 
 import logging
-import pathlib
-import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from arrowsmith import _native, metrics
 from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
-from arrowsmith.grpc.servicer import SERVICE_NAME, InferenceServicer
-from arrowsmith.models.registry import LoadedModel
+from arrowsmith.grpc.messages import model_config_response, model_metadata
+from arrowsmith.models.registry import LoadedModel, ModelRegistry
+from arrowsmith.unix_socket import clear_stale_socket
 
 logger = logging.getLogger(__name__)
 
@@ -29,37 +23,26 @@ STATS_INTERVAL_SECONDS = 0.5
 
 
 class GrpcFront:
-    """A started gRPC front whose health follows the server's readiness."""
+    """A started gRPC front, not serving (health NOT_SERVING) until told."""
 
     def __init__(self, config: ServerConfig, dataplane: DataPlane, reuse_port: bool) -> None:
-        size = config.max_message_size
-        self._socket_dir = tempfile.TemporaryDirectory(prefix="arrowsmith-grpc-")
-        backend_socket = pathlib.Path(self._socket_dir.name) / "grpc.sock"
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-            ],
-        )
-        servicer = InferenceServicer(dataplane)
-        self.server.add_registered_method_handlers(SERVICE_NAME, servicer.method_handlers())
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.set_serving(False)
-        self.server.add_insecure_port(f"unix:{backend_socket}")
-        self.server.start()
+        server = dataplane.server_metadata()
+        if config.grpc_uds is not None:
+            clear_stale_socket(config.grpc_uds)
         # Workers share the port on purpose; a lone server must not share it by accident
         # with a process already there.
         self.native = _native.GrpcFront(
             config.host,
-            config.grpc_port,
-            str(backend_socket),
-            size,
+            None if config.uds_only else config.grpc_port,
+            config.max_message_size,
             reuse_port,
+            uds=config.grpc_uds,
+            server_name=server.name,
+            server_version=server.version,
+            expected_models=[m.served_name for m in config.models],
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            tls_client_ca=config.tls_client_ca,
             max_inflight_bytes=config.max_inflight_bytes,
             max_concurrent_streams=config.max_concurrent_streams,
             max_connections=config.max_connections,
@@ -74,23 +57,32 @@ class GrpcFront:
         self._stats.start()
 
     def serve_model(self, model: LoadedModel) -> None:
-        """Answers the model's ModelInfer calls natively from now on."""
-        assert model.runner is not None, "only a loaded model is served natively"
-        self.native.serve(model.name, model.version, model.runner.batcher, model.signature)
+        """Serves the model from now on: its calls, metadata and config."""
+        assert model.runner is not None, "only a loaded model is served"
+        self.native.serve(
+            model.name,
+            model.version,
+            model.runner.batcher,
+            model_metadata(model),
+            model_config_response(model),
+            model.signature,
+        )
 
     @property
     def running(self) -> bool:
         """False once the native front's thread has ended."""
         return bool(self.native.running)
 
-    def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, status)
+    def publish_readiness(self, registry: ModelRegistry, serving: bool) -> None:
+        """Each model's readiness as the registry has it; the server's health `serving`."""
+        for model in registry.models():
+            self.native.set_model_ready(model.name, model.ready)
+        self.native.set_serving(serving)
+
+    def reload_tls(self) -> None:
+        """Reads the certificate files again (SIGHUP); raises OSError when they are not
+        usable, the ones in use staying."""
+        self.native.reload_tls()
 
     def _report_stats(self) -> None:
         while not self._stopped.wait(STATS_INTERVAL_SECONDS):
@@ -105,9 +97,7 @@ class GrpcFront:
             metrics.observe_stages(model, "grpc", "decode", times)
 
     def stop(self, grace_seconds: float) -> None:
-        self.set_serving(False)
+        self.native.set_serving(False)
         self.native.stop(grace_seconds)
-        self.server.stop(grace_seconds).wait()
         self._stopped.set()
         self._stats.join()
-        self._socket_dir.cleanup()

@@ -1,5 +1,5 @@
-//! Arbitrary bytes as a gRPC unary request body (prefix + message) and as a `grpc-timeout`
-//! header value.
+//! Arbitrary bytes as a gRPC request body, whose messages the front meters by their
+//! prefixes as chunks arrive, and as a `grpc-timeout` header value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

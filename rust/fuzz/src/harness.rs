@@ -10,7 +10,8 @@ use arrow_array::{Array, ArrayRef};
 use arrowsmith_native::admit::job_for;
 use arrowsmith_native::batch::{Batch, BatchConfig, Batcher, Job};
 use arrowsmith_native::encode::{encode_response, InferResponse, OutputTensor};
-use arrowsmith_native::front::wire::{self, Message, PREFIX_LEN};
+use arrowsmith_native::front::deadline::{self, Deadline};
+use arrowsmith_native::front::metered::MessageMeter;
 use arrowsmith_native::proto::ModelInferResponse;
 use arrowsmith_native::signature::{ColumnSpec, ColumnType, Signature, TensorSpec, TensorType};
 use arrowsmith_native::{decode_request, DataType, Error, Parameters, Tensor};
@@ -176,22 +177,18 @@ pub fn decode_request_case(data: &[u8]) {
 /// `grpc_wire`: the bytes as a unary request body (the 5-byte prefix and one message), and as
 /// the value of a `grpc-timeout` header.
 pub fn grpc_wire_case(data: &[u8]) {
-    match wire::unary_message(Bytes::copy_from_slice(data)) {
-        Ok(Message::Plain(message)) => {
-            assert_eq!(data[0], 0, "an uncompressed message has flag 0");
-            assert_eq!(&message[..], &data[PREFIX_LEN..]);
-        }
-        Ok(Message::Compressed) => assert!(data.len() >= PREFIX_LEN && data[0] != 0),
-        Err(_) => {}
-    }
+    // As a request body: the lengths the front's meter reports are those of a straight walk
+    // of the prefixes, however the body is cut into chunks.
+    let expected = declared_lengths(data);
+    assert_eq!(metered_lengths(data, data.len().max(1)), expected);
+    let piece = data.first().map_or(1, |&b| usize::from(b % 7) + 1);
+    assert_eq!(metered_lengths(data, piece), expected, "cut every {piece} bytes");
     if let Ok(value) = HeaderValue::from_bytes(data) {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", value);
-        let parsed = wire::timeout(&headers);
-        if let Some(timeout) = parsed {
-            // The front adds it to the request's arrival time.
-            let _ = Instant::now() + timeout;
-        }
+        let parsed = deadline::timeout(&headers);
+        // The front adds it to the request's arrival time, never overflowing.
+        let _ = Deadline::of(&headers, Instant::now());
         if let Some(expected) = strict_timeout(data) {
             assert_eq!(
                 parsed,
@@ -200,6 +197,33 @@ pub fn grpc_wire_case(data: &[u8]) {
             );
         }
     }
+}
+
+/// Each message's declared length, walking the body's 5-byte prefixes one after another;
+/// a message is counted once its prefix is whole, even if its body is cut short.
+fn declared_lengths(body: &[u8]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut rest = body;
+    while let Some((prefix, after)) = rest.split_first_chunk::<5>() {
+        let declared = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        lengths.push(declared);
+        rest = after.get(declared..).unwrap_or(&[]);
+    }
+    lengths
+}
+
+/// The lengths `MessageMeter` reports when fed `body` in chunks of `piece` bytes.
+fn metered_lengths(body: &[u8], piece: usize) -> Vec<usize> {
+    let mut meter = MessageMeter::default();
+    let mut lengths = Vec::new();
+    for chunk in body.chunks(piece) {
+        let fed: Result<(), ()> = meter.feed(chunk, |declared| {
+            lengths.push(declared);
+            Ok(())
+        });
+        assert!(fed.is_ok());
+    }
+    lengths
 }
 
 /// gRPC's grammar for `grpc-timeout`: 1 to 8 ASCII digits, then one of `HMSmun`.

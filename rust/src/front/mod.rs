@@ -1,12 +1,20 @@
-//! The gRPC front: an HTTP/2 server on a thread of its own that answers ModelInfer for the
-//! models it holds without the Python interpreter (decode, signature, queueing and the
-//! response all happen here; only the model's runner thread runs Python, once per batch),
-//! and passes every other call to the backend, the process's grpcio server on a Unix
-//! socket, which keeps the small RPCs, health and reflection.
+//! The gRPC front: the process's one gRPC server, tonic on hyper's HTTP/2, on a thread of
+//! its own. It serves the whole gRPC surface without the Python interpreter:
+//! `inference.GRPCInferenceService` (ModelInfer and ModelStreamInfer through the native
+//! decoder and the models' batchers; the small RPCs from per-model state Python sets when a
+//! model loads), `grpc.health.v1.Health` (tonic-health) and server reflection v1 and v1alpha
+//! (tonic-reflection). Only a model's runner thread runs Python, once per batch.
+//!
+//! It listens on TCP, a Unix socket, or both, in the clear or with TLS (rustls; mutual TLS
+//! with a client CA; certificates reloadable without dropping connections).
 //!
 //! What a client can make it hold is bounded (`Limits`): streams per connection,
 //! connections, bytes of requests in flight; a connection whose peer stops answering PINGs,
 //! or that carries no call for the idle timeout, is closed.
+//!
+//! Hand-written gRPC is limited to what tonic has no hook for: reading each message's
+//! declared length as it arrives, to reserve its bytes before it is buffered (`metered`),
+//! and the `grpc-timeout` header, whose expiry is DEADLINE_EXCEEDED here (`deadline`).
 
 #![deny(
     clippy::indexing_slicing,
@@ -17,45 +25,41 @@
 )]
 
 pub mod budget;
+mod codec;
+mod connection;
+pub mod deadline;
 mod infer;
-mod proxy;
+pub mod metered;
+mod models;
+mod router;
+mod service;
 pub mod stats;
-pub mod wire;
+mod stream;
+pub mod tls;
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::server::SendResponse;
-use h2::{Ping, RecvStream};
-use http::Request;
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::batch::Batcher;
+use crate::proto::{ModelConfigResponse, ModelMetadataResponse};
 use crate::signature::Signature;
 use budget::ByteBudget;
-use proxy::{forward, Backend, Body};
+use models::ModelTable;
+use router::Router;
+pub use service::grpc_code;
 use stats::Stats;
+use tls::{Tls, TlsFiles};
 
-/// HTTP/2 windows large enough that a big request is not held back by flow control
-/// (the protocol's default is 64 KiB).
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 1 << 24;
-/// Large DATA frames: a 180 KB request arrives in one piece.
-const MAX_FRAME_SIZE: u32 = 1 << 20;
-/// Request headers per call (grpcio takes 8 KiB of metadata by default): a client cannot
-/// make the front hold megabytes of header per stream.
-const MAX_HEADER_LIST_SIZE: u32 = 64 << 10;
 /// The pause after a failed accept before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
@@ -72,14 +76,15 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Bytes of request messages held at once, over all calls; at least `max_message_size`.
     pub max_inflight_bytes: usize,
-    /// Streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// also the messages one ModelStreamInfer stream may have in flight.
     pub max_concurrent_streams: u32,
     /// Connections served at once; past it, new ones are closed at once.
     pub max_connections: usize,
     /// How often a connection is PINGed; None: never.
     pub keepalive_interval: Option<Duration>,
     /// How long a PING may wait for its answer before the connection is dropped (also the
-    /// time a new connection has to start HTTP/2).
+    /// time a new connection has for its TLS handshake).
     pub keepalive_timeout: Duration,
     /// A connection without calls for this long is closed (GOAWAY); None: never.
     pub idle_timeout: Option<Duration>,
@@ -121,30 +126,32 @@ impl Limits {
     }
 }
 
-/// A model the front answers for.
+/// Who the server says it is (ServerMetadata).
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub name: String,
+    pub version: String,
+    pub extensions: Vec<String>,
+}
+
+/// A model the front answers for, with what the small RPCs say of it.
 pub struct ServedModel {
     pub name: String,
     pub version: String,
     pub batcher: Arc<Batcher>,
     pub signature: Option<Signature>,
+    pub metadata: ModelMetadataResponse,
+    pub config: ModelConfigResponse,
 }
 
+/// What the serving tasks share.
 struct Shared {
-    models: RwLock<HashMap<String, Arc<ServedModel>>>,
+    models: ModelTable,
+    server: ServerInfo,
     stats: Stats,
-    backend: Backend,
     limits: Limits,
     /// Request bytes held by calls in flight.
     inflight: Arc<ByteBudget>,
-}
-
-impl Shared {
-    /// The model a request names, when the front holds it in the version asked for.
-    fn model(&self, name: &str, version: &str) -> Option<Arc<ServedModel>> {
-        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
-        let model = models.get(name)?;
-        (version.is_empty() || version == model.version).then(|| Arc::clone(model))
-    }
 }
 
 /// A listening socket on `host:port` (port 0: any free one). `reuse_port`: several
@@ -165,72 +172,139 @@ pub fn listen(host: &str, port: u16, reuse_port: bool) -> std::io::Result<std::n
     Ok(socket.into())
 }
 
+/// A listening Unix socket at `path`. Anything already at the path is an error: whoever
+/// starts the front removes a stale socket file first.
+pub fn listen_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    std::os::unix::net::UnixListener::bind(path)
+}
+
+/// Where the front listens: TCP, a Unix socket, or both.
+#[derive(Default)]
+pub struct Listeners {
+    pub tcp: Option<std::net::TcpListener>,
+    pub unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+}
+
 /// A running front.
 pub struct Front {
     shared: Arc<Shared>,
+    tls: Option<Arc<Tls>>,
+    runtime: tokio::runtime::Handle,
     /// Set once, to the grace period in-flight calls get, when the front should stop.
     stop: watch::Sender<Option<Duration>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The Unix socket's file, removed when the front stops.
+    socket_file: Option<PathBuf>,
 }
 
 impl Front {
-    /// Serves on `listener` (already bound and listening) from a new thread; calls it does
-    /// not answer itself go to the grpcio server listening on the Unix socket `backend`.
-    /// Limits that make no sense (`Limits::check`) are an `InvalidInput` error.
+    /// Serves on `listeners` (already bound) from a new thread, with TLS when `tls` names
+    /// certificate files. `expected` names the models the server must serve to be ready.
+    /// Limits that make no sense (`Limits::check`), listeners it cannot use or certificates
+    /// it cannot read are an error.
     pub fn start(
-        listener: std::net::TcpListener,
-        backend: PathBuf,
+        listeners: Listeners,
         limits: Limits,
+        tls: Option<TlsFiles>,
+        server: ServerInfo,
+        expected: Vec<String>,
     ) -> std::io::Result<Front> {
         limits
             .check()
             .map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidInput, problem))?;
-        listener.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
-            models: RwLock::new(HashMap::new()),
-            stats: Stats::default(),
-            backend: Backend::new(backend),
-            inflight: ByteBudget::new(limits.max_inflight_bytes),
-            limits,
-        });
+        if listeners.tcp.is_none() && listeners.unix.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the gRPC front needs a TCP port or a Unix socket",
+            ));
+        }
+        let tls = tls.map(Tls::load).transpose()?.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // Listeners are registered with the runtime that polls them.
+        let (tcp, unix, socket_file) = {
+            let _entered = runtime.enter();
+            let tcp = match listeners.tcp {
+                Some(listener) => {
+                    listener.set_nonblocking(true)?;
+                    Some(TcpListener::from_std(listener)?)
+                }
+                None => None,
+            };
+            let (unix, socket_file) = match listeners.unix {
+                Some((listener, path)) => {
+                    listener.set_nonblocking(true)?;
+                    (Some(UnixListener::from_std(listener)?), Some(path))
+                }
+                None => (None, None),
+            };
+            (tcp, unix, socket_file)
+        };
+        let shared = Arc::new(Shared {
+            models: ModelTable::new(expected),
+            server,
+            stats: Stats::default(),
+            inflight: ByteBudget::new(limits.max_inflight_bytes),
+            limits,
+        });
+        let router = Router::new(Arc::clone(&shared))?;
+        // Not serving until Python says the models are ready.
+        runtime.block_on(shared.models.publish_server_health(false));
         let (stop, stopped) = watch::channel(None);
-        let serving = Arc::clone(&shared);
+        let handle = runtime.handle().clone();
+        let serving_tls = tls.clone();
         let thread = std::thread::Builder::new()
             .name("grpc-front".to_owned())
             .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(listener, serving, stopped).await,
-                        Err(e) => eprintln!("the gRPC front cannot listen: {e}"),
-                    }
-                });
+                runtime.block_on(accept_loop(tcp, unix, router, serving_tls, stopped));
             })?;
         Ok(Front {
             shared,
+            tls,
+            runtime: handle,
             stop,
             thread: Mutex::new(Some(thread)),
+            socket_file,
         })
     }
 
-    /// Answers ModelInfer for `model` from now on.
+    /// Answers for `model` from now on (ModelInfer and the small RPCs); ready at once.
     pub fn serve(&self, model: ServedModel) {
-        let mut models = self
-            .shared
-            .models
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        models.insert(model.name.clone(), Arc::new(model));
+        let name = model.name.clone();
+        self.shared.models.serve(model);
+        self.set_model_ready(&name, true);
+    }
+
+    /// Whether `name` is ready (ModelReady, and its health service); a model not served is
+    /// not changed.
+    pub fn set_model_ready(&self, name: &str, ready: bool) {
+        if self.shared.models.set_ready(name, ready) {
+            self.runtime
+                .block_on(self.shared.models.publish_model_health(name, ready));
+        }
+    }
+
+    /// Whether the server as a whole serves: health of "" and of the inference service.
+    pub fn set_serving(&self, serving: bool) {
+        self.runtime
+            .block_on(self.shared.models.publish_server_health(serving));
+    }
+
+    /// Reads the certificate files again; new connections use them, open ones keep theirs.
+    /// Without TLS there is nothing to reload.
+    pub fn reload_tls(&self) -> std::io::Result<bool> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
 
-    /// Whether the front's thread still serves (it ends only when stopped, or when its
-    /// listener could not be used).
+    /// Whether the front's thread still serves (it ends only when stopped).
     pub fn is_running(&self) -> bool {
         self.thread
             .lock()
@@ -250,7 +324,7 @@ impl Front {
     }
 
     /// Stops taking connections, lets calls in flight finish for up to `grace`, then ends
-    /// the front's thread.
+    /// the front's thread and removes its Unix socket file.
     pub fn stop(&self, grace: Duration) {
         let _ = self.stop.send(Some(grace));
         let thread = self
@@ -261,25 +335,60 @@ impl Front {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+        if let Some(path) = &self.socket_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
+/// An accepted connection, before TLS.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// The next connection on either listener.
+async fn accept(tcp: Option<&TcpListener>, unix: Option<&UnixListener>) -> std::io::Result<Accepted> {
+    poll_fn(|cx| {
+        if let Some(listener) = tcp {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted.map(|(socket, _)| Accepted::Tcp(socket)));
+            }
+        }
+        if let Some(listener) = unix {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted.map(|(socket, _)| Accepted::Unix(socket)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    router: Router,
+    tls: Option<Arc<Tls>>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
+    let limits = router.limits().clone();
     let mut connections = JoinSet::new();
     let grace = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) if connections.len() >= shared.limits.max_connections => {
+            accepted = accept(tcp.as_ref(), unix.as_ref()) => match accepted {
+                Ok(_) if connections.len() >= limits.max_connections => {
                     // Closed at once: the client learns now, and may try another server.
-                    drop(socket);
-                    shared.stats.count("", CONNECTION_REFUSED);
+                    router.count_refused_connection();
                 }
-                Ok((socket, _)) => {
-                    connections.spawn(serve_connection(socket, Arc::clone(&shared), stop.clone()));
+                Ok(accepted) => {
+                    let serve = connection::serve(
+                        accepted,
+                        tls.as_ref().map(|tls| tls.acceptor()),
+                        router.clone(),
+                        stop.clone(),
+                    );
+                    connections.spawn(serve);
                 }
                 // Out of file descriptors, say: retrying at once would spin.
                 Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
@@ -296,152 +405,7 @@ async fn accept_loop(
             }
         }
     };
-    drop(listener);
+    drop((tcp, unix));
     let drained = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(grace, drained).await;
-}
-
-/// The calls open on one connection; told when the last one ends.
-#[derive(Default)]
-struct OpenCalls {
-    count: AtomicUsize,
-    none_left: Notify,
-}
-
-/// One open call; its end is counted when dropped.
-struct OpenCall(Arc<OpenCalls>);
-
-impl OpenCalls {
-    fn open(self: &Arc<Self>) -> OpenCall {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        OpenCall(Arc::clone(self))
-    }
-
-    fn any(&self) -> bool {
-        self.count.load(Ordering::Acquire) > 0
-    }
-}
-
-impl Drop for OpenCall {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_one();
-        }
-    }
-}
-
-/// Sleeps until `at`; forever when None.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// `now + after`, or None when that cannot be represented (then it never comes).
-fn later(now: Instant, after: Option<Duration>) -> Option<Instant> {
-    now.checked_add(after?)
-}
-
-async fn serve_connection(
-    socket: TcpStream,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<Option<Duration>>,
-) {
-    let _ = socket.set_nodelay(true);
-    let limits = &shared.limits;
-    let handshake = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        // h2's guard against rapid reset closes a connection whose client resets more than
-        // 20 streams (its default) before they are accepted; clients cancelling calls at
-        // their deadlines under load did that in the soak run. As many as the client may
-        // open at once keeps the guard and spares honest cancellations.
-        .max_pending_accept_reset_streams(limits.max_concurrent_streams as usize)
-        .handshake::<_, Bytes>(socket);
-    // A peer that connects and never speaks HTTP/2 does not hold a connection for long.
-    let Ok(Ok(mut connection)) = tokio::time::timeout(limits.keepalive_timeout, handshake).await
-    else {
-        return;
-    };
-    let mut stopping = stop.borrow().is_some();
-    if stopping {
-        connection.graceful_shutdown();
-    }
-    let mut pings = connection.ping_pong();
-    let calls = Arc::new(OpenCalls::default());
-    let mut idle_since = Instant::now();
-    let mut next_ping = later(idle_since, limits.keepalive_interval);
-    // Set while a PING waits for its answer: when the connection is given up.
-    let mut pong_due: Option<Instant> = None;
-    // Set once an idle connection was told GOAWAY: when it is dropped if still open.
-    let mut closing_by: Option<Instant> = None;
-    loop {
-        let idle_at = if stopping || calls.any() {
-            None
-        } else {
-            later(idle_since, limits.idle_timeout)
-        };
-        tokio::select! {
-            next = connection.accept() => match next {
-                Some(Ok((request, respond))) => {
-                    let call = calls.open();
-                    let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        handle(request, respond, shared).await;
-                        drop(call);
-                    });
-                }
-                Some(Err(_)) | None => return,
-            },
-            changed = stop.changed(), if !stopping => {
-                if changed.is_err() || stop.borrow().is_some() {
-                    // GOAWAY: calls in flight finish, new ones go elsewhere.
-                    connection.graceful_shutdown();
-                    stopping = true;
-                }
-            }
-            () = calls.none_left.notified() => idle_since = Instant::now(),
-            () = sleep_until(idle_at) => {
-                connection.graceful_shutdown();
-                stopping = true;
-                closing_by = later(Instant::now(), Some(limits.keepalive_timeout));
-            }
-            () = sleep_until(closing_by) => return,
-            () = sleep_until(pong_due.or(next_ping)) => {
-                if pong_due.is_some() {
-                    // No answer in time: the peer is gone (or not listening).
-                    return;
-                }
-                let sent = pings.as_mut().is_some_and(|p| p.send_ping(Ping::opaque()).is_ok());
-                if sent {
-                    pong_due = later(Instant::now(), Some(limits.keepalive_timeout));
-                } else {
-                    next_ping = None;
-                }
-            }
-            pong = poll_fn(|cx| match pings.as_mut() {
-                Some(pings) => pings.poll_pong(cx),
-                None => std::task::Poll::Pending,
-            }), if pong_due.is_some() => {
-                if pong.is_err() {
-                    return;
-                }
-                pong_due = None;
-                next_ping = later(Instant::now(), limits.keepalive_interval);
-            }
-        }
-    }
-}
-
-async fn handle(request: Request<RecvStream>, respond: SendResponse<Bytes>, shared: Arc<Shared>) {
-    if request.uri().path() == infer::PATH {
-        infer::model_infer(request, respond, shared).await;
-    } else {
-        let (parts, body) = request.into_parts();
-        forward(parts, Body::Streaming(body), respond, &shared.backend).await;
-    }
 }

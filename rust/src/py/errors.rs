@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::PyErr;
 
 use crate::error::Error;
-use crate::front::wire::status_of;
+use crate::front::grpc_code;
 
 pyo3::import_exception!(arrowsmith.errors, InvalidInputError);
 pyo3::import_exception!(arrowsmith.errors, UnsupportedError);
@@ -15,6 +15,7 @@ pyo3::import_exception!(arrowsmith.errors, QueueFullError);
 pyo3::import_exception!(arrowsmith.errors, DeadlineExceededError);
 pyo3::import_exception!(arrowsmith.errors, CancelledError);
 pyo3::import_exception!(arrowsmith.errors, ModelNotReadyError);
+pyo3::import_exception!(arrowsmith.errors, ModelNotFoundError);
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> Self {
@@ -27,6 +28,7 @@ impl From<Error> for PyErr {
             Error::DeadlineExceeded(message) => DeadlineExceededError::new_err(message),
             Error::Cancelled(message) => CancelledError::new_err(message),
             Error::Unavailable(message) => ModelNotReadyError::new_err(message),
+            Error::NotFound(message) => ModelNotFoundError::new_err(message),
         }
     }
 }
@@ -45,6 +47,7 @@ pub fn error_from_code(code: &str, message: String) -> Error {
         "DEADLINE_EXCEEDED" => Error::DeadlineExceeded(message),
         "CANCELLED" => Error::Cancelled(message),
         "MODEL_NOT_READY" => Error::Unavailable(message),
+        "MODEL_NOT_FOUND" => Error::NotFound(message),
         _ => Error::Internal(message),
     }
 }
@@ -56,7 +59,7 @@ pub fn error_from_code(code: &str, message: String) -> Error {
 pub fn error_statuses() -> Vec<(&'static str, u32)> {
     Error::every_kind()
         .iter()
-        .map(|error| (error.code_name(), status_of(error)))
+        .map(|error| (error.code_name(), grpc_code(error) as u32))
         .collect()
 }
 

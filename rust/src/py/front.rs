@@ -1,5 +1,5 @@
-//! The gRPC front as Python sees it: started on a host and port with the grpcio server's
-//! Unix socket behind it, told which models to answer, asked for its counts, stopped.
+//! The gRPC front as Python sees it: started on a host and port and/or a Unix socket, told
+//! which models it serves and how ready they are, asked for its counts, stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +8,11 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::front::{listen, Front, Limits, ServedModel};
+use prost::Message;
+
+use crate::front::tls::TlsFiles;
+use crate::front::{listen, listen_unix, Front, Limits, Listeners, ServedModel, ServerInfo};
+use crate::proto::{ModelConfigResponse, ModelMetadataResponse};
 
 use super::batching::Batcher;
 use super::Signature;
@@ -28,7 +32,25 @@ fn seconds_or_never(name: &str, value: f64) -> PyResult<Option<Duration>> {
 #[pyclass(name = "GrpcFront", module = "arrowsmith._native", frozen)]
 pub struct GrpcFront {
     front: Front,
-    port: u16,
+    port: Option<u16>,
+}
+
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> PyResult<Option<TlsFiles>> {
+    match (cert, key, client_ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), client_ca) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        _ => Err(PyValueError::new_err(
+            "TLS needs a certificate and its key (a client CA only with them)",
+        )),
+    }
 }
 
 #[pymethods]
@@ -37,10 +59,16 @@ impl GrpcFront {
     #[pyo3(signature = (
         host,
         port,
-        backend_socket,
         max_message_size,
         reuse_port,
         *,
+        uds = None,
+        server_name = String::new(),
+        server_version = String::new(),
+        expected_models = Vec::new(),
+        tls_cert = None,
+        tls_key = None,
+        tls_client_ca = None,
         max_inflight_bytes = None,
         max_concurrent_streams = 128,
         max_connections = 1024,
@@ -51,10 +79,16 @@ impl GrpcFront {
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
-        port: u16,
-        backend_socket: PathBuf,
+        port: Option<u16>,
         max_message_size: usize,
         reuse_port: bool,
+        uds: Option<PathBuf>,
+        server_name: String,
+        server_version: String,
+        expected_models: Vec<String>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_client_ca: Option<PathBuf>,
         max_inflight_bytes: Option<usize>,
         max_concurrent_streams: u32,
         max_connections: usize,
@@ -73,34 +107,83 @@ impl GrpcFront {
             idle_timeout: seconds_or_never("idle_timeout", idle_timeout)?,
         };
         limits.check().map_err(PyValueError::new_err)?;
-        let listener = listen(host, port, reuse_port)
-            .map_err(|e| PyOSError::new_err(format!("cannot listen on {host}:{port}: {e}")))?;
-        let port = listener.local_addr()?.port();
-        let front = Front::start(listener, backend_socket, limits)?;
+        let tls = tls_files(tls_cert, tls_key, tls_client_ca)?;
+        let mut listeners = Listeners::default();
+        if let Some(port) = port {
+            let listener = listen(host, port, reuse_port)
+                .map_err(|e| PyOSError::new_err(format!("cannot listen on {host}:{port}: {e}")))?;
+            listeners.tcp = Some(listener);
+        }
+        if let Some(path) = uds {
+            let listener = listen_unix(&path).map_err(|e| {
+                PyOSError::new_err(format!("cannot listen on {}: {e}", path.display()))
+            })?;
+            listeners.unix = Some((listener, path));
+        }
+        let port = match &listeners.tcp {
+            Some(listener) => Some(listener.local_addr()?.port()),
+            None => None,
+        };
+        let server = ServerInfo {
+            name: server_name,
+            version: server_version,
+            extensions: Vec::new(),
+        };
+        let front = Front::start(listeners, limits, tls, server, expected_models)
+            .map_err(|e| PyOSError::new_err(format!("the gRPC front cannot start: {e}")))?;
         Ok(GrpcFront { front, port })
     }
 
-    /// The port it listens on.
+    /// The TCP port it listens on; None when it listens only on a Unix socket.
     #[getter]
-    fn port(&self) -> u16 {
+    fn port(&self) -> Option<u16> {
         self.port
     }
 
-    /// Answers ModelInfer for this model natively from now on.
-    #[pyo3(signature = (name, version, batcher, signature = None))]
+    /// Serves this model from now on, ready: ModelInfer through its batcher, ModelMetadata
+    /// and ModelConfig with the given serialized `ModelMetadataResponse` and
+    /// `ModelConfigResponse`.
+    #[pyo3(signature = (name, version, batcher, metadata, config, signature = None))]
     fn serve(
         &self,
         name: String,
         version: String,
         batcher: &Batcher,
+        metadata: &[u8],
+        config: &[u8],
         signature: Option<&Signature>,
-    ) {
+    ) -> PyResult<()> {
+        let invalid = |what: &str, e: prost::DecodeError| {
+            PyValueError::new_err(format!("{what} is not a serialized message: {e}"))
+        };
         self.front.serve(ServedModel {
             name,
             version,
             batcher: Arc::clone(&batcher.0),
             signature: signature.map(|s| s.0.clone()),
+            metadata: ModelMetadataResponse::decode(metadata)
+                .map_err(|e| invalid("metadata", e))?,
+            config: ModelConfigResponse::decode(config).map_err(|e| invalid("config", e))?,
         });
+        Ok(())
+    }
+
+    /// A served model's readiness: ModelReady, ServerReady and the model's health service.
+    fn set_model_ready(&self, py: Python<'_>, name: &str, ready: bool) {
+        py.detach(|| self.front.set_model_ready(name, ready));
+    }
+
+    /// The health of the server as a whole ("" and the inference service).
+    fn set_serving(&self, py: Python<'_>, serving: bool) {
+        py.detach(|| self.front.set_serving(serving));
+    }
+
+    /// Reads the TLS certificate, key and client CA files again; connections made from now
+    /// on use them, open ones are not touched. False without TLS. An error leaves the
+    /// files in use as they were.
+    fn reload_tls(&self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| self.front.reload_tls())
+            .map_err(|e| PyOSError::new_err(format!("TLS files not reloaded: {e}")))
     }
 
     /// Requests answered and decode times since the last call.

@@ -1,0 +1,79 @@
+//! The codec of ModelInfer and ModelStreamInfer: a request message is handed on as the
+//! bytes tonic buffered (no protobuf decode into an intermediate copy; the native decoder
+//! reads them in place), and a response is written straight into tonic's buffer by the
+//! native encoder.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+use crate::encode::EncodedResponse;
+
+/// A response message that writes its own protobuf encoding.
+pub(super) trait WireMessage: Send + 'static {
+    fn write_to(&self, out: &mut impl BufMut);
+}
+
+impl WireMessage for EncodedResponse {
+    fn write_to(&self, out: &mut impl BufMut) {
+        EncodedResponse::write_to(self, out);
+    }
+}
+
+/// Raw request bytes in, `M` out.
+pub(super) struct RawCodec<M>(PhantomData<M>);
+
+impl<M> Default for RawCodec<M> {
+    fn default() -> Self {
+        RawCodec(PhantomData)
+    }
+}
+
+impl<M: WireMessage> Codec for RawCodec<M> {
+    type Encode = M;
+    type Decode = Bytes;
+    type Encoder = RawEncoder<M>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder<M> {
+        RawEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+pub(super) struct RawEncoder<M>(PhantomData<M>);
+
+impl<M: WireMessage> Encoder for RawEncoder<M> {
+    type Item = M;
+    type Error = Status;
+
+    fn encode(&mut self, item: M, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.write_to(dst);
+        Ok(())
+    }
+}
+
+pub(super) struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // The buffer holds exactly one message; taking it splits tonic's buffer, no copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

@@ -1,0 +1,196 @@
+//! `inference.GRPCInferenceService`: each method by its path. ModelInfer and
+//! ModelStreamInfer take raw message bytes (`codec`); the small RPCs use the generated
+//! messages and are answered from the model table, with no Python.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
+use tonic::server::Grpc;
+use tonic::{Code, Status};
+use tonic_prost::ProstCodec;
+use tower_service::Service;
+
+use super::codec::RawCodec;
+use super::metered::MeteredBody;
+use super::{infer, stream, Shared};
+use crate::error::Error;
+use crate::proto;
+
+pub(super) const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// The gRPC status code an error answers with: the table `arrowsmith.errors.STATUSES`
+/// keeps for the HTTP front.
+pub fn grpc_code(error: &Error) -> Code {
+    match error {
+        Error::InvalidInput { .. } => Code::InvalidArgument,
+        Error::Unsupported(_) => Code::Unimplemented,
+        Error::Internal(_) | Error::Model(_) => Code::Internal,
+        Error::QueueFull(_) => Code::ResourceExhausted,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Cancelled(_) => Code::Cancelled,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::NotFound(_) => Code::NotFound,
+    }
+}
+
+pub(super) fn status_of(error: &Error) -> Status {
+    Status::new(grpc_code(error), error.to_string())
+}
+
+/// The compressions a request may arrive in, by their `grpc-encoding` names.
+const ACCEPTED: [(&str, CompressionEncoding); 3] = [
+    ("gzip", CompressionEncoding::Gzip),
+    ("zstd", CompressionEncoding::Zstd),
+    ("deflate", CompressionEncoding::Deflate),
+];
+
+/// A `Grpc` for one call: gzip, zstd and deflate requests accepted. The response is
+/// compressed only as the request was, when the client's `grpc-accept-encoding` allows:
+/// gRPC clients advertise every encoding they can read on every call, which asks for
+/// nothing, and compressing each small answer would cost every caller CPU for no gain.
+fn grpc<C: tonic::codec::Codec>(codec: C, shared: &Shared, headers: &HeaderMap) -> Grpc<C> {
+    let mut grpc = ACCEPTED
+        .into_iter()
+        .fold(Grpc::new(codec), |grpc, (_, encoding)| {
+            grpc.accept_compressed(encoding)
+        })
+        // What a message may decompress to; the compressed bytes are metered on arrival.
+        .max_decoding_message_size(shared.limits.max_message_size)
+        .max_encoding_message_size(usize::MAX);
+    let sent_as = headers
+        .get("grpc-encoding")
+        .and_then(|value| value.to_str().ok());
+    if let Some((_, encoding)) = ACCEPTED.into_iter().find(|(name, _)| Some(*name) == sent_as) {
+        grpc = grpc.send_compressed(encoding);
+    }
+    grpc
+}
+
+/// A unary handler as tonic's `UnaryService`: a synchronous answer from a request message.
+#[derive(Clone)]
+struct Small<F>(F);
+
+impl<F, Req, Resp> Service<tonic::Request<Req>> for Small<F>
+where
+    F: Fn(Req) -> Result<Resp, Status>,
+{
+    type Response = tonic::Response<Resp>;
+    type Error = Status;
+    type Future = Ready<Result<tonic::Response<Resp>, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<Req>) -> Self::Future {
+        ready((self.0)(request.into_inner()).map(tonic::Response::new))
+    }
+}
+
+async fn small<Req, Resp>(
+    shared: &Shared,
+    request: Request<MeteredBody>,
+    answer: impl Fn(Req) -> Result<Resp, Status>,
+) -> Response<Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    grpc(ProstCodec::<Resp, Req>::default(), shared, request.headers())
+        .unary(Small(answer), request)
+        .await
+}
+
+/// A model's entry for a metadata call: NOT_FOUND, or UNAVAILABLE until it is ready.
+fn ready_model(shared: &Shared, name: &str, version: &str) -> Result<Arc<super::models::Entry>, Status> {
+    shared
+        .models
+        .find_ready(name, version)
+        .map_err(|error| status_of(&error))
+}
+
+/// Answers one call of the inference service.
+pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> Response<Body> {
+    let method = request
+        .uri()
+        .path()
+        .rsplit_once('/')
+        .map_or("", |(_, method)| method)
+        .to_owned();
+    let models = &shared.models;
+    match method.as_str() {
+        "ModelInfer" => {
+            let handler = infer::Handler(Arc::clone(&shared));
+            grpc(RawCodec::default(), &shared, request.headers())
+                .unary(handler, request)
+                .await
+        }
+        "ModelStreamInfer" => {
+            let handler = stream::Handler(Arc::clone(&shared));
+            grpc(RawCodec::<stream::StreamAnswer>::default(), &shared, request.headers())
+                .streaming(handler, request)
+                .await
+        }
+        "ServerLive" => {
+            small(&shared, request, |_: proto::ServerLiveRequest| {
+                Ok(proto::ServerLiveResponse { live: true })
+            })
+            .await
+        }
+        "ServerReady" => {
+            small(&shared, request, |_: proto::ServerReadyRequest| {
+                Ok(proto::ServerReadyResponse {
+                    ready: models.server_ready(),
+                })
+            })
+            .await
+        }
+        "ModelReady" => {
+            small(&shared, request, |asked: proto::ModelReadyRequest| {
+                let ready = models
+                    .find(&asked.name, &asked.version)
+                    .is_ok_and(|entry| entry.is_ready());
+                Ok(proto::ModelReadyResponse { ready })
+            })
+            .await
+        }
+        "ServerMetadata" => {
+            small(&shared, request, |_: proto::ServerMetadataRequest| {
+                Ok(proto::ServerMetadataResponse {
+                    name: shared.server.name.clone(),
+                    version: shared.server.version.clone(),
+                    extensions: shared.server.extensions.clone(),
+                })
+            })
+            .await
+        }
+        "ModelMetadata" => {
+            small(&shared, request, |asked: proto::ModelMetadataRequest| {
+                let entry = ready_model(&shared, &asked.name, &asked.version)?;
+                Ok(entry.model.metadata.clone())
+            })
+            .await
+        }
+        "ModelConfig" => {
+            small(&shared, request, |asked: proto::ModelConfigRequest| {
+                let entry = ready_model(&shared, &asked.name, &asked.version)?;
+                Ok(entry.model.config.clone())
+            })
+            .await
+        }
+        _ => Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}"))
+            .into_http(),
+    }
+}
