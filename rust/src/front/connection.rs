@@ -137,6 +137,11 @@ where
             }
             () = calls.none_left.notified() => idle_since = Instant::now(),
             () = sleep_until(idle_at) => {
+                // A call opened since the timer was set: not idle (the end of the last call
+                // restarts the clock).
+                if calls.any() {
+                    continue;
+                }
                 connection.as_mut().graceful_shutdown();
                 stopping = true;
                 closing_by = later(Instant::now(), Some(limits.keepalive_timeout));

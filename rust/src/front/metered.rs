@@ -116,9 +116,10 @@ impl MessageMeter {
             match &mut self.position {
                 Position::Prefix { seen, have } => {
                     let want = PREFIX_LEN.saturating_sub(*have).min(chunk.len());
-                    if let (Some(to), Some(from)) =
-                        (seen.get_mut(*have..have.saturating_add(want)), chunk.get(..want))
-                    {
+                    if let (Some(to), Some(from)) = (
+                        seen.get_mut(*have..have.saturating_add(want)),
+                        chunk.get(..want),
+                    ) {
                         to.copy_from_slice(from);
                     }
                     *have = have.saturating_add(want);

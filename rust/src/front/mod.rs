@@ -270,6 +270,8 @@ impl Front {
     }
 
     /// Answers for `model` from now on (ModelInfer and the small RPCs); ready at once.
+    /// This and the readiness setters wait on the front's runtime: call them from outside
+    /// any tokio runtime (Python's threads do).
     pub fn serve(&self, model: ServedModel) {
         let name = model.name.clone();
         self.shared.models.serve(model);
@@ -348,7 +350,10 @@ enum Accepted {
 }
 
 /// The next connection on either listener.
-async fn accept(tcp: Option<&TcpListener>, unix: Option<&UnixListener>) -> std::io::Result<Accepted> {
+async fn accept(
+    tcp: Option<&TcpListener>,
+    unix: Option<&UnixListener>,
+) -> std::io::Result<Accepted> {
     poll_fn(|cx| {
         if let Some(listener) = tcp {
             if let Poll::Ready(accepted) = listener.poll_accept(cx) {

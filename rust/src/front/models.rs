@@ -101,7 +101,9 @@ impl ModelTable {
 
     pub(super) async fn publish_server_health(&self, serving: bool) {
         for service in ["", SERVICE_NAME] {
-            self.health.set_service_status(service, status(serving)).await;
+            self.health
+                .set_service_status(service, status(serving))
+                .await;
         }
     }
 
@@ -152,7 +154,9 @@ impl ModelTable {
     pub(super) fn find_ready(&self, name: &str, version: &str) -> Result<Arc<Entry>, Error> {
         let entry = self.find(name, version)?;
         if !entry.is_ready() {
-            return Err(Error::Unavailable(format!("model '{name}' is not ready yet")));
+            return Err(Error::Unavailable(format!(
+                "model '{name}' is not ready yet"
+            )));
         }
         Ok(entry)
     }

@@ -72,7 +72,10 @@ fn grpc<C: tonic::codec::Codec>(codec: C, shared: &Shared, headers: &HeaderMap) 
     let sent_as = headers
         .get("grpc-encoding")
         .and_then(|value| value.to_str().ok());
-    if let Some((_, encoding)) = ACCEPTED.into_iter().find(|(name, _)| Some(*name) == sent_as) {
+    if let Some((_, encoding)) = ACCEPTED
+        .into_iter()
+        .find(|(name, _)| Some(*name) == sent_as)
+    {
         grpc = grpc.send_compressed(encoding);
     }
     grpc
@@ -108,13 +111,21 @@ where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
 {
-    grpc(ProstCodec::<Resp, Req>::default(), shared, request.headers())
-        .unary(Small(answer), request)
-        .await
+    grpc(
+        ProstCodec::<Resp, Req>::default(),
+        shared,
+        request.headers(),
+    )
+    .unary(Small(answer), request)
+    .await
 }
 
 /// A model's entry for a metadata call: NOT_FOUND, or UNAVAILABLE until it is ready.
-fn ready_model(shared: &Shared, name: &str, version: &str) -> Result<Arc<super::models::Entry>, Status> {
+fn ready_model(
+    shared: &Shared,
+    name: &str,
+    version: &str,
+) -> Result<Arc<super::models::Entry>, Status> {
     shared
         .models
         .find_ready(name, version)
@@ -139,9 +150,13 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
         }
         "ModelStreamInfer" => {
             let handler = stream::Handler(Arc::clone(&shared));
-            grpc(RawCodec::<stream::StreamAnswer>::default(), &shared, request.headers())
-                .streaming(handler, request)
-                .await
+            grpc(
+                RawCodec::<stream::StreamAnswer>::default(),
+                &shared,
+                request.headers(),
+            )
+            .streaming(handler, request)
+            .await
         }
         "ServerLive" => {
             small(&shared, request, |_: proto::ServerLiveRequest| {
@@ -190,7 +205,8 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
             })
             .await
         }
-        _ => Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}"))
-            .into_http(),
+        _ => {
+            Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}")).into_http()
+        }
     }
 }

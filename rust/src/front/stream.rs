@@ -68,6 +68,7 @@ type Admitting = Pin<Box<dyn Future<Output = Result<Pending, Status>> + Send>>;
 enum Waiting {
     Admitting(Admitting),
     Queued(Pending),
+    Refused(String),
 }
 
 /// The stream's responses.
@@ -100,7 +101,8 @@ impl Answers {
                 Poll::Ready(Some(Ok(message))) => {
                     let shared = Arc::clone(&self.shared);
                     let deadline = self.deadline;
-                    let admitting = Box::pin(async move { admit(&shared, message, deadline).await });
+                    let admitting =
+                        Box::pin(async move { admit(&shared, message, deadline).await });
                     self.waiting.push_back(Waiting::Admitting(admitting));
                 }
                 Poll::Ready(Some(Err(status))) => self.requests = Requests::Failed(status),
@@ -110,33 +112,41 @@ impl Answers {
         }
     }
 
+    /// Moves every request still being admitted along: each joins its model's queue as
+    /// soon as it can, whatever is ahead of it on the stream.
+    fn admit_all(&mut self, cx: &mut Context<'_>) {
+        for waiting in &mut self.waiting {
+            if let Waiting::Admitting(admitting) = waiting {
+                match admitting.as_mut().poll(cx) {
+                    Poll::Ready(Ok(pending)) => *waiting = Waiting::Queued(pending),
+                    Poll::Ready(Err(status)) => {
+                        *waiting = Waiting::Refused(status.message().to_owned());
+                    }
+                    Poll::Pending => {}
+                }
+            }
+        }
+    }
+
     /// The oldest request's response, once it has one.
     fn poll_oldest(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamAnswer>> {
-        loop {
-            let Some(oldest) = self.waiting.front_mut() else {
-                return Poll::Ready(None);
-            };
-            let answer = match oldest {
-                Waiting::Admitting(admitting) => match admitting.as_mut().poll(cx) {
-                    Poll::Ready(Ok(pending)) => {
-                        *oldest = Waiting::Queued(pending);
-                        continue;
-                    }
-                    Poll::Ready(Err(status)) => StreamAnswer::Error(status.message().to_owned()),
-                    Poll::Pending => return Poll::Pending,
-                },
-                Waiting::Queued(pending) => match Pin::new(pending).poll(cx) {
-                    Poll::Ready(Ok(encoded)) => StreamAnswer::Answer(encoded),
-                    Poll::Ready(Err(error)) => StreamAnswer::Error(error.to_string()),
-                    Poll::Pending => return Poll::Pending,
-                },
-            };
-            self.waiting.pop_front();
-            if let Some(call) = &self.call {
-                call.message_done();
-            }
-            return Poll::Ready(Some(answer));
+        let Some(oldest) = self.waiting.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let answer = match oldest {
+            Waiting::Admitting(_) => return Poll::Pending,
+            Waiting::Queued(pending) => match Pin::new(pending).poll(cx) {
+                Poll::Ready(Ok(encoded)) => StreamAnswer::Answer(encoded),
+                Poll::Ready(Err(error)) => StreamAnswer::Error(error.to_string()),
+                Poll::Pending => return Poll::Pending,
+            },
+            Waiting::Refused(message) => StreamAnswer::Error(std::mem::take(message)),
+        };
+        self.waiting.pop_front();
+        if let Some(call) = &self.call {
+            call.message_done();
         }
+        Poll::Ready(Some(answer))
     }
 }
 
@@ -145,6 +155,7 @@ impl Stream for Answers {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.read(cx);
+        self.admit_all(cx);
         match self.poll_oldest(cx) {
             Poll::Ready(Some(answer)) => Poll::Ready(Some(Ok(answer))),
             Poll::Pending => Poll::Pending,
