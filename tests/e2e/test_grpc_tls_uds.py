@@ -22,7 +22,13 @@ from mlflow.pyfunc import PyFuncModel
 from support import v2
 from support.certs import TlsFiles, certificate_of, client_context, write_server_pair
 from support.model_builders import WINE_MODEL_NAME
-from support.server import Listening, ServerHandle, StartServer, running_server
+from support.server import (
+    UNIX_CHANNEL_ARGS,
+    Listening,
+    ServerHandle,
+    StartServer,
+    running_server,
+)
 from support.unix_http import UnixHTTPConnection
 from tritonclient.utils import InferenceServerException
 
@@ -183,7 +189,9 @@ def test_grpc_over_a_unix_socket_beside_tcp(
         log_dir=server_logs,
         listening=Listening(grpc_uds=path),
     ) as server:
-        with grpcclient.InferenceServerClient(f"unix:{path}") as over_socket:
+        with grpcclient.InferenceServerClient(
+            f"unix:{path}", channel_args=UNIX_CHANNEL_ARGS
+        ) as over_socket:
             np.testing.assert_allclose(infer(over_socket, rows), expected, rtol=1e-9)
         with server.grpc_client() as over_tcp:
             np.testing.assert_allclose(infer(over_tcp, rows), expected, rtol=1e-9)
@@ -202,11 +210,16 @@ def test_tls_covers_the_unix_socket_too(
     listening = Listening(tls=tls_files, grpc_uds=path)
     start_server(wine_model_dir, name=WINE_MODEL_NAME, listening=listening)
     with grpcclient.InferenceServerClient(
-        f"unix:{path}", ssl=True, root_certificates=str(tls_files.ca)
+        f"unix:{path}",
+        ssl=True,
+        root_certificates=str(tls_files.ca),
+        channel_args=UNIX_CHANNEL_ARGS,
     ) as client:
         np.testing.assert_allclose(infer(client, rows), expected, rtol=1e-9)
     with (
-        grpcclient.InferenceServerClient(f"unix:{path}") as plaintext,
+        grpcclient.InferenceServerClient(
+            f"unix:{path}", channel_args=UNIX_CHANNEL_ARGS
+        ) as plaintext,
         pytest.raises(InferenceServerException),
     ):
         plaintext.is_server_ready(client_timeout=5)

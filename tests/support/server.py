@@ -40,6 +40,13 @@ FAST_RECONNECT_ARGS = [
 ]
 
 
+#: What a grpc-core client (grpcio, tritonclient) needs on a `unix:` target. Since grpc
+#: 1.57 it sends the socket's percent-encoded path as `:authority`, which is not a valid
+#: authority and which the server's HTTP/2 layer (h2, as every hyper and tonic server)
+#: refuses with PROTOCOL_ERROR; grpc-go, grpcurl and Kubernetes send `localhost`.
+UNIX_CHANNEL_ARGS = [("grpc.default_authority", "localhost")]
+
+
 def free_port() -> int:
     """Ask the kernel for a free 127.0.0.1 TCP port (free now; the server binds it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -115,6 +122,8 @@ class ServerHandle:
                 options.update(
                     private_key=str(tls.client_key), certificate_chain=str(tls.client_cert)
                 )
+        if self.url.startswith("unix:"):
+            options["channel_args"] = [*options.get("channel_args", []), *UNIX_CHANNEL_ARGS]
         return grpcclient.InferenceServerClient(self.url, **options)
 
     def ssl_context(self) -> ssl.SSLContext | None:
