@@ -37,8 +37,8 @@ class Statuses:
     mlflow: str
 
 
-#: The one table of error codes to statuses. Every front reads it (the native gRPC front keeps
-#: the same mapping in Rust; a test checks that the two agree).
+#: The one table of error codes to statuses. The HTTP fronts read it; the native gRPC front
+#: keeps the gRPC column in Rust, and a test checks that the two agree.
 STATUSES: dict[ErrorCode, Statuses] = {
     ErrorCode.INVALID_INPUT: Statuses("INVALID_ARGUMENT", 400, "INVALID_PARAMETER_VALUE"),
     ErrorCode.UNSUPPORTED_INPUT: Statuses("UNIMPLEMENTED", 501, "NOT_IMPLEMENTED"),
@@ -52,8 +52,7 @@ STATUSES: dict[ErrorCode, Statuses] = {
     ErrorCode.INTERNAL: Statuses("INTERNAL", 500, "INTERNAL_ERROR"),
 }
 
-#: Views of `STATUSES`, one per transport.
-GRPC_STATUS: dict[ErrorCode, str] = {code: s.grpc for code, s in STATUSES.items()}
+#: Views of `STATUSES` for the HTTP fronts.
 HTTP_STATUS: dict[ErrorCode, int] = {code: s.http for code, s in STATUSES.items()}
 MLFLOW_ERROR_CODE: dict[ErrorCode, str] = {code: s.mlflow for code, s in STATUSES.items()}
 

@@ -26,16 +26,7 @@ EXCEPTIONS: dict[ErrorCode, type[ArrowsmithError]] = {
 FRONT_ANSWERS = """
 import json
 from arrowsmith import errors
-from arrowsmith.grpc import servicer
 from arrowsmith.http import invocations, v2_rest
-
-class Aborted(Exception):
-    pass
-
-class Context:
-    def abort(self, code, details):
-        self.code = code
-        raise Aborted(details)
 
 answers = {}
 for cls in vars(errors).values():
@@ -43,15 +34,9 @@ for cls in vars(errors).values():
         continue
     if cls is errors.ArrowsmithError:
         continue
-    context = Context()
-    try:
-        servicer._abort(context, cls("boom"))
-    except Aborted:
-        pass
     rest = v2_rest.error_response(cls("boom"))
     scoring = invocations.error_response(cls("boom"))
     answers[cls.code.value] = {
-        "grpcio": context.code.name,
         "rest": [rest.status, json.loads(rest.body)],
         "mlflow": [scoring.status, json.loads(scoring.body)["error_code"]],
     }
@@ -102,7 +87,6 @@ def test_python_fronts_answer_as_the_table_says(
 
     statuses = STATUSES[code]
     answered = front_answers[code.value]
-    assert answered["grpcio"] == statuses.grpc
     assert answered["rest"] == [statuses.http, {"error": "boom"}]
     mlflow_code = MlflowErrorCode.Value(statuses.mlflow)
     mlflow_status = MlflowException("boom", error_code=mlflow_code).get_http_status_code()
