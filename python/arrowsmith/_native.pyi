@@ -128,8 +128,8 @@ class GrpcFront:
         reuse_port: bool,
         *,
         uds: str | None = None,
-        server_name: str = ...
-        server_version: str = ...
+        server_name: str = ...,
+        server_version: str = ...,
         expected_models: list[str] = ...,
         tls_cert: str | None = None,
         tls_key: str | None = None,
