@@ -182,7 +182,11 @@ pub fn grpc_wire_case(data: &[u8]) {
     let expected = declared_lengths(data);
     assert_eq!(metered_lengths(data, data.len().max(1)), expected);
     let piece = data.first().map_or(1, |&b| usize::from(b % 7) + 1);
-    assert_eq!(metered_lengths(data, piece), expected, "cut every {piece} bytes");
+    assert_eq!(
+        metered_lengths(data, piece),
+        expected,
+        "cut every {piece} bytes"
+    );
     if let Ok(value) = HeaderValue::from_bytes(data) {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", value);

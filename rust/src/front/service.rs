@@ -134,14 +134,10 @@ fn ready_model(
 
 /// Answers one call of the inference service.
 pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> Response<Body> {
-    let method = request
-        .uri()
-        .path()
-        .rsplit_once('/')
-        .map_or("", |(_, method)| method)
-        .to_owned();
+    let path = request.uri().path();
+    let method = path.rsplit_once('/').map_or("", |(_, method)| method);
     let models = &shared.models;
-    match method.as_str() {
+    match method {
         "ModelInfer" => {
             let handler = infer::Handler(Arc::clone(&shared));
             grpc(RawCodec::default(), &shared, request.headers())

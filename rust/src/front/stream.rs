@@ -36,7 +36,8 @@ use super::Shared;
 use crate::encode::EncodedResponse;
 use crate::proto::ModelStreamInferResponse;
 
-/// `ModelStreamInferResponse.infer_response`'s field number.
+/// `ModelStreamInferResponse`'s field numbers.
+const ERROR_MESSAGE_FIELD: u32 = 1;
 const INFER_RESPONSE_FIELD: u32 = 2;
 
 /// One response on the stream: an answer, or why the request was not answered.
@@ -46,6 +47,20 @@ pub(super) enum StreamAnswer {
 }
 
 impl WireMessage for StreamAnswer {
+    fn encoded_len(&self) -> usize {
+        match self {
+            StreamAnswer::Answer(encoded) => {
+                let len = encoded.encoded_len();
+                prost::encoding::key_len(INFER_RESPONSE_FIELD)
+                    .saturating_add(prost::encoding::encoded_len_varint(len as u64))
+                    .saturating_add(len)
+            }
+            StreamAnswer::Error(message) => {
+                prost::encoding::string::encoded_len(ERROR_MESSAGE_FIELD, message)
+            }
+        }
+    }
+
     fn write_to(&self, out: &mut impl BufMut) {
         match self {
             StreamAnswer::Answer(encoded) => {
