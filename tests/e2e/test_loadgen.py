@@ -3,6 +3,8 @@
 --http) whose answers depend only on each request's arrival number, so the status counts and
 latency percentiles the generator reports are known in advance."""
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -49,36 +52,21 @@ HTTP_BODY = json.dumps(
 ).encode()
 
 
-def bench_scripted(
-    tmp_path: pathlib.Path,
-    server_args: list[str],
-    bench_args: list[str],
-    *,
-    script: pathlib.Path = SCRIPTED_SERVER,
-    body: bytes | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Start the scripted server, run one arrowsmith-bench level against it without warm-up,
-    stop the server; return the level's JSON report and how many requests the server got.
-    The body sent is `body`, by default a serialized ModelInferRequest."""
-    level, served, _ = bench_scripted_streams(
-        tmp_path, server_args, bench_args, script=script, body=body
-    )
-    return level, served
+@dataclasses.dataclass
+class Scripted:
+    """A running scripted server; once it has stopped, what it counted."""
+
+    port: int
+    served: int = 0
+    streams: int = 0
 
 
-def bench_scripted_streams(
-    tmp_path: pathlib.Path,
-    server_args: list[str],
-    bench_args: list[str],
-    *,
-    script: pathlib.Path = SCRIPTED_SERVER,
-    body: bytes | None = None,
-) -> tuple[dict[str, Any], int, int]:
-    """bench_scripted, also returning how many ModelStreamInfer streams the server saw."""
-    body_path, report = tmp_path / "request.bin", tmp_path / "bench.json"
-    if body is None:
-        body = pb.ModelInferRequest(model_name="scripted").SerializeToString()
-    body_path.write_bytes(body)
+@contextlib.contextmanager
+def scripted_server(
+    tmp_path: pathlib.Path, server_args: list[str], script: pathlib.Path = SCRIPTED_SERVER
+) -> Iterator[Scripted]:
+    """The scripted server, running; stopped on leaving, when it must exit cleanly and say
+    how many requests (and ModelStreamInfer streams) it served."""
     log_path = tmp_path / "scripted-server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
@@ -92,11 +80,8 @@ def bench_scripted_streams(
         assert server.stdout is not None
         listening = re.fullmatch(r"listening on (\d+)\n", server.stdout.readline())
         assert listening, f"scripted server did not start:\n{log_path.read_text()}"
-        command = [str(find_binary()), "--target", f"127.0.0.1:{listening[1]}"]
-        command += ["--body", str(body_path), "--json", str(report), "--warmup", "0"]
-        command += ["--duration", str(RUN_TIMEOUT_S), *bench_args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        assert done.returncode == 0, done.stdout + done.stderr
+        handle = Scripted(int(listening[1]))
+        yield handle
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -107,8 +92,47 @@ def bench_scripted_streams(
     assert server.returncode == 0, log_path.read_text()
     served = re.fullmatch(r"served (\d+) requests(?: over (\d+) streams)?\n", stopped_output)
     assert served, stopped_output
+    handle.served, handle.streams = int(served[1]), int(served[2] or 0)
+
+
+def bench_scripted(
+    tmp_path: pathlib.Path,
+    server_args: list[str],
+    bench_args: list[str],
+    *,
+    script: pathlib.Path = SCRIPTED_SERVER,
+    body: bytes | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Start the scripted server, run one arrowsmith-bench level against it without warm-up,
+    stop the server; return the level's JSON report and how many requests the server got.
+    The body sent is `body`, by default a serialized ModelInferRequest."""
+    level, scripted = bench_scripted_server(
+        tmp_path, server_args, bench_args, script=script, body=body
+    )
+    return level, scripted.served
+
+
+def bench_scripted_server(
+    tmp_path: pathlib.Path,
+    server_args: list[str],
+    bench_args: list[str],
+    *,
+    script: pathlib.Path = SCRIPTED_SERVER,
+    body: bytes | None = None,
+) -> tuple[dict[str, Any], Scripted]:
+    """bench_scripted, returning all the server counted (the streams too)."""
+    body_path, report = tmp_path / "request.bin", tmp_path / "bench.json"
+    if body is None:
+        body = pb.ModelInferRequest(model_name="scripted").SerializeToString()
+    body_path.write_bytes(body)
+    with scripted_server(tmp_path, server_args, script) as scripted:
+        command = [str(find_binary()), "--target", f"127.0.0.1:{scripted.port}"]
+        command += ["--body", str(body_path), "--json", str(report), "--warmup", "0"]
+        command += ["--duration", str(RUN_TIMEOUT_S), *bench_args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout + done.stderr
     (level,) = json.loads(report.read_text())["levels"]
-    return level, int(served[1]), int(served[2] or 0)
+    return level, scripted
 
 
 def expected_statuses(requests: int) -> Counter[str]:
@@ -187,14 +211,14 @@ def test_open_loop_counts_the_queue_from_the_scheduled_time(tmp_path: pathlib.Pa
 def bench_stream(
     tmp_path: pathlib.Path, server_args: list[str], bench_args: list[str]
 ) -> tuple[dict[str, Any], int, int]:
-    """bench_scripted_streams with --stream (every answer of one row); also checks the
-    report names ModelStreamInfer."""
-    level, served, streams = bench_scripted_streams(
+    """bench_scripted with --stream (every answer of one row); also returns how many streams
+    the server saw, and checks the report names ModelStreamInfer."""
+    level, scripted = bench_scripted_server(
         tmp_path, server_args, ["--stream", "--expect-rows", "1", *bench_args]
     )
     report = json.loads((tmp_path / "bench.json").read_text())
     assert (report["protocol"], report["path"]) == ("grpc", STREAM_PATH)
-    return level, served, streams
+    return level, scripted.served, scripted.streams
 
 
 @pytest.mark.parametrize(
@@ -259,6 +283,28 @@ def test_a_stream_the_server_ends_fails_every_later_message(tmp_path: pathlib.Pa
     unavailable = str(grpc.StatusCode.UNAVAILABLE.value[0])
     assert level["statuses"] == {unavailable: requests - ended_at + 1}
     assert level["stream_errors"] == 0
+
+
+def test_arrowsmith_bench_streams_with_stream(tmp_path: pathlib.Path):
+    """`arrowsmith bench --stream` hands --stream to the generator: its request (made from
+    a V2 JSON body) goes as messages of one stream per connection."""
+    requests = 200
+    request, report = tmp_path / "request.json", tmp_path / "bench.json"
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}
+    request.write_text(json.dumps({"inputs": [tensor]}))
+    with scripted_server(tmp_path, []) as scripted:
+        command = [sys.executable, "-m", "arrowsmith", "bench"]
+        command += ["--target", f"127.0.0.1:{scripted.port}", "--model", "scripted"]
+        command += ["--request", str(request), "--stream", "--connections", "2"]
+        command += ["--concurrency", "8", "--requests", str(requests), "--warmup", "0"]
+        command += ["--duration", str(RUN_TIMEOUT_S), "--json", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(report.read_text())
+    assert results["path"] == STREAM_PATH
+    (level,) = results["levels"]
+    assert level["ok"] == scripted.served == requests
+    assert scripted.streams == 2
 
 
 def bench_scripted_http(
