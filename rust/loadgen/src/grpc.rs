@@ -62,7 +62,6 @@ impl Messages {
         }
         let length = u32::from_be_bytes([a, b, c, d]) as usize;
         if self.buffer.len() - PREFIX < length {
-            self.buffer.reserve(PREFIX + length - self.buffer.len());
             return Ok(None);
         }
         self.buffer.advance(PREFIX);

@@ -96,12 +96,15 @@ impl Streams {
     /// One message on stream `slot` (modulo their number), answered.
     pub async fn call(&self, slot: usize) -> Outcome {
         let stream = &self.streams[slot % self.streams.len()];
+        let ended = stream.waiting.borrow().ended.clone();
+        if let Some(end) = ended {
+            // Failing at once, without this, would keep the thread from the other streams.
+            tokio::task::yield_now().await;
+            return end;
+        }
         let (caller, answer) = oneshot::channel();
         {
             let mut waiting = stream.waiting.borrow_mut();
-            if let Some(end) = &waiting.ended {
-                return end.clone();
-            }
             // Sent and queued at once, with no await between: the queue's order is the
             // stream's.
             if stream.outgoing.send(self.body.clone()).is_err() {
