@@ -14,12 +14,12 @@ usage: arrowsmith-bench --body FILE [options]
   --concurrency LIST        closed loop: requests in flight, e.g. 1,8,32 (default 8)
   --rate LIST               open loop instead: requests per second, e.g. 1000,2000
   --connections N           gRPC: HTTP/2 connections shared by the requests (default: one
-                            per request in flight, at most 8); with --stream, each
-                            carries one stream. --http: the open loop's
-                            connections at most, opened as needed (default 64; a request
-                            due when all are busy waits for one, its latency still counted
-                            from when it was due); the closed loop ignores it and uses one
-                            connection per request in flight
+                            per request in flight, at most 8), with --stream one stream
+                            each. --http: the open loop's connections at most, opened as
+                            needed (default 64; a request due when all are busy waits for
+                            one, its latency still counted from when it was due); the
+                            closed loop ignores it and uses one connection per request in
+                            flight
   --duration SECONDS        measured time per level (default 10)
   --warmup SECONDS          unmeasured time before each level (default 2)
   --requests N              stop a level after N measured requests (default: no limit)
