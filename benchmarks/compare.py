@@ -4,10 +4,15 @@ gRPC servers (Arrowsmith, the canned-answer floor, the pure-Python control, MLSe
 config of peers/mlserver_settings.py) each start pinned to core 0, answer one request of
 each workload they take, checked against MLflow's own prediction, then take it from
 arrowsmith-bench pinned to core 1: W1 (one wine row, typed contents, 32 in flight), W2
-(4,096 wine rows raw, 8 in flight) and W4 (one 8x8 digits image, UINT8 [1, 64] raw, to the
-tensor-signature classifier of digits_model.py, 32 in flight). Arrowsmith and MLServer
+(4,096 wine rows raw, 8 in flight), W4 (one 8x8 digits image, UINT8 [1, 64] raw, to the
+tensor-signature classifier of digits_model.py, 32 in flight) and W5 (W1's request as
+messages of one ModelStreamInfer stream, 32 in flight on it). Arrowsmith and MLServer
 serve the digits model in starts of their own; the control is wine-specific and takes no
-W4. W3 (`/invocations`, one `dataframe_split` row) puts Arrowsmith's HTTP front beside
+W4. W5 goes to Arrowsmith and the floor only: the control serves no ModelStreamInfer, and
+MLServer's answers a stream's first message alone (its MLflow runtime has no
+`predict_stream`) with a bare ModelInferResponse, not the ModelStreamInferResponse
+Triton's streaming extension defines. W3 (`/invocations`, one `dataframe_split` row) puts
+Arrowsmith's HTTP front beside
 `mlflow models serve`, driven by arrowsmith-bench over HTTP/1.1 (keep-alive, one request
 in flight per connection). Servers alternate order between repetitions. Writes
 results/compare.json, results/compare.png and results/compare.md (the section for
@@ -61,9 +66,16 @@ MLSERVER_VENV = HERE / "peers" / ".venv-mlserver"
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 METHOD = f"/{SERVICE}/ModelInfer"
-GRPC_WORKLOADS = {"W1": (1, 32), "W2": (W2_ROWS, 8), "W4": (1, 32)}  # rows, in flight
-WINE = ("W1", "W2")  # the wine model's gRPC workloads; W4 is the digits model's
-WORKLOADS = ("W1", "W2", "W3", "W4")
+STREAM_METHOD = f"/{SERVICE}/ModelStreamInfer"
+GRPC_WORKLOADS = {
+    "W1": (1, 32),
+    "W2": (W2_ROWS, 8),
+    "W4": (1, 32),
+    "W5": (1, 32),
+}  # rows, in flight
+WINE = ("W1", "W2")  # the wine model's unary gRPC workloads; W4 is the digits model's
+STREAMED = ("W5",)  # the wine model's, over one ModelStreamInfer stream
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 #: numpy dtypes of the output datatypes the servers answer with, and their typed contents.
 DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
 CONTENTS = {
@@ -107,13 +119,13 @@ class Session:
 
 
 def sessions(model: Path, digits: Path, work: Path) -> list[Session]:
-    """The gRPC servers, each on a fresh port: Arrowsmith and each MLServer config once for
-    the wine model (W1, W2) and once for the digits model (W4), the floor once per workload
-    (canned answer of its rows), the control (wine only) once."""
+    """The gRPC servers, each on a fresh port: Arrowsmith once for the wine model (W1, W2,
+    W5) and once for the digits model (W4), each MLServer config the same without W5, the
+    floor once per workload (canned answer of its rows), the control (W1, W2) once."""
     py = sys.executable
-    served = ((model, "wine", WINE), (digits, DIGITS, ("W4",)))
+    served = ((model, "wine", WINE), (digits, DIGITS, ("W4",)))  # MLServer's
     result = []
-    for path, name, workloads in served:
+    for path, name, workloads in ((model, "wine", (*WINE, *STREAMED)), served[1]):
         port = free_port()
         command = [py, "-m", "arrowsmith", "serve", str(path), "--name", name, "--workers", "1"]
         command += ["--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port)]
@@ -145,6 +157,18 @@ def predictions(response: pb.ModelInferResponse) -> np.ndarray:
     if response.raw_output_contents:
         return np.frombuffer(response.raw_output_contents[0], dtype)
     return np.array(getattr(output.contents, CONTENTS[output.datatype]), dtype)
+
+
+def answer(channel: grpc.Channel, workload: str, body: bytes) -> pb.ModelInferResponse:
+    """The server's answer to `body`: a unary ModelInfer, or for a streamed workload the one
+    answer to a ModelStreamInfer stream of that one message (an in-band error raises)."""
+    if workload not in STREAMED:
+        return pb.ModelInferResponse.FromString(channel.unary_unary(METHOD)(body, timeout=30))
+    (streamed,) = channel.stream_stream(STREAM_METHOD)(iter([body]), timeout=30)
+    message = pb.ModelStreamInferResponse.FromString(streamed)
+    if message.error_message:
+        raise RuntimeError(f"{workload}: {message.error_message}")
+    return message.infer_response
 
 
 @contextlib.contextmanager
@@ -187,14 +211,13 @@ def grpc_server(session: Session, body: bytes, log: Path) -> Iterator[subprocess
 def verify(session: Session, bodies: dict[str, bytes], expected: dict[str, np.ndarray]) -> None:
     """Each workload's answer against MLflow's: wine's with np.allclose, W4's class labels
     exactly. The floor's canned answer (the first wine row's, repeated) is checked by its
-    rows, and on W1/W2 by its first value."""
+    rows, and on W1/W2/W5 by its first value."""
     with grpc.insecure_channel(f"127.0.0.1:{session.port}", options=OPTIONS) as channel:
-        call = channel.unary_unary(METHOD)
         for workload in session.workloads:
-            got = predictions(pb.ModelInferResponse.FromString(call(bodies[workload], timeout=30)))
+            got = predictions(answer(channel, workload, bodies[workload]))
             want = expected[workload]
             if session.server == "floor":
-                want = want[:1] if workload in WINE else want[:0]
+                want = want[:1] if workload in (*WINE, *STREAMED) else want[:0]
             same = np.array_equal if workload == "W4" else np.allclose
             if len(got) != len(expected[workload]) or not same(got[: len(want)], want):
                 raise RuntimeError(f"{session.server} {workload}: {got[:3]} not {want[:3]}")
@@ -203,8 +226,8 @@ def verify(session: Session, bodies: dict[str, bytes], expected: dict[str, np.nd
 
 
 def expected_predictions(model: Path, digits: Path) -> dict[str, np.ndarray]:
-    """MLflow's own answer (pyfunc, its enforcement) to the W1 and W2 rows, FP32 as sent,
-    and to W4's uint8 image (class labels, int64)."""
+    """MLflow's own answer (pyfunc, its enforcement) to the W1 and W2 rows, FP32 as sent
+    (W5 sends W1's), and to W4's uint8 image (class labels, int64)."""
     import mlflow.pyfunc
     import pandas as pd
 
@@ -219,6 +242,7 @@ def expected_predictions(model: Path, digits: Path) -> dict[str, np.ndarray]:
         if workload in WINE
     }
     result["W4"] = np.asarray(mlflow.pyfunc.load_model(str(digits)).predict(w4_image())).ravel()
+    result["W5"] = result["W1"]
     return result
 
 
@@ -264,7 +288,7 @@ def drive(
 
 def measure_grpc(args: argparse.Namespace, repetition: int, order: list[Session]) -> list[Run]:
     """Each session in `order`: start, verify, every workload it takes, stop."""
-    requests = {"W1": w1_request(), "W2": w2_request(), "W4": w4_request()}
+    requests = {"W1": w1_request(), "W2": w2_request(), "W4": w4_request(), "W5": w1_request()}
     bodies = {workload: request.SerializeToString() for workload, request in requests.items()}
     body_files = {}
     for workload, body in bodies.items():
@@ -279,6 +303,8 @@ def measure_grpc(args: argparse.Namespace, repetition: int, order: list[Session]
                 rows, in_flight = GRPC_WORKLOADS[workload]
                 load = ["--body", str(body_files[workload]), "--concurrency", str(in_flight)]
                 load += ["--expect-rows", str(rows)]
+                if workload in STREAMED:
+                    load += ["--stream", "--connections", "1"]
                 run = drive(
                     session.server, session.port, process.pid, workload, load, repetition, args
                 )
@@ -394,7 +420,7 @@ def plot(table: dict[str, dict[str, Cell]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     widths = [max(len(cells), 2) for cells in table.values()]
-    figure, axes = plt.subplots(1, len(table), figsize=(20, 4.8), width_ratios=widths)
+    figure, axes = plt.subplots(1, len(table), figsize=(24, 4.8), width_ratios=widths)
     for axis, (workload, cells) in zip(axes, table.items(), strict=True):
         names = list(cells)
         values = [cells[n].rps for n in names]
@@ -416,6 +442,7 @@ WORKLOAD_TITLES = {
     "W2": "W2: 4,096 rows, raw FP32, 8 in flight (gRPC)",
     "W3": "W3: /invocations, 1 row",
     "W4": "W4: 1 digits image, raw UINT8 [1, 64], 32 in flight (gRPC)",
+    "W5": "W5: 1 row, typed FP32, 32 in flight on one stream (gRPC)",
 }
 
 
@@ -439,11 +466,14 @@ def markdown(report: dict[str, object], table: dict[str, dict[str, Cell]], runs:
         "W3 goes over HTTP/1.1, one request in flight per connection; MLServer's configs are in",
         "`benchmarks/peers/mlserver_settings.py`. W4 is one 8x8 digits image (UINT8 [1, 64],",
         "raw) to the tensor-signature classifier of `benchmarks/digits_model.py`; the control",
-        "is wine-specific and takes no W4. No target is set for W4.",
+        "is wine-specific and takes no W4. W5 sends W1's request as messages of one",
+        "ModelStreamInfer stream, 32 in flight on it, to Arrowsmith and the floor only (the",
+        "control has no streaming; MLServer's answers only a stream's first message). No",
+        "target is set for W4 or W5.",
         "",
         "| server | W1 req/s | W1 p50 / p99 ms | W2 req/s | W2 p50 / p99 ms | W3 req/s "
-        "| W4 req/s | W4 p50 / p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| W4 req/s | W4 p50 / p99 ms | W5 req/s | W5 p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ORDER:
         cells = []

@@ -4,6 +4,8 @@ No request is parsed and no response is built per call (bytes in, bytes out, no
 (de)serializers), so its throughput is what grpcio itself costs per call: the ceiling any
 ModelInfer server built on that front can reach. `--mode` picks the synchronous server
 (thread pool) or grpc.aio, whose per-call costs the front's choice rests on.
+ModelStreamInfer answers each message of a stream, in order, with the same canned response
+inside a ModelStreamInferResponse: the floor of the streaming workload.
 
 On start it prints `listening on PORT` (flushed), so `--port 0` can be used by a driver.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,20 +40,38 @@ def canned_response(rows: int) -> bytes:
     return response.SerializeToString()
 
 
-def _handlers(behaviour: Callable[..., Any]) -> grpc.GenericRpcHandler:
-    """ModelInfer only, raw bytes both ways."""
-    method = grpc.unary_unary_rpc_method_handler(behaviour)
-    return grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": method})
+def streamed(answer: bytes) -> bytes:
+    """`answer` as a serialized ModelStreamInferResponse's infer_response."""
+    response = pb.ModelStreamInferResponse()
+    response.infer_response.ParseFromString(answer)
+    return response.SerializeToString()
+
+
+def _handlers(unary: Callable[..., Any], stream: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """ModelInfer and ModelStreamInfer only, raw bytes both ways."""
+    methods = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(unary),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
 def serve_sync(port: int, threads: int, answer: bytes) -> None:
-    """grpcio's synchronous server; each call runs on one of `threads` pool threads."""
+    """grpcio's synchronous server; each call runs on one of `threads` pool threads (a
+    stream holds one for as long as it is open)."""
+    answer_in_stream = streamed(answer)
 
     def model_infer(_request: bytes, _context: grpc.ServicerContext) -> bytes:
         return answer
 
+    def model_stream_infer(
+        requests: Iterator[bytes], _context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        for _request in requests:
+            yield answer_in_stream
+
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
-    server.add_generic_rpc_handlers((_handlers(model_infer),))
+    server.add_generic_rpc_handlers((_handlers(model_infer, model_stream_infer),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print(f"listening on {bound}", flush=True)
@@ -61,11 +81,19 @@ def serve_sync(port: int, threads: int, answer: bytes) -> None:
 async def serve_aio(port: int, answer: bytes) -> None:
     """grpc.aio's server; every call is a coroutine on the one event loop."""
 
+    answer_in_stream = streamed(answer)
+
     async def model_infer(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         return answer
 
+    async def model_stream_infer(
+        requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for _request in requests:
+            yield answer_in_stream
+
     server = grpc.aio.server(options=OPTIONS)
-    server.add_generic_rpc_handlers((_handlers(model_infer),))
+    server.add_generic_rpc_handlers((_handlers(model_infer, model_stream_infer),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"listening on {bound}", flush=True)

@@ -259,10 +259,11 @@ def _add_bench_parser(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
         help="load-test a running server with the compiled load generator",
-        description="Sends one request over and over: to ModelInfer over gRPC, from a V2 JSON "
-        "infer body or random data shaped by the model's metadata; or, with --http, a body as "
-        "it is to an HTTP path. Closed loop at each --concurrency level, or open loop at each "
-        "--rate; throughput and p50-p99.9 latency per level.",
+        description="Sends one request over and over: to ModelInfer over gRPC (or as messages "
+        "of ModelStreamInfer streams, --stream), from a V2 JSON infer body or random data shaped "
+        "by the model's metadata; or, with --http, a body as it is to an HTTP path. Closed loop "
+        "at each --concurrency level, or open loop at each --rate; throughput and p50-p99.9 "
+        "latency per level.",
     )
     bench.add_argument(
         "--target",
@@ -283,7 +284,16 @@ def _add_bench_parser(commands: Any) -> None:
     bench.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     bench.add_argument("--concurrency", default="1,8,32", help="closed-loop levels, e.g. 1,8,32")
     bench.add_argument("--rate", help="open-loop levels in requests/s instead, e.g. 500,1000")
-    bench.add_argument("--connections", type=int, help="HTTP/2 connections (default: up to 8)")
+    bench.add_argument(
+        "--stream",
+        action="store_true",
+        help="send each request as a message of ModelStreamInfer, one stream per connection",
+    )
+    bench.add_argument(
+        "--connections",
+        type=int,
+        help="HTTP/2 connections, with --stream one stream each (default: up to 8)",
+    )
     bench.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     bench.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level")
     bench.add_argument("--requests", type=int, help="stop a level after this many requests")
@@ -307,6 +317,10 @@ def _bench(args: argparse.Namespace) -> int:
         body = bench.request_from_json(args.request, args.model)
     else:
         body = bench.request_from_metadata(args.target, args.model, args.rows, args.seed)
+    if args.stream:
+        if args.http is not None:
+            raise SystemExit("arrowsmith bench: --stream is gRPC's, not for --http")
+        generator_args.append("--stream")
     if args.connections is not None:
         generator_args += ["--connections", str(args.connections)]
     if args.requests is not None:

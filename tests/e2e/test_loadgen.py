@@ -1,8 +1,10 @@
 """arrowsmith-bench, the compiled load generator, tested against a scripted server
-(support/scripted_server.py over gRPC, support/scripted_http_server.py with --http) whose
-answers depend only on each request's arrival number, so the status counts and latency
-percentiles the generator reports are known in advance."""
+(support/scripted_server.py over gRPC, unary or streamed, support/scripted_http_server.py with
+--http) whose answers depend only on each request's arrival number, so the status counts and
+latency percentiles the generator reports are known in advance."""
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -39,6 +42,9 @@ SLEEP_PLAN_MS = [60] * 12 + [90] * 7 + [180]
 HTTP_FAIL_PLAN = {7: 429, 13: 400, 50: 503}
 HTTP_FAIL_EVERY = ",".join(f"{every}:{status}" for every, status in HTTP_FAIL_PLAN.items())
 HTTP_PATH = "/invocations"
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+# Over a stream: every 7th message is answered with an in-band error_message.
+STREAM_ERROR_EVERY = 7
 # A body of about 16 KiB, more than one read on either side, not all ASCII.
 HTTP_BODY = json.dumps(
     {"inputs": [{"name": "x", "data": list(range(3000))}], "note": "crème brûlée"},
@@ -46,21 +52,21 @@ HTTP_BODY = json.dumps(
 ).encode()
 
 
-def bench_scripted(
-    tmp_path: pathlib.Path,
-    server_args: list[str],
-    bench_args: list[str],
-    *,
-    script: pathlib.Path = SCRIPTED_SERVER,
-    body: bytes | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Start the scripted server, run one arrowsmith-bench level against it without warm-up,
-    stop the server; return the level's JSON report and how many requests the server got.
-    The body sent is `body`, by default a serialized ModelInferRequest."""
-    body_path, report = tmp_path / "request.bin", tmp_path / "bench.json"
-    if body is None:
-        body = pb.ModelInferRequest(model_name="scripted").SerializeToString()
-    body_path.write_bytes(body)
+@dataclasses.dataclass
+class Scripted:
+    """A running scripted server; once it has stopped, what it counted."""
+
+    port: int
+    served: int = 0
+    streams: int = 0
+
+
+@contextlib.contextmanager
+def scripted_server(
+    tmp_path: pathlib.Path, server_args: list[str], script: pathlib.Path = SCRIPTED_SERVER
+) -> Iterator[Scripted]:
+    """The scripted server, running; stopped on leaving, when it must exit cleanly and say
+    how many requests (and ModelStreamInfer streams) it served."""
     log_path = tmp_path / "scripted-server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
@@ -74,11 +80,8 @@ def bench_scripted(
         assert server.stdout is not None
         listening = re.fullmatch(r"listening on (\d+)\n", server.stdout.readline())
         assert listening, f"scripted server did not start:\n{log_path.read_text()}"
-        command = [str(find_binary()), "--target", f"127.0.0.1:{listening[1]}"]
-        command += ["--body", str(body_path), "--json", str(report), "--warmup", "0"]
-        command += ["--duration", str(RUN_TIMEOUT_S), *bench_args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        assert done.returncode == 0, done.stdout + done.stderr
+        handle = Scripted(int(listening[1]))
+        yield handle
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -87,10 +90,49 @@ def bench_scripted(
             server.kill()
             raise
     assert server.returncode == 0, log_path.read_text()
-    served = re.fullmatch(r"served (\d+) requests\n", stopped_output)
+    served = re.fullmatch(r"served (\d+) requests(?: over (\d+) streams)?\n", stopped_output)
     assert served, stopped_output
+    handle.served, handle.streams = int(served[1]), int(served[2] or 0)
+
+
+def bench_scripted(
+    tmp_path: pathlib.Path,
+    server_args: list[str],
+    bench_args: list[str],
+    *,
+    script: pathlib.Path = SCRIPTED_SERVER,
+    body: bytes | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Start the scripted server, run one arrowsmith-bench level against it without warm-up,
+    stop the server; return the level's JSON report and how many requests the server got.
+    The body sent is `body`, by default a serialized ModelInferRequest."""
+    level, scripted = bench_scripted_server(
+        tmp_path, server_args, bench_args, script=script, body=body
+    )
+    return level, scripted.served
+
+
+def bench_scripted_server(
+    tmp_path: pathlib.Path,
+    server_args: list[str],
+    bench_args: list[str],
+    *,
+    script: pathlib.Path = SCRIPTED_SERVER,
+    body: bytes | None = None,
+) -> tuple[dict[str, Any], Scripted]:
+    """bench_scripted, returning all the server counted (the streams too)."""
+    body_path, report = tmp_path / "request.bin", tmp_path / "bench.json"
+    if body is None:
+        body = pb.ModelInferRequest(model_name="scripted").SerializeToString()
+    body_path.write_bytes(body)
+    with scripted_server(tmp_path, server_args, script) as scripted:
+        command = [str(find_binary()), "--target", f"127.0.0.1:{scripted.port}"]
+        command += ["--body", str(body_path), "--json", str(report), "--warmup", "0"]
+        command += ["--duration", str(RUN_TIMEOUT_S), *bench_args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout + done.stderr
     (level,) = json.loads(report.read_text())["levels"]
-    return level, int(served[1])
+    return level, scripted
 
 
 def expected_statuses(requests: int) -> Counter[str]:
@@ -164,6 +206,105 @@ def test_open_loop_counts_the_queue_from_the_scheduled_time(tmp_path: pathlib.Pa
     floors = [service_ms * (k + 1) - interval_ms * k for k in range(requests)]
     assert level["p50_ms"] >= nearest_rank(floors, 50)
     assert level["max_ms"] >= max(floors)
+
+
+def bench_stream(
+    tmp_path: pathlib.Path, server_args: list[str], bench_args: list[str]
+) -> tuple[dict[str, Any], int, int]:
+    """bench_scripted with --stream (every answer of one row); also returns how many streams
+    the server saw, and checks the report names ModelStreamInfer."""
+    level, scripted = bench_scripted_server(
+        tmp_path, server_args, ["--stream", "--expect-rows", "1", *bench_args]
+    )
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert (report["protocol"], report["path"]) == ("grpc", STREAM_PATH)
+    return level, scripted.served, scripted.streams
+
+
+@pytest.mark.parametrize(
+    ("load", "connections"),
+    [
+        (["--concurrency", "1"], 1),
+        (["--concurrency", "32"], 1),
+        (["--concurrency", "8"], 2),
+        (["--rate", "1000"], 1),
+    ],
+    ids=["closed-1", "closed-32-one-stream", "closed-8-two-streams", "open-1000"],
+)
+def test_stream_answers_and_in_band_errors_are_counted_exactly(
+    tmp_path: pathlib.Path, load: list[str], connections: int
+):
+    """With --stream, each connection carries one stream, --requests N sends exactly N
+    messages over them, and every answer is counted once: OK, or an in-band error (an
+    error_message), which is counted apart from the statuses."""
+    requests = 1000
+    level, served, streams = bench_stream(
+        tmp_path,
+        ["--stream-error-every", str(STREAM_ERROR_EVERY)],
+        [*load, "--connections", str(connections), "--requests", str(requests)],
+    )
+    in_band = sum(1 for n in range(requests) if n % STREAM_ERROR_EVERY == STREAM_ERROR_EVERY - 1)
+    assert (served, streams) == (requests, connections)
+    assert level["stream_errors"] == level["errors"] == in_band
+    assert level["ok"] == requests - in_band
+    assert level["statuses"] == {}
+    assert (level["bad_answers"], level["transport_errors"]) == (0, 0)
+    assert 0 < level["p50_ms"] <= level["p99_ms"] <= level["max_ms"]
+
+
+def test_stream_percentiles_match_the_scripted_latencies(tmp_path: pathlib.Path):
+    """One message at a time on one stream, each answered after its planned sleep: as for
+    unary calls, p50, p90 and p99 are within 5% of the planned sleeps' percentiles."""
+    requests = 100
+    level, served, streams = bench_stream(
+        tmp_path,
+        ["--sleep-ms", ",".join(map(str, SLEEP_PLAN_MS))],
+        ["--concurrency", "1", "--connections", "1", "--requests", str(requests)],
+    )
+    assert served == level["ok"] == requests
+    assert streams == 1
+    planned = [SLEEP_PLAN_MS[n % len(SLEEP_PLAN_MS)] for n in range(requests)]
+    for name, percentile in [("p50", 50), ("p90", 90), ("p99", 99)]:
+        expected = nearest_rank(planned, percentile)
+        assert level[f"{name}_ms"] == pytest.approx(expected, rel=0.05), name
+
+
+def test_a_stream_the_server_ends_fails_every_later_message(tmp_path: pathlib.Path):
+    """A stream ended with a status (the 50th message's UNAVAILABLE) is not reopened: that
+    message and every later one count under the status, and the server sees no more."""
+    requests, ended_at = 200, 50
+    level, served, streams = bench_stream(
+        tmp_path,
+        ["--fail-every", f"{ended_at}:UNAVAILABLE"],
+        ["--concurrency", "1", "--connections", "1", "--requests", str(requests)],
+    )
+    assert (served, streams) == (ended_at, 1)
+    assert level["ok"] == ended_at - 1
+    unavailable = str(grpc.StatusCode.UNAVAILABLE.value[0])
+    assert level["statuses"] == {unavailable: requests - ended_at + 1}
+    assert level["stream_errors"] == 0
+
+
+def test_arrowsmith_bench_streams_with_stream(tmp_path: pathlib.Path):
+    """`arrowsmith bench --stream` hands --stream to the generator: its request (made from
+    a V2 JSON body) goes as messages of one stream per connection."""
+    requests = 200
+    request, report = tmp_path / "request.json", tmp_path / "bench.json"
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}
+    request.write_text(json.dumps({"inputs": [tensor]}))
+    with scripted_server(tmp_path, []) as scripted:
+        command = [sys.executable, "-m", "arrowsmith", "bench"]
+        command += ["--target", f"127.0.0.1:{scripted.port}", "--model", "scripted"]
+        command += ["--request", str(request), "--stream", "--connections", "2"]
+        command += ["--concurrency", "8", "--requests", str(requests), "--warmup", "0"]
+        command += ["--duration", str(RUN_TIMEOUT_S), "--json", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(report.read_text())
+    assert results["path"] == STREAM_PATH
+    (level,) = results["levels"]
+    assert level["ok"] == scripted.served == requests
+    assert scripted.streams == 2
 
 
 def bench_scripted_http(

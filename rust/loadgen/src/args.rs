@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 pub const USAGE: &str = "\
-arrowsmith-bench: drive a V2 gRPC server's ModelInfer, or an HTTP endpoint (--http), and
-report throughput and latency.
+arrowsmith-bench: drive a V2 gRPC server's ModelInfer (or ModelStreamInfer, --stream), or an
+HTTP endpoint (--http), and report throughput and latency.
 
 usage: arrowsmith-bench --body FILE [options]
 
@@ -14,17 +14,29 @@ usage: arrowsmith-bench --body FILE [options]
   --concurrency LIST        closed loop: requests in flight, e.g. 1,8,32 (default 8)
   --rate LIST               open loop instead: requests per second, e.g. 1000,2000
   --connections N           gRPC: HTTP/2 connections shared by the requests (default: one
-                            per request in flight, at most 8). --http: the open loop's
-                            connections at most, opened as needed (default 64; a request
-                            due when all are busy waits for one, its latency still counted
-                            from when it was due); the closed loop ignores it and uses one
-                            connection per request in flight
+                            per request in flight, at most 8), with --stream one stream
+                            each. --http: the open loop's connections at most, opened as
+                            needed (default 64; a request due when all are busy waits for
+                            one, its latency still counted from when it was due); the
+                            closed loop ignores it and uses one connection per request in
+                            flight
   --duration SECONDS        measured time per level (default 10)
   --warmup SECONDS          unmeasured time before each level (default 2)
   --requests N              stop a level after N measured requests (default: no limit)
   --expect-rows N           check every answer's outputs have N rows (default: any;
                             gRPC only)
   --json FILE               also write the results as JSON
+
+  --stream                  send every request as a message of gRPC's bidirectional
+                            ModelStreamInfer instead of a unary call: one long-lived stream
+                            per connection, the requests in flight spread over them, e.g.
+                            --concurrency 32 --connections 1 keeps 32 messages in flight
+                            on one stream. A stream answers in order, so each answer is
+                            the oldest waiting message's, and its latency runs from that
+                            message's send. An answer with an error_message counts as an
+                            in-band error (`stream_errors` in the JSON); a stream the
+                            server ends fails its waiting messages and every later one
+                            with its status (streams are not reopened)
 
   --http PATH               send every request as `POST PATH` over HTTP/1.1 keep-alive
                             connections instead of gRPC, e.g. /invocations or
@@ -46,6 +58,8 @@ pub struct Options {
     pub requests: Option<u64>,
     pub expect_rows: Option<i64>,
     pub json: Option<String>,
+    /// gRPC ModelStreamInfer instead of unary ModelInfer: one stream per connection.
+    pub stream: bool,
     /// HTTP/1.1 instead of gRPC: the path every request is POSTed to.
     pub http: Option<String>,
     pub content_type: Option<String>,
@@ -82,12 +96,18 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
         requests: None,
         expect_rows: None,
         json: None,
+        stream: false,
         http: None,
         content_type: None,
     };
     while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
+        match flag.as_str() {
+            "--help" | "-h" => return Err(String::new()),
+            "--stream" => {
+                options.stream = true;
+                continue;
+            }
+            _ => {}
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -124,6 +144,9 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
         Some(_) if options.expect_rows.is_some() => {
             return Err("--expect-rows is not supported over HTTP".into());
         }
+        Some(_) if options.stream => {
+            return Err("--stream is gRPC's: not supported with --http".into());
+        }
         None if options.content_type.is_some() => {
             return Err("--content-type needs --http".into());
         }
@@ -137,4 +160,30 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> 
         return Err("--content-type: not a valid header value".into());
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Options, String> {
+        parse(args.iter().map(ToString::to_string))
+    }
+
+    #[test]
+    fn stream_is_a_flag_without_a_value() {
+        let options = parsed(&["--stream", "--body", "b.pb", "--connections", "1"]).unwrap();
+        assert!(options.stream);
+        assert_eq!(options.connections, Some(1));
+        assert!(!parsed(&["--body", "b.pb"]).unwrap().stream);
+    }
+
+    #[test]
+    fn stream_is_refused_over_http() {
+        let refused = parsed(&["--body", "b.json", "--http", "/invocations", "--stream"]);
+        assert_eq!(
+            refused.unwrap_err(),
+            "--stream is gRPC's: not supported with --http"
+        );
+    }
 }

@@ -1,12 +1,17 @@
-//! arrowsmith-bench: a V2 gRPC (or HTTP/1.1) load generator that is never the bottleneck:
-//! one thread, pre-serialized requests, HTTP/2 straight from `h2` (HTTP/1.1 by hand), latency
-//! in an HDR histogram.
+//! arrowsmith-bench: a V2 gRPC (unary or streaming) or HTTP/1.1 load generator that is never
+//! the bottleneck: one thread, one request serialized and framed once and shared by every
+//! call, hyper's HTTP/2 and HTTP/1.1 clients, latency in an HDR histogram.
 
 mod args;
-mod client;
+mod coalesce;
+mod connect;
+mod grpc;
 mod http1;
+mod outcome;
 mod report;
 mod run;
+mod stream;
+mod unary;
 
 use std::rc::Rc;
 
@@ -61,21 +66,23 @@ async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
             .content_type
             .as_deref()
             .unwrap_or("application/json");
-        let request = http1::request(&options.target, path, content_type, &message);
-        let pool = http1::Pool::open(&options.target, request, connections, ready).await?;
+        let post = http1::Post::new(&options.target, path, content_type, message.into())?;
+        let pool = http1::Pool::open(&options.target, post, connections, ready).await?;
         run::Protocol::Http(pool)
     } else {
         let connections = options.connections.unwrap_or(most_in_flight.min(8)).max(1);
-        let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            clients.push(client::connect(&options.target).await?);
+        let body = grpc::frame(&message);
+        if options.stream {
+            let uri = grpc::uri(&options.target, stream::PATH)?;
+            let clients = connect::http2_each(&options.target, connections).await?;
+            let streams = stream::Streams::open(clients, &uri, body, options.expect_rows);
+            run::Protocol::Stream(streams)
+        } else {
+            let uri = grpc::uri(&options.target, unary::PATH)?;
+            let clients = connect::http2_each(&options.target, connections).await?;
+            let unary = unary::Unary::new(clients, uri, body, options.expect_rows);
+            run::Protocol::Unary(unary)
         }
-        run::Protocol::Grpc(client::Grpc {
-            clients,
-            authority: options.target.clone(),
-            body: client::frame(&message),
-            expect_rows: options.expect_rows,
-        })
     };
     let plan = Rc::new(run::Plan {
         protocol,

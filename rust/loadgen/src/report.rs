@@ -59,9 +59,14 @@ pub fn table(all: &[Stats]) -> String {
             s.cpu_share * 100.0
         );
         if errors(s) > 0 {
+            let in_band = if s.stream_errors > 0 {
+                format!(", in-band {}", s.stream_errors)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "       errors: statuses {:?}, bad answers {}, transport {}; first: {}",
+                "       errors: statuses {:?}{in_band}, bad answers {}, transport {}; first: {}",
                 s.statuses,
                 s.bad_answers,
                 s.transport_errors,
@@ -102,8 +107,11 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
             let percentiles: Vec<String> =
                 PERCENTILES.iter().map(|(name, p)| format!("\"{name}_ms\": {:.4}", ms(s, *p))).collect();
             let statuses: Vec<String> = s.statuses.iter().map(|(code, n)| format!("\"{code}\": {n}")).collect();
+            // Only streams have in-band errors: the other modes' reports stay as they were.
+            let stream_errors =
+                if options.stream { format!("\"stream_errors\": {}, ", s.stream_errors) } else { String::new() };
             format!(
-                "{{\"mode\": \"{}\", \"level\": {}, \"ok\": {}, \"errors\": {}, \"statuses\": {{{}}}, \
+                "{{\"mode\": \"{}\", \"level\": {}, \"ok\": {}, \"errors\": {}, \"statuses\": {{{}}}, {stream_errors}\
                  \"bad_answers\": {}, \"transport_errors\": {}, \"waited_for_connection\": {}, \
                  \"throughput_rps\": {:.2}, {}, \"mean_ms\": {:.4}, \"max_ms\": {:.4}, \"elapsed_s\": {:.3}, \
                  \"generator_cpu_share\": {:.4}}}",
@@ -126,7 +134,8 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
         .collect();
     let (protocol, path) = match &options.http {
         Some(path) => ("http", path.as_str()),
-        None => ("grpc", crate::client::PATH),
+        None if options.stream => ("grpc", crate::stream::PATH),
+        None => ("grpc", crate::unary::PATH),
     };
     format!(
         "{{\"target\": {}, \"protocol\": \"{protocol}\", \"path\": {}, \"body\": {}, \"levels\": [\n  {}\n]}}\n",

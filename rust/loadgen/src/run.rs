@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::task::LocalSet;
 
-use crate::client::{Grpc, Outcome};
 use crate::http1::Pool;
+use crate::outcome::Outcome;
+use crate::stream::Streams;
+use crate::unary::Unary;
 
 /// What one level measured.
 pub struct Stats {
@@ -27,6 +29,8 @@ pub struct Stats {
     pub statuses: BTreeMap<u32, u64>,
     /// Answers whose status is an error.
     pub status_errors: u64,
+    /// Streamed answers that carry an error message (--stream).
+    pub stream_errors: u64,
     pub bad_answers: u64,
     pub transport_errors: u64,
     pub first_error: Option<String>,
@@ -47,6 +51,7 @@ impl Stats {
             ok: 0,
             statuses: BTreeMap::new(),
             status_errors: 0,
+            stream_errors: 0,
             bad_answers: 0,
             transport_errors: 0,
             first_error: None,
@@ -72,6 +77,10 @@ impl Stats {
                     self.status_errors += 1;
                 }
             }
+            Outcome::StreamError(e) => {
+                self.stream_errors += 1;
+                self.first_error.get_or_insert(e);
+            }
             Outcome::BadAnswer(e) => {
                 self.bad_answers += 1;
                 self.first_error.get_or_insert(e);
@@ -89,7 +98,7 @@ impl Stats {
     }
 
     pub fn completed(&self) -> u64 {
-        self.ok + self.status_errors + self.bad_answers + self.transport_errors
+        self.ok + self.status_errors + self.stream_errors + self.bad_answers + self.transport_errors
     }
 
     pub fn throughput(&self) -> f64 {
@@ -99,16 +108,18 @@ impl Stats {
 
 /// How requests go out.
 pub enum Protocol {
-    Grpc(Grpc),
+    Unary(Unary),
+    Stream(Streams),
     Http(Pool),
 }
 
 impl Protocol {
-    /// One request (over gRPC, on connection `slot`); also whether it waited for an HTTP
-    /// connection to come free.
+    /// One request (over gRPC, on connection or stream `slot`); also whether it waited for
+    /// an HTTP connection to come free.
     async fn call(&self, slot: usize) -> (Outcome, bool) {
         match self {
-            Protocol::Grpc(grpc) => (grpc.call(slot).await, false),
+            Protocol::Unary(unary) => (unary.call(slot).await, false),
+            Protocol::Stream(streams) => (streams.call(slot).await, false),
             Protocol::Http(pool) => pool.call().await,
         }
     }
