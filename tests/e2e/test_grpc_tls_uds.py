@@ -6,10 +6,12 @@ beside TCP, and --uds-only with no TCP port open at all.
 
 import contextlib
 import dataclasses
+import json
 import pathlib
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
+from arrowsmith.bench import find_binary
 from mlflow.pyfunc import PyFuncModel
 from support import v2
 from support.certs import TlsFiles, certificate_of, client_context, write_server_pair
@@ -247,3 +250,30 @@ def test_uds_only_opens_no_tcp_port(
         assert connection.getresponse().status == 200
     assert refused(server.port)
     assert refused(server.http_port)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_the_load_generator_over_a_unix_socket(
+    start_server: StartServer,
+    wine_model_dir: pathlib.Path,
+    socket_dir: pathlib.Path,
+    rows: pd.DataFrame,
+    tmp_path: pathlib.Path,
+    stream: bool,
+) -> None:
+    """arrowsmith-bench reaches the server on `unix:PATH` (its `:authority` is
+    `localhost`), unary or over one stream, every answer OK and of the right rows."""
+    path = socket_dir / "grpc.sock"
+    start_server(
+        wine_model_dir, name=WINE_MODEL_NAME, listening=Listening(grpc_uds=path, uds_only=True)
+    )
+    body, report = tmp_path / "request.pb", tmp_path / "report.json"
+    request = v2.columns_request(WINE_MODEL_NAME, rows.iloc[:1], "FP64", typed=False)
+    body.write_bytes(request.SerializeToString())
+    command = [str(find_binary()), "--target", f"unix:{path}", "--body", str(body)]
+    command += ["--requests", "200", "--concurrency", "8", "--warmup", "0"]
+    command += ["--expect-rows", "1", "--json", str(report)]
+    command += ["--stream", "--connections", "1"] if stream else []
+    subprocess.run(command, check=True, capture_output=True, timeout=TIMEOUT_S)
+    [level] = json.loads(report.read_text())["levels"]
+    assert (level["ok"], level["errors"]) == (200, 0), level

@@ -8,7 +8,8 @@ HTTP endpoint (--http), and report throughput and latency.
 
 usage: arrowsmith-bench --body FILE [options]
 
-  --target HOST:PORT        server address (default 127.0.0.1:8081)
+  --target HOST:PORT        server address (default 127.0.0.1:8081); gRPC also takes
+                            unix:PATH, a Unix socket
   --body FILE               a serialized ModelInferRequest, sent as every request; with
                             --http, the HTTP request body, sent as is
   --concurrency LIST        closed loop: requests in flight, e.g. 1,8,32 (default 8)

@@ -1,12 +1,13 @@
-//! Connections: TCP without Nagle's delay, then hyper's HTTP/2 (its writes coalesced) or
-//! HTTP/1.1 client on it. Each connection's I/O runs as a task of its own; what is returned
+//! Connections: TCP without Nagle's delay (or, for gRPC, a Unix socket: `unix:PATH`), then
+//! hyper's HTTP/2 (its writes coalesced) or HTTP/1.1 client on it. Each connection's I/O runs as a task of its own; what is returned
 //! sends requests on it.
 
 use bytes::Bytes;
 use http_body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::coalesce::CoalescedWrites;
 
@@ -18,19 +19,38 @@ async fn tcp(target: &str) -> Result<TcpStream, String> {
     Ok(tcp)
 }
 
-/// An HTTP/2 connection whose requests carry bodies of type `B`. Its windows are large, so
-/// flow control never holds the requests or answers back, and frames up to 1 MiB.
+/// An HTTP/2 connection to `target` (`HOST:PORT` or `unix:PATH`) whose requests carry
+/// bodies of type `B`.
 async fn http2<B>(target: &str) -> Result<http2::SendRequest<B>, String>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match target.strip_prefix("unix:") {
+        Some(path) => {
+            let socket = UnixStream::connect(path)
+                .await
+                .map_err(|e| format!("connect {target}: {e}"))?;
+            http2_on(socket, target).await
+        }
+        None => http2_on(tcp(target).await?, target).await,
+    }
+}
+
+/// HTTP/2 on a connected socket. Its windows are large, so flow control never holds the
+/// requests or answers back, and frames up to 1 MiB.
+async fn http2_on<B, IO>(io: IO, target: &str) -> Result<http2::SendRequest<B>, String>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 24)
         .initial_connection_window_size(1 << 26)
         .max_frame_size(1 << 20)
-        .handshake(TokioIo::new(CoalescedWrites::new(tcp(target).await?)))
+        .handshake(TokioIo::new(CoalescedWrites::new(io)))
         .await
         .map_err(|e| format!("HTTP/2 handshake with {target}: {e}"))?;
     tokio::spawn(connection);

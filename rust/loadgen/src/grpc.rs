@@ -8,9 +8,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 
 const PREFIX: usize = 5;
 
-/// The URI of `path` on `target`: HTTP/2 requests carry their scheme and authority.
+/// The URI of `path` on `target`: HTTP/2 requests carry their scheme and authority, which
+/// is `localhost` on a Unix socket (as grpc-go and Kubernetes send it).
 pub fn uri(target: &str, path: &str) -> Result<Uri, String> {
-    format!("http://{target}{path}")
+    let authority = if target.starts_with("unix:") {
+        "localhost"
+    } else {
+        target
+    };
+    format!("http://{authority}{path}")
         .parse()
         .map_err(|e| format!("--target {target}: {e}"))
 }
