@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 from arrowsmith.bench import find_binary
-from mlflow.pyfunc import PyFuncModel
 from support import v2
 from support.certs import TlsFiles, certificate_of, client_context, write_server_pair
 from support.model_builders import WINE_MODEL_NAME
@@ -35,22 +34,9 @@ from support.server import (
 from support.unix_http import UnixHTTPConnection
 from tritonclient.utils import InferenceServerException
 
-ROWS = 10
 TIMEOUT_S = 60.0
 #: How long a reload may take to show after SIGHUP.
 RELOAD_TIMEOUT_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def rows(wine_frame: pd.DataFrame) -> pd.DataFrame:
-    return wine_frame.iloc[:ROWS]
-
-
-@pytest.fixture(scope="module")
-def expected(wine_pyfunc: PyFuncModel, rows: pd.DataFrame) -> np.ndarray:
-    """MLflow's own predictions for `rows`."""
-    predictions: np.ndarray = wine_pyfunc.predict(rows)
-    return predictions
 
 
 @pytest.fixture(scope="module")

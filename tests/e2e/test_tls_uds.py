@@ -26,30 +26,16 @@ import pandas as pd
 import pytest
 import requests
 import tritonclient.http as httpclient
-from mlflow.pyfunc import PyFuncModel
 from support.certs import TlsFiles, certificate_of, client_context, write_server_pair
 from support.model_builders import WINE_MODEL_NAME
 from support.server import Listening, ServerHandle, StartServer, running_server
 from support.unix_http import UnixHTTPConnection
 
 TIMEOUT_S = 60
-ROWS = 10
 #: How long a reload may take to show after SIGHUP.
 RELOAD_TIMEOUT_S = 10.0
 #: TLS 1.3 clients learn that their certificate was refused only when they next read.
 REFUSED = (ssl.SSLError, ConnectionError)
-
-
-@pytest.fixture(scope="module")
-def rows(wine_frame: pd.DataFrame) -> pd.DataFrame:
-    return wine_frame.iloc[:ROWS]
-
-
-@pytest.fixture(scope="module")
-def expected(wine_pyfunc: PyFuncModel, rows: pd.DataFrame) -> np.ndarray:
-    """MLflow's own predictions for `rows`."""
-    predictions: np.ndarray = wine_pyfunc.predict(rows)
-    return predictions
 
 
 @pytest.fixture(scope="module")
