@@ -58,6 +58,9 @@ def supervise(config: ServerConfig) -> int:
             workers[index] = _spawn(index, config, metrics_dir)
         if config.metrics_port:
             _serve_metrics(config, metrics_dir)
+        # SIGHUP reloads the TLS files: each worker does it for its own fronts (left alone,
+        # the signal would end the supervisor and orphan its workers).
+        signal.signal(signal.SIGHUP, lambda signum, frame: _forward(signum, workers))
         while not stop.wait(0.5):
             for index, process in list(workers.items()):
                 code = process.poll()
@@ -75,6 +78,13 @@ def supervise(config: ServerConfig) -> int:
         _stop_all(list(workers.values()), config.drain_timeout + KILL_MARGIN_SECONDS)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
+
+
+def _forward(signum: int, workers: dict[int, subprocess.Popen[bytes]]) -> None:
+    """Sends `signum` on to every running worker."""
+    for process in list(workers.values()):
+        if process.poll() is None:
+            process.send_signal(signum)
 
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:

@@ -249,6 +249,28 @@ def test_killed_worker_is_replaced_while_the_server_keeps_answering(
         server.fail_if_exited()
 
 
+def test_sighup_reaches_the_workers_and_ends_nothing(
+    wine_model_dir: pathlib.Path,
+    wine_frame: pd.DataFrame,
+    wine_pyfunc: PyFuncModel,
+    server_logs: pathlib.Path,
+) -> None:
+    """SIGHUP (reload the TLS files) to the supervisor is passed to every worker: no process
+    ends, each worker says it handled it, and the server keeps answering."""
+    rows = wine_frame.iloc[:3]
+    expected = np.asarray(wine_pyfunc.predict(rows))
+    with supervisor(wine_model_dir, WINE_MODEL_NAME, server_logs) as server:
+        workers = server.workers()
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_until(
+            lambda: server.log_text().count("SIGHUP: no TLS files to reload") == len(WORKERS),
+            "every worker's SIGHUP",
+        )
+        server.fail_if_exited()
+        assert server.workers() == workers
+        assert_answers_fresh(server, rows, expected)
+
+
 def test_sigterm_drains_in_flight_requests(
     echo_model_dir: pathlib.Path, server_logs: pathlib.Path
 ) -> None:
