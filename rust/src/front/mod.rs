@@ -278,8 +278,8 @@ impl Front {
         self.set_model_ready(&name, true);
     }
 
-    /// Whether `name` is ready (ModelReady, and its health service); a model not served is
-    /// not changed.
+    /// Whether `name` is ready (ModelReady, and its health service, told only of changes); a
+    /// model not served is not changed.
     pub fn set_model_ready(&self, name: &str, ready: bool) {
         if self.shared.models.set_ready(name, ready) {
             self.runtime

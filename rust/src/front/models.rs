@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
@@ -47,6 +47,8 @@ pub(super) struct ModelTable {
     table: RwLock<Table>,
     expected: Vec<String>,
     health: HealthReporter,
+    /// The server's health as last published (None: never): a Watch hears of changes only.
+    serving: Mutex<Option<bool>>,
 }
 
 fn status(serving: bool) -> ServingStatus {
@@ -63,6 +65,7 @@ impl ModelTable {
             table: RwLock::default(),
             expected,
             health: HealthReporter::new(),
+            serving: Mutex::new(None),
         }
     }
 
@@ -83,23 +86,30 @@ impl ModelTable {
         }
     }
 
-    /// Sets a served model's readiness; false when no model of that name is served.
+    /// Sets a served model's readiness; true when that changed it (false too when no model
+    /// of that name is served).
     pub(super) fn set_ready(&self, name: &str, ready: bool) -> bool {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        match table.by_name.get(name) {
-            Some(entry) => {
-                entry.ready.store(ready, Ordering::Release);
-                true
-            }
-            None => false,
-        }
+        table
+            .by_name
+            .get(name)
+            .is_some_and(|entry| entry.ready.swap(ready, Ordering::AcqRel) != ready)
     }
 
     pub(super) async fn publish_model_health(&self, name: &str, ready: bool) {
         self.health.set_service_status(name, status(ready)).await;
     }
 
+    /// Publishes the server's health when it changed.
     pub(super) async fn publish_server_health(&self, serving: bool) {
+        let last = self
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(serving);
+        if last == Some(serving) {
+            return;
+        }
         for service in ["", SERVICE_NAME] {
             self.health
                 .set_service_status(service, status(serving))
