@@ -1,5 +1,6 @@
 """Stubs of the native extension (rust/src/py/), checked by `python -m mypy.stubtest`."""
 
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias, final
 
 __all__ = [
@@ -18,6 +19,10 @@ __all__ = [
 ]
 
 build_profile: Final[str]
+
+#: (method, serialized request) -> serialized response, for RepositoryIndex,
+#: RepositoryModelLoad and RepositoryModelUnload
+_RepositoryHandler: TypeAlias = Callable[[str, bytes], bytes]
 
 #: (name, V2 datatype, shape, flat values)
 _TensorView: TypeAlias = tuple[str, str, list[int], ArrowArray]
@@ -116,9 +121,10 @@ def decode_request(data: bytes) -> InferRequest: ...
 
 @final
 class GrpcFront:
-    """The native gRPC server: the inference service (ModelInfer, ModelStreamInfer and the
-    small RPCs), health and reflection, on a TCP port and/or a Unix socket, with TLS when
-    given certificate files."""
+    """The native gRPC server: the inference service (ModelInfer, ModelStreamInfer, the
+    small RPCs, and the model repository methods through a Python handler), health and
+    reflection, on a TCP port and/or a Unix socket, with TLS when given certificate files.
+    Each model may be served in several versions, one of them its default."""
 
     def __new__(
         cls,
@@ -158,7 +164,11 @@ class GrpcFront:
         config: bytes,
         signature: Signature | None = None,
     ) -> None: ...
-    def set_model_ready(self, name: str, ready: bool) -> None: ...
+    def set_default_version(self, name: str, version: str) -> None: ...
+    def unserve(self, name: str, version: str) -> bool: ...
+    def set_model_ready(self, name: str, version: str, ready: bool) -> None: ...
+    def set_expected(self, names: list[str]) -> None: ...
+    def set_repository_handler(self, handler: _RepositoryHandler | None) -> None: ...
     def set_serving(self, serving: bool) -> None: ...
     def reload_tls(self) -> bool: ...
     def take_stats(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, list[float]]]]: ...

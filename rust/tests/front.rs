@@ -26,15 +26,21 @@ use arrowsmith_native::batch::{BatchConfig, Batcher};
 use arrowsmith_native::encode::OutputTensor;
 use arrowsmith_native::front::stats::Collected;
 use arrowsmith_native::front::tls::TlsFiles;
-use arrowsmith_native::front::{self, Front, Limits, Listeners, ServedModel, ServerInfo};
+use arrowsmith_native::front::{
+    self, Front, Limits, Listeners, RepositoryHandler, RepositoryMethod, ServedModel, ServerInfo,
+};
 use arrowsmith_native::proto::model_infer_request::InferInputTensor;
 use arrowsmith_native::proto::model_metadata_response::TensorMetadata;
+use arrowsmith_native::proto::model_repository_parameter::ParameterChoice;
+use arrowsmith_native::proto::repository_index_response::ModelIndex;
 use arrowsmith_native::proto::{
     DataType, ModelConfig, ModelConfigRequest, ModelConfigResponse, ModelDynamicBatching,
     ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataRequest, ModelMetadataResponse,
-    ModelOutput, ModelReadyRequest, ModelReadyResponse, ModelStreamInferResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse,
+    ModelOutput, ModelReadyRequest, ModelReadyResponse, ModelRepositoryParameter,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse,
+    RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 use arrowsmith_native::{Error, Parameters};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -69,6 +75,10 @@ const SERVICE: &str = "inference.GRPCInferenceService";
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 const STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+/// How long a test waits to be sure that something does not come.
+const QUIET: Duration = Duration::from_millis(200);
 /// Who the front says it is (ServerMetadata).
 const SERVER_NAME: &str = "arrowsmith";
 const SERVER_VERSION: &str = "0.1.0-test";
@@ -264,6 +274,16 @@ fn limits(change: impl FnOnce(&mut Limits)) -> Limits {
     limits
 }
 
+/// A batcher for a version of the stand-in model.
+fn echo_batcher(version: &str) -> Arc<Batcher> {
+    let config = BatchConfig {
+        max_batch_rows: 64,
+        max_delay: Duration::from_millis(2),
+        max_queue: 1024,
+    };
+    Arc::new(Batcher::new(config, MODEL.into(), version.into()))
+}
+
 /// A front on 127.0.0.1 (any free port) for model `echo` version 1, with no signature, and
 /// the model's runner. Dropping it opens the model's gate, stops the front, then the runner.
 struct Server {
@@ -303,12 +323,7 @@ impl Server {
         };
         let front = Front::start(listeners, setup.limits, setup.tls, server, setup.expected)
             .expect("the front starts");
-        let config = BatchConfig {
-            max_batch_rows: 64,
-            max_delay: Duration::from_millis(2),
-            max_queue: 1024,
-        };
-        let batcher = Arc::new(Batcher::new(config, MODEL.into(), VERSION.into()));
+        let batcher = echo_batcher(VERSION);
         let gate = setup.model.gate.clone();
         let runner = run_model(Arc::clone(&batcher), setup.model);
         Server {
@@ -360,6 +375,11 @@ impl Server {
     async fn counted(&self, model: &str, status: &'static str, n: u64) {
         let what = format!("{n} {status} counted for {model:?}");
         until(&what, || self.count(model, status) >= n).await;
+    }
+
+    /// One ModelInfer call on a connection of its own.
+    fn infer(&self, request: &ModelInferRequest) -> Reply {
+        block_on(async { connect(self.address).await.infer(request).await })
     }
 
     /// One call of the inference service's `method` on a connection of its own.
@@ -705,8 +725,16 @@ fn short_request(id: &str) -> ModelInferRequest {
 /// The values the model echoed, checking the answer is the served model's, for `id`, with
 /// one INT64 output "out" of shape [rows, 1].
 fn echoed(response: &ModelInferResponse, id: &str) -> Vec<i64> {
+    echoed_by(response, id, VERSION)
+}
+
+/// `echoed`, checking the answer is that of `version` of the served model.
+fn echoed_by(response: &ModelInferResponse, id: &str, version: &str) -> Vec<i64> {
     assert_eq!(response.model_name, MODEL);
-    assert_eq!(response.model_version, VERSION);
+    assert_eq!(
+        response.model_version, version,
+        "the version that answered {id}"
+    );
     assert_eq!(response.id, id);
     assert_eq!(response.outputs.len(), 1);
     let out = &response.outputs[0];
@@ -757,6 +785,11 @@ impl Reply {
     /// The values the model echoed (see `echoed`).
     fn echoed(&self, id: &str) -> Vec<i64> {
         echoed(&self.decoded(), id)
+    }
+
+    /// The values `version` of the model echoed (see `echoed_by`).
+    fn echoed_by(&self, id: &str, version: &str) -> Vec<i64> {
+        echoed_by(&self.decoded(), id, version)
     }
 
     /// The messages of an OK ModelStreamInfer answer, uncompressed.
@@ -1253,14 +1286,14 @@ fn server_ready_follows_the_expected_models() {
     assert!(server_ready(&server));
     assert!(echo_ready(&server));
 
-    server.front.set_model_ready(MODEL, false);
+    server.front.set_model_ready(MODEL, VERSION, false);
     assert!(!server_ready(&server), "ready with its model not ready");
     assert!(!echo_ready(&server));
     let reply = model_metadata(&server, MODEL, "");
     let expected = "model 'echo' is not ready yet";
     assert_eq!(reply.refusal(), (Code::Unavailable, expected));
 
-    server.front.set_model_ready(MODEL, true);
+    server.front.set_model_ready(MODEL, VERSION, true);
     assert!(server_ready(&server));
     assert_eq!(
         model_metadata(&server, MODEL, "").decoded::<ModelMetadataResponse>(),
@@ -1333,7 +1366,7 @@ fn models_and_versions_not_served_are_not_found() {
             .ready
     );
 
-    let other_version = "model 'echo' has no version '7' here (served version: '1')";
+    let other_version = "model 'echo' has no version '7' here (served versions: '1')";
     assert_eq!(
         model_metadata(&server, MODEL, "7").refusal(),
         (Code::NotFound, other_version)
@@ -1405,10 +1438,10 @@ fn health_follows_serving_and_model_readiness() {
         assert_eq!(health_status(&server, service), Ok(ServingStatus::Serving));
     }
 
-    server.front.set_model_ready(MODEL, false);
+    server.front.set_model_ready(MODEL, VERSION, false);
     assert_eq!(health_status(&server, MODEL), Ok(ServingStatus::NotServing));
     assert_eq!(health_status(&server, ""), Ok(ServingStatus::Serving));
-    server.front.set_model_ready(MODEL, true);
+    server.front.set_model_ready(MODEL, VERSION, true);
     assert_eq!(health_status(&server, MODEL), Ok(ServingStatus::Serving));
 
     server.front.set_serving(false);
@@ -1417,6 +1450,662 @@ fn health_follows_serving_and_model_readiness() {
             health_status(&server, service),
             Ok(ServingStatus::NotServing)
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Versions
+
+/// Another version of the stand-in model, with a batcher and a runner of its own. Dropping
+/// it opens its gate, closes its batcher and ends its runner.
+struct OtherVersion {
+    version: String,
+    batcher: Arc<Batcher>,
+    runner: Option<JoinHandle<()>>,
+    gate: Option<Gate>,
+}
+
+impl OtherVersion {
+    fn start(version: &str, model: Model) -> OtherVersion {
+        let batcher = echo_batcher(version);
+        let gate = model.gate.clone();
+        let runner = run_model(Arc::clone(&batcher), model);
+        OtherVersion {
+            version: version.into(),
+            batcher,
+            runner: Some(runner),
+            gate,
+        }
+    }
+
+    /// This version as the front serves it.
+    fn served(&self) -> ServedModel {
+        ServedModel {
+            name: MODEL.into(),
+            version: self.version.clone(),
+            batcher: Arc::clone(&self.batcher),
+            signature: None,
+            metadata: echo_metadata(),
+            config: echo_config(),
+        }
+    }
+}
+
+impl Drop for OtherVersion {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            gate.open();
+        }
+        self.batcher.close();
+        if let Some(runner) = self.runner.take() {
+            let _ = runner.join();
+        }
+    }
+}
+
+/// `request` naming `version` of the model.
+fn versioned(id: &str, version: &str, values: &[i64]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_version: version.into(),
+        ..request(id, values)
+    }
+}
+
+/// Whether the front says `version` of `echo` is ready ("": its default version).
+fn version_ready(server: &Server, version: &str) -> bool {
+    let asked = ModelReadyRequest {
+        name: MODEL.into(),
+        version: version.into(),
+    };
+    server
+        .ask("ModelReady", &asked)
+        .decoded::<ModelReadyResponse>()
+        .ready
+}
+
+/// Two versions side by side, each with its own batcher: a request naming a version is
+/// answered by that version, one without by the default version (the first served until
+/// `set_default_version` names another, which the next request sees). ModelReady, ServerReady
+/// and the not-ready refusals follow each version's readiness, the default's for requests
+/// without a version.
+#[test]
+fn requests_go_to_the_version_they_name_or_to_the_default() {
+    let server = Server::start(Setup::default());
+    let two = OtherVersion::start("2", Model::default());
+    server.front.serve(two.served());
+    block_on(async {
+        let client = connect(server.address).await;
+        let reply = client.infer(&request("plain", &[1])).await;
+        assert_eq!(reply.echoed_by("plain", VERSION), [1]);
+        let reply = client.infer(&versioned("to-2", "2", &[2])).await;
+        assert_eq!(reply.echoed_by("to-2", "2"), [2]);
+        let reply = client.infer(&versioned("to-1", VERSION, &[3])).await;
+        assert_eq!(reply.echoed_by("to-1", VERSION), [3]);
+    });
+
+    server
+        .front
+        .set_default_version(MODEL, "2")
+        .expect("version 2 is served");
+    assert_eq!(
+        server
+            .infer(&request("now-2", &[4]))
+            .echoed_by("now-2", "2"),
+        [4]
+    );
+    let refused = server.front.set_default_version(MODEL, "7");
+    let expected = "model 'echo' has no version '7' here (served versions: '1', '2')";
+    assert_eq!(refused, Err(Error::NotFound(expected.into())));
+    assert_eq!(
+        server.infer(&versioned("to-7", "7", &[5])).refusal(),
+        (Code::NotFound, expected)
+    );
+    let refused = server.front.set_default_version("x", VERSION);
+    assert!(matches!(refused, Err(Error::NotFound(_))), "{refused:?}");
+    assert_eq!(
+        server
+            .infer(&request("still-2", &[6]))
+            .echoed_by("still-2", "2"),
+        [6],
+        "a refused default changes nothing"
+    );
+    for (version, ready) in [("", true), (VERSION, true), ("2", true), ("7", false)] {
+        assert_eq!(
+            version_ready(&server, version),
+            ready,
+            "version {version:?}"
+        );
+    }
+
+    server.front.set_model_ready(MODEL, VERSION, false);
+    assert!(!version_ready(&server, VERSION));
+    assert!(version_ready(&server, ""), "the default version is ready");
+    assert!(server_ready(&server), "the default version is ready");
+    let expected = "model 'echo' version '1' is not ready yet";
+    assert_eq!(
+        model_metadata(&server, MODEL, VERSION).refusal(),
+        (Code::Unavailable, expected)
+    );
+    assert_eq!(
+        model_metadata(&server, MODEL, "").decoded::<ModelMetadataResponse>(),
+        echo_metadata()
+    );
+
+    server.front.set_model_ready(MODEL, "2", false);
+    assert!(
+        !server_ready(&server),
+        "ready with its default version not ready"
+    );
+    assert_eq!(
+        model_metadata(&server, MODEL, "").refusal(),
+        (Code::Unavailable, "model 'echo' is not ready yet")
+    );
+    block_on(server.counted(MODEL, "OK", 5));
+}
+
+/// An unserved version is NOT_FOUND, naming the versions left. With its default version
+/// unserved and another left, the model is UNAVAILABLE to requests without a version until
+/// a default is given again; with every version unserved, it is UNAVAILABLE as loading
+/// while expected, NOT_FOUND once not. Served again, its first version is the default.
+#[test]
+fn an_unserved_version_is_not_found() {
+    let server = Server::start(Setup::default());
+    let two = OtherVersion::start("2", Model::default());
+    server.front.serve(two.served());
+    assert!(server.front.unserve(MODEL, "2"));
+    assert!(!server.front.unserve(MODEL, "2"), "unserved already");
+    let gone = "model 'echo' has no version '2' here (served versions: '1')";
+    assert_eq!(
+        server.infer(&versioned("to-2", "2", &[1])).refusal(),
+        (Code::NotFound, gone)
+    );
+    assert_eq!(
+        model_metadata(&server, MODEL, "2").refusal(),
+        (Code::NotFound, gone)
+    );
+    assert!(!version_ready(&server, "2"));
+    assert_eq!(server.infer(&request("plain", &[2])).echoed("plain"), [2]);
+
+    server.front.serve(two.served());
+    assert!(server.front.unserve(MODEL, VERSION));
+    let no_default = "model 'echo' has no version ready to serve";
+    assert_eq!(
+        server.infer(&request("plain", &[3])).refusal(),
+        (Code::Unavailable, no_default)
+    );
+    assert_eq!(
+        model_metadata(&server, MODEL, "").refusal(),
+        (Code::Unavailable, no_default)
+    );
+    assert!(!version_ready(&server, ""));
+    assert!(!server_ready(&server), "ready without a default version");
+    assert_eq!(
+        server
+            .infer(&versioned("to-2", "2", &[4]))
+            .echoed_by("to-2", "2"),
+        [4]
+    );
+    server
+        .front
+        .set_default_version(MODEL, "2")
+        .expect("version 2 is served");
+    assert_eq!(
+        server
+            .infer(&request("plain", &[5]))
+            .echoed_by("plain", "2"),
+        [5]
+    );
+    assert!(server_ready(&server));
+
+    assert!(server.front.unserve(MODEL, "2"));
+    let loading = "model 'echo' is loading and not ready yet";
+    assert_eq!(
+        server.infer(&request("plain", &[6])).refusal(),
+        (Code::Unavailable, loading)
+    );
+    assert!(!server_ready(&server));
+    server.front.set_expected(Vec::new());
+    let unknown = "model 'echo' is not served here (models: none)";
+    assert_eq!(
+        server.infer(&request("plain", &[7])).refusal(),
+        (Code::NotFound, unknown)
+    );
+    assert_eq!(
+        server.infer(&versioned("to-2", "2", &[8])).refusal(),
+        (Code::NotFound, unknown)
+    );
+    assert!(server_ready(&server), "no model is expected");
+
+    server.front.set_expected(vec![MODEL.into()]);
+    server.serve();
+    server.front.serve(two.served());
+    assert_eq!(server.infer(&request("back", &[9])).echoed("back"), [9]);
+}
+
+/// A request a version has taken is answered after that version is unserved (its batcher
+/// drains), while new requests naming it are NOT_FOUND.
+#[test]
+fn a_request_in_flight_on_an_unserved_version_is_answered() {
+    let server = Server::start(Setup::default());
+    let (batches, mut taken) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let two = OtherVersion::start(
+        "2",
+        Model {
+            batches: Some(batches),
+            gate: Some(gate.clone()),
+            ..Model::default()
+        },
+    );
+    server.front.serve(two.served());
+    let address = server.address;
+    let asking = std::thread::spawn(move || {
+        block_on(async move {
+            let client = connect(address).await;
+            client.infer(&versioned("held", "2", &[5])).await
+        })
+    });
+    assert_eq!(
+        block_on(next_batch(&mut taken)),
+        1,
+        "version 2 took the call"
+    );
+    assert!(server.front.unserve(MODEL, "2"));
+    assert_eq!(
+        server.infer(&versioned("late", "2", &[6])).refusal().0,
+        Code::NotFound
+    );
+    gate.open();
+    let reply = asking.join().expect("the client's thread");
+    assert_eq!(reply.echoed_by("held", "2"), [5]);
+    block_on(server.counted(MODEL, "OK", 1));
+}
+
+/// A Health/Watch stream's statuses, as they come.
+struct Watch {
+    body: h2::RecvStream,
+    received: BytesMut,
+}
+
+impl Watch {
+    async fn open(client: &Client, service: &str) -> Watch {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let (response, mut upload) = client.open(HEALTH_WATCH, &[]).await;
+        upload
+            .send_data(frame(&request.encode_to_vec()), true)
+            .expect("the watch's request is sent");
+        let response = tokio::time::timeout(CALL_LIMIT, response)
+            .await
+            .expect("the watch is answered")
+            .expect("the front answers");
+        assert!(
+            grpc_code(response.headers()).is_none(),
+            "the watch is refused: {:?}",
+            response.headers()
+        );
+        Watch {
+            body: response.into_body(),
+            received: BytesMut::new(),
+        }
+    }
+
+    /// The next status, or None when none comes within `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<ServingStatus> {
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            if self.received.len() >= 5 {
+                let len = u32::from_be_bytes(self.received[1..5].try_into().unwrap()) as usize;
+                if self.received.len() >= 5 + len {
+                    let mut message = self.received.split_to(5 + len);
+                    message.advance(5);
+                    let response = HealthCheckResponse::decode(message.freeze())
+                        .expect("a HealthCheckResponse");
+                    return Some(response.status());
+                }
+            }
+            let chunk = tokio::time::timeout_at(give_up, self.body.data())
+                .await
+                .ok()?
+                .expect("the watch goes on")
+                .expect("the watch's data arrives");
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.received.extend_from_slice(&chunk);
+        }
+    }
+
+    async fn next(&mut self) -> ServingStatus {
+        self.next_within(CALL_LIMIT)
+            .await
+            .unwrap_or_else(|| panic!("no status within {CALL_LIMIT:?}"))
+    }
+}
+
+/// A runtime for a test's client side that outlives one call, so that a stream stays open
+/// while the test changes the front (from outside the runtime). Declared after the server,
+/// it is dropped first.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A Watch of the model's health follows its default version: told when the default
+/// changes to a version of other readiness, or the default's readiness changes, or the
+/// default is unserved; nothing when another version changes, or when nothing changed.
+#[test]
+fn model_health_follows_the_default_version() {
+    let server = Server::start(Setup::default());
+    let two = OtherVersion::start("2", Model::default());
+    let client_side = client_runtime();
+    let (_client, mut watch) = client_side.block_on(async {
+        let client = connect(server.address).await;
+        let watch = Watch::open(&client, MODEL).await;
+        (client, watch)
+    });
+    assert_eq!(client_side.block_on(watch.next()), ServingStatus::Serving);
+
+    server.front.serve(two.served());
+    server.front.set_model_ready(MODEL, "2", false);
+    assert_eq!(
+        client_side.block_on(watch.next_within(QUIET)),
+        None,
+        "a version other than the default changes nothing"
+    );
+    server
+        .front
+        .set_default_version(MODEL, "2")
+        .expect("version 2 is served");
+    assert_eq!(
+        client_side.block_on(watch.next()),
+        ServingStatus::NotServing
+    );
+    server.front.set_model_ready(MODEL, "2", true);
+    assert_eq!(client_side.block_on(watch.next()), ServingStatus::Serving);
+    assert_eq!(health_status(&server, MODEL), Ok(ServingStatus::Serving));
+
+    server.front.set_model_ready(MODEL, VERSION, false);
+    server.front.set_model_ready(MODEL, "2", true);
+    server.front.serve(two.served());
+    assert_eq!(
+        client_side.block_on(watch.next_within(QUIET)),
+        None,
+        "nothing changed for the default version"
+    );
+    assert!(server.front.unserve(MODEL, "2"));
+    assert_eq!(
+        client_side.block_on(watch.next()),
+        ServingStatus::NotServing
+    );
+    server
+        .front
+        .set_default_version(MODEL, VERSION)
+        .expect("version 1 is served");
+    assert_eq!(
+        client_side.block_on(watch.next_within(QUIET)),
+        None,
+        "the new default is not ready either"
+    );
+    server.front.set_model_ready(MODEL, VERSION, true);
+    assert_eq!(client_side.block_on(watch.next()), ServingStatus::Serving);
+}
+
+// ---------------------------------------------------------------------------------------
+// The model repository methods
+
+/// A stand-in for Python's repository handler: an index of one model; a load of "missing"
+/// is NOT_FOUND, of "broken" INVALID_ARGUMENT, of "slow" waits for its gate; everything else
+/// is done. It keeps what it was asked and on which threads.
+#[derive(Default)]
+struct FakeRepository {
+    calls: Mutex<Vec<(RepositoryMethod, Bytes)>>,
+    threads: Mutex<Vec<Option<String>>>,
+    slow: Gate,
+}
+
+impl FakeRepository {
+    fn calls(&self) -> Vec<(RepositoryMethod, Bytes)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl RepositoryHandler for FakeRepository {
+    fn call(&self, method: RepositoryMethod, request: Bytes) -> Result<Vec<u8>, Error> {
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(thread);
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((method, request.clone()));
+        match method {
+            RepositoryMethod::Index => Ok(RepositoryIndexResponse {
+                models: vec![ModelIndex {
+                    name: MODEL.into(),
+                    version: VERSION.into(),
+                    state: "READY".into(),
+                    reason: String::new(),
+                }],
+            }
+            .encode_to_vec()),
+            RepositoryMethod::ModelLoad => {
+                let asked = RepositoryModelLoadRequest::decode(request)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                match asked.model_name.as_str() {
+                    "missing" => Err(Error::NotFound(
+                        "no model 'missing' in the repository".into(),
+                    )),
+                    "broken" => Err(Error::request("the model 'broken' cannot be read")),
+                    "slow" => {
+                        self.slow.wait();
+                        Ok(RepositoryModelLoadResponse {}.encode_to_vec())
+                    }
+                    _ => Ok(RepositoryModelLoadResponse {}.encode_to_vec()),
+                }
+            }
+            RepositoryMethod::ModelUnload => Ok(RepositoryModelUnloadResponse {}.encode_to_vec()),
+        }
+    }
+}
+
+/// A RepositoryModelLoad request for `model`.
+fn load(model: &str) -> RepositoryModelLoadRequest {
+    RepositoryModelLoadRequest {
+        repository_name: String::new(),
+        model_name: model.into(),
+        parameters: HashMap::new(),
+    }
+}
+
+const REPOSITORY_METHODS: [&str; 3] = [
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+];
+
+/// Without a handler the repository methods are UNIMPLEMENTED; with one, each request
+/// reaches it as sent, on a thread other than the front's, and its answer or error (by the
+/// error's gRPC code, with its message) is the call's. A malformed request does not reach
+/// it. Removing the handler makes them UNIMPLEMENTED again.
+#[test]
+fn the_repository_methods_are_answered_by_the_handler() {
+    let server = Server::start(Setup::default());
+    for method in REPOSITORY_METHODS {
+        let expected = format!("Method not found: {SERVICE}/{method}");
+        let reply = server.ask(method, &RepositoryIndexRequest::default());
+        assert_eq!(reply.refusal(), (Code::Unimplemented, expected.as_str()));
+    }
+
+    let repository = Arc::new(FakeRepository::default());
+    server
+        .front
+        .set_repository_handler(Some(Arc::clone(&repository) as Arc<dyn RepositoryHandler>));
+    let asked = RepositoryIndexRequest {
+        repository_name: String::new(),
+        ready: true,
+    };
+    let index: RepositoryIndexResponse = server.ask("RepositoryIndex", &asked).decoded();
+    assert_eq!(index.models.len(), 1);
+    assert_eq!(
+        (
+            index.models[0].name.as_str(),
+            index.models[0].state.as_str()
+        ),
+        (MODEL, "READY")
+    );
+
+    let with_config = RepositoryModelLoadRequest {
+        parameters: HashMap::from([(
+            "config".into(),
+            ModelRepositoryParameter {
+                parameter_choice: Some(ParameterChoice::StringParam("{}".into())),
+            },
+        )]),
+        ..load("other")
+    };
+    let _: RepositoryModelLoadResponse = server.ask("RepositoryModelLoad", &with_config).decoded();
+    let unload = RepositoryModelUnloadRequest {
+        repository_name: String::new(),
+        model_name: "other".into(),
+        parameters: HashMap::new(),
+    };
+    let _: RepositoryModelUnloadResponse = server.ask("RepositoryModelUnload", &unload).decoded();
+    let calls = repository.calls();
+    assert_eq!(
+        calls,
+        [
+            (RepositoryMethod::Index, Bytes::from(asked.encode_to_vec())),
+            (
+                RepositoryMethod::ModelLoad,
+                Bytes::from(with_config.encode_to_vec())
+            ),
+            (
+                RepositoryMethod::ModelUnload,
+                Bytes::from(unload.encode_to_vec())
+            ),
+        ]
+    );
+
+    assert_eq!(
+        server
+            .ask("RepositoryModelLoad", &load("missing"))
+            .refusal(),
+        (Code::NotFound, "no model 'missing' in the repository")
+    );
+    assert_eq!(
+        server.ask("RepositoryModelLoad", &load("broken")).refusal(),
+        (Code::InvalidArgument, "the model 'broken' cannot be read")
+    );
+    let malformed = block_on(async {
+        let client = connect(server.address).await;
+        let path = format!("/{SERVICE}/RepositoryModelLoad");
+        client.call(&path, &[0xff, 0xff, 0xff]).await
+    });
+    assert_eq!(malformed.code, Code::Internal, "{malformed:?}");
+    assert_eq!(
+        repository.calls().len(),
+        5,
+        "the malformed request was not passed on"
+    );
+    let threads = repository
+        .threads
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert!(
+        threads
+            .iter()
+            .all(|thread| thread.as_deref() != Some("grpc-front")),
+        "{threads:?}"
+    );
+
+    server.front.set_repository_handler(None);
+    for method in REPOSITORY_METHODS {
+        let reply = server.ask(method, &RepositoryIndexRequest::default());
+        assert_eq!(reply.code, Code::Unimplemented, "{method}: {reply:?}");
+    }
+}
+
+/// A load that takes its time holds up no other call: inference on the same connection is
+/// answered meanwhile. A call whose deadline passes first is DEADLINE_EXCEEDED.
+#[test]
+fn a_slow_repository_call_holds_up_nothing_else() {
+    let server = Server::start(Setup::default());
+    let repository = Arc::new(FakeRepository::default());
+    server
+        .front
+        .set_repository_handler(Some(Arc::clone(&repository) as Arc<dyn RepositoryHandler>));
+    let path = format!("/{SERVICE}/RepositoryModelLoad");
+    block_on(async {
+        let client = connect(server.address).await;
+        let loading = {
+            let client = client.clone();
+            tokio::spawn(async move { client.ask("RepositoryModelLoad", &load("slow")).await })
+        };
+        until("the slow load reaches the handler", || {
+            !repository.calls().is_empty()
+        })
+        .await;
+        let reply = client.infer(&request("meanwhile", &[7])).await;
+        assert_eq!(reply.echoed("meanwhile"), [7]);
+        let body = frame(&load("slow").encode_to_vec());
+        let reply = client
+            .call_framed(&path, body, &[("grpc-timeout", "100m")])
+            .await;
+        assert_eq!(reply.code, Code::DeadlineExceeded, "{reply:?}");
+        assert!(!loading.is_finished(), "the slow load is not done yet");
+
+        repository.slow.open();
+        let reply = loading.await.expect("the load's task");
+        let _: RepositoryModelLoadResponse = reply.decoded();
+    });
+}
+
+/// Server reflection describes the repository methods and their messages.
+#[test]
+fn reflection_describes_the_repository_methods() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let server = Server::start(Setup::default());
+    let symbols = [
+        "inference.GRPCInferenceService.RepositoryIndex",
+        "inference.GRPCInferenceService.RepositoryModelLoad",
+        "inference.GRPCInferenceService.RepositoryModelUnload",
+        "inference.RepositoryIndexResponse.ModelIndex",
+        "inference.ModelRepositoryParameter",
+    ];
+    let mut body = BytesMut::new();
+    for symbol in symbols {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        body.extend_from_slice(&frame(&request.encode_to_vec()));
+    }
+    let reply = block_on(async {
+        let client = connect(server.address).await;
+        client.call_framed(REFLECTION, body.freeze(), &[]).await
+    });
+    assert_eq!(reply.code, Code::Ok, "{reply:?}");
+    assert_eq!(reply.messages.len(), symbols.len());
+    for (framed, symbol) in reply.messages.iter().zip(symbols) {
+        let response = ServerReflectionResponse::decode(framed.message.clone())
+            .expect("a ServerReflectionResponse");
+        match response.message_response {
+            Some(MessageResponse::FileDescriptorResponse(files)) => {
+                assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+            }
+            other => panic!("{symbol}: {other:?}"),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The codec of ModelInfer and ModelStreamInfer: a request message is handed on as the
 //! bytes tonic buffered (no protobuf decode into an intermediate copy; the native decoder
 //! reads them in place), and a response is written straight into tonic's buffer by the
-//! native encoder.
+//! native encoder. The repository methods use it too, their messages passing through as
+//! bytes.
 
 #![deny(
     clippy::indexing_slicing,
@@ -43,6 +44,17 @@ impl WireMessage for EncodedResponse {
 
     fn write_to(&self, out: &mut impl BufMut) {
         EncodedResponse::write_to(self, out);
+    }
+}
+
+/// A response message already serialized (the repository handler's).
+impl WireMessage for Bytes {
+    fn encoded_len(&self) -> usize {
+        self.len()
+    }
+
+    fn write_to(&self, out: &mut impl BufMut) {
+        out.put_slice(self);
     }
 }
 

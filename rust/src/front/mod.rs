@@ -3,7 +3,12 @@
 //! `inference.GRPCInferenceService` (ModelInfer and ModelStreamInfer through the native
 //! decoder and the models' batchers; the small RPCs from per-model state Python sets when a
 //! model loads), `grpc.health.v1.Health` (tonic-health) and server reflection v1 and v1alpha
-//! (tonic-reflection). Only a model's runner thread runs Python, once per batch.
+//! (tonic-reflection). Only a model's runner thread runs Python, once per batch, and the
+//! repository handler, when one is set, for the model repository methods (on tokio's
+//! blocking pool).
+//!
+//! A model may be served in several versions side by side, each with its own batcher; a
+//! request names one, or gets the model's default version.
 //!
 //! It listens on TCP, a Unix socket, or both, in the clear or with TLS (rustls; mutual TLS
 //! with a client CA; certificates reloadable without dropping connections).
@@ -31,6 +36,7 @@ pub mod deadline;
 mod infer;
 pub mod metered;
 mod models;
+mod repository;
 mod router;
 mod service;
 pub mod stats;
@@ -40,7 +46,7 @@ pub mod tls;
 use std::future::poll_fn;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +61,7 @@ use crate::proto::{ModelConfigResponse, ModelMetadataResponse};
 use crate::signature::Signature;
 use budget::ByteBudget;
 use models::ModelTable;
+pub use repository::{RepositoryHandler, RepositoryMethod};
 use router::Router;
 pub use service::grpc_code;
 use stats::Stats;
@@ -134,7 +141,7 @@ pub struct ServerInfo {
     pub extensions: Vec<String>,
 }
 
-/// A model the front answers for, with what the small RPCs say of it.
+/// A version of a model the front answers for, with what the small RPCs say of it.
 pub struct ServedModel {
     pub name: String,
     pub version: String,
@@ -152,6 +159,17 @@ struct Shared {
     limits: Limits,
     /// Request bytes held by calls in flight.
     inflight: Arc<ByteBudget>,
+    /// What answers the model repository methods; None: they are UNIMPLEMENTED.
+    repository: RwLock<Option<Arc<dyn RepositoryHandler>>>,
+}
+
+impl Shared {
+    fn repository_handler(&self) -> Option<Arc<dyn RepositoryHandler>> {
+        self.repository
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A listening socket on `host:port` (port 0: any free one). `reuse_port`: several
@@ -247,6 +265,7 @@ impl Front {
             stats: Stats::default(),
             inflight: ByteBudget::new(limits.max_inflight_bytes),
             limits,
+            repository: RwLock::new(None),
         });
         let router = Router::new(Arc::clone(&shared))?;
         // Not serving until Python says the models are ready.
@@ -258,6 +277,9 @@ impl Front {
             .name("grpc-front".to_owned())
             .spawn(move || {
                 runtime.block_on(accept_loop(tcp, unix, router, serving_tls, stopped));
+                // A repository call still running on the blocking pool finishes on its own:
+                // stopping does not wait for a model load.
+                runtime.shutdown_background();
             })?;
         Ok(Front {
             shared,
@@ -269,22 +291,61 @@ impl Front {
         })
     }
 
-    /// Answers for `model` from now on (ModelInfer and the small RPCs); ready at once.
-    /// This and the readiness setters wait on the front's runtime: call them from outside
-    /// any tokio runtime (Python's threads do).
+    /// Answers for this version of the model from now on (ModelInfer and the small RPCs),
+    /// ready at once, in place of a version of the same name and version served before
+    /// (whose calls in flight still finish); it becomes the model's default version when
+    /// the model has none. This and the other setters of the model table wait on the
+    /// front's runtime: call them from outside any tokio runtime (Python's threads do).
     pub fn serve(&self, model: ServedModel) {
         let name = model.name.clone();
         self.shared.models.serve(model);
-        self.set_model_ready(&name, true);
+        self.publish_model_health(&name);
     }
 
-    /// Whether `name` is ready (ModelReady, and its health service, told only of changes); a
-    /// model not served is not changed.
-    pub fn set_model_ready(&self, name: &str, ready: bool) {
-        if self.shared.models.set_ready(name, ready) {
-            self.runtime
-                .block_on(self.shared.models.publish_model_health(name, ready));
-        }
+    /// Stops answering for `version` of `name`: requests naming it are NOT_FOUND from now
+    /// on; those it already took still finish (its batcher is not touched). When it was the
+    /// default version, the model has none until `set_default_version` or `serve` gives
+    /// one. False when that version was not served.
+    pub fn unserve(&self, name: &str, version: &str) -> bool {
+        let removed = self.shared.models.unserve(name, version);
+        self.publish_model_health(name);
+        removed
+    }
+
+    /// Makes `version` (served) the version of `name` a request without one gets, from the
+    /// next request on. NOT_FOUND when that version is not served.
+    pub fn set_default_version(&self, name: &str, version: &str) -> crate::error::Result<()> {
+        self.shared.models.set_default(name, version)?;
+        self.publish_model_health(name);
+        Ok(())
+    }
+
+    /// Whether `version` of `name` is ready (ModelReady; and the model's health service
+    /// when it is the default version, told only of changes); a version not served is not
+    /// changed.
+    pub fn set_model_ready(&self, name: &str, version: &str, ready: bool) {
+        self.shared.models.set_ready(name, version, ready);
+        self.publish_model_health(name);
+    }
+
+    /// Replaces the names the server must serve to be ready. A name no longer expected and
+    /// not served is NOT_FOUND, no longer UNAVAILABLE as loading.
+    pub fn set_expected(&self, names: Vec<String>) {
+        self.shared.models.set_expected(names);
+    }
+
+    /// What answers RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload from now
+    /// on; None: they are UNIMPLEMENTED.
+    pub fn set_repository_handler(&self, handler: Option<Arc<dyn RepositoryHandler>>) {
+        *self
+            .shared
+            .repository
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = handler;
+    }
+
+    fn publish_model_health(&self, name: &str) {
+        self.shared.models.publish_model_health(&self.runtime, name);
     }
 
     /// Whether the server as a whole serves: health of "" and of the inference service.

@@ -1,6 +1,7 @@
 //! `inference.GRPCInferenceService`: each method by its path. ModelInfer and
 //! ModelStreamInfer take raw message bytes (`codec`); the small RPCs use the generated
-//! messages and are answered from the model table, with no Python.
+//! messages and are answered from the model table, with no Python; the repository methods
+//! go to the repository handler (`repository`).
 
 #![deny(
     clippy::indexing_slicing,
@@ -24,6 +25,7 @@ use tower_service::Service;
 
 use super::codec::RawCodec;
 use super::metered::MeteredBody;
+use super::repository::{self, RepositoryMethod};
 use super::{infer, stream, Shared};
 use crate::error::Error;
 use crate::proto;
@@ -60,7 +62,11 @@ const ACCEPTED: [(&str, CompressionEncoding); 3] = [
 /// compressed only as the request was, when the client's `grpc-accept-encoding` allows:
 /// gRPC clients advertise every encoding they can read on every call, which asks for
 /// nothing, and compressing each small answer would cost every caller CPU for no gain.
-fn grpc<C: tonic::codec::Codec>(codec: C, shared: &Shared, headers: &HeaderMap) -> Grpc<C> {
+pub(super) fn grpc<C: tonic::codec::Codec>(
+    codec: C,
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Grpc<C> {
     let mut grpc = ACCEPTED
         .into_iter()
         .fold(Grpc::new(codec), |grpc, (_, encoding)| {
@@ -201,8 +207,10 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
             })
             .await
         }
-        _ => {
-            Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}")).into_http()
-        }
+        _ => match RepositoryMethod::of(method) {
+            Some(method) => repository::call(&shared, method, request).await,
+            None => Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}"))
+                .into_http(),
+        },
     }
 }

@@ -7,6 +7,7 @@ use pyo3::PyErr;
 use crate::error::Error;
 use crate::front::grpc_code;
 
+pyo3::import_exception!(arrowsmith.errors, ArrowsmithError);
 pyo3::import_exception!(arrowsmith.errors, InvalidInputError);
 pyo3::import_exception!(arrowsmith.errors, UnsupportedError);
 pyo3::import_exception!(arrowsmith.errors, InternalError);
@@ -50,6 +51,31 @@ pub fn error_from_code(code: &str, message: String) -> Error {
         "MODEL_NOT_FOUND" => Error::NotFound(message),
         _ => Error::Internal(message),
     }
+}
+
+/// The native error for an exception Python raised where Rust answers (the repository
+/// handler): an `ArrowsmithError` by its code and message, through `error_from_code`; any
+/// other exception is INTERNAL, `{TypeName}: {message}`.
+pub fn error_from_exception(py: Python<'_>, exception: &PyErr) -> Error {
+    let value = exception.value(py);
+    if exception.is_instance_of::<ArrowsmithError>(py) {
+        let coded = value
+            .getattr("code")
+            .and_then(|code| code.getattr("value"))
+            .and_then(|code| code.extract::<String>())
+            .and_then(|code| Ok((code, value.getattr("message")?.extract::<String>()?)));
+        if let Ok((code, message)) = coded {
+            return error_from_code(&code, message);
+        }
+    }
+    let type_name = exception
+        .get_type(py)
+        .name()
+        .map_or_else(|_| "Exception".to_owned(), |name| name.to_string());
+    let message = value
+        .str()
+        .map_or_else(|_| String::new(), |message| message.to_string());
+    Error::Internal(format!("{type_name}: {message}"))
 }
 
 /// For each kind of native error: its `ErrorCode` name and the gRPC status number the native

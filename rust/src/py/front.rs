@@ -1,20 +1,28 @@
 //! The gRPC front as Python sees it: started on a host and port and/or a Unix socket, told
-//! which models it serves and how ready they are, asked for its counts, stopped.
+//! which models (and versions of them) it serves and how ready they are, given the handler
+//! of the model repository methods, asked for its counts, stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use bytes::Bytes;
+use pyo3::exceptions::{PyKeyError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use prost::Message;
 
+use crate::error::Error;
 use crate::front::tls::TlsFiles;
-use crate::front::{listen, listen_unix, Front, Limits, Listeners, ServedModel, ServerInfo};
+use crate::front::{
+    listen, listen_unix, Front, Limits, Listeners, RepositoryHandler, RepositoryMethod,
+    ServedModel, ServerInfo,
+};
 use crate::proto::{ModelConfigResponse, ModelMetadataResponse};
 
 use super::batching::Batcher;
+use super::errors::error_from_exception;
 use super::Signature;
 
 /// `(model, status, requests)` and `(model, decode seconds of each request)`.
@@ -27,6 +35,39 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 /// A period in seconds; 0 turns it off.
 fn seconds_or_never(name: &str, value: f64) -> PyResult<Option<Duration>> {
     Ok(Some(seconds(name, value)?).filter(|d| !d.is_zero()))
+}
+
+/// A Python callable `handler(method, request) -> response` answering the model repository
+/// methods with serialized messages; called on tokio's blocking pool, holding the
+/// interpreter only while it runs.
+struct PyRepositoryHandler(Py<PyAny>);
+
+impl RepositoryHandler for PyRepositoryHandler {
+    fn call(&self, method: RepositoryMethod, request: Bytes) -> Result<Vec<u8>, Error> {
+        let answered = Python::try_attach(|py| {
+            let request = PyBytes::new(py, &request);
+            match self.0.bind(py).call1((method.name(), request)) {
+                Ok(answer) => match answer.cast::<PyBytes>() {
+                    Ok(bytes) => Ok(bytes.as_bytes().to_vec()),
+                    Err(_) => Err(Error::Internal(format!(
+                        "the repository handler answered {} with {}, not bytes",
+                        method.name(),
+                        answer
+                            .get_type()
+                            .name()
+                            .map_or_else(|_| "an object".to_owned(), |name| name.to_string())
+                    ))),
+                },
+                Err(exception) => Err(error_from_exception(py, &exception)),
+            }
+        });
+        answered.unwrap_or_else(|| {
+            Err(Error::Unavailable(format!(
+                "{} cannot be answered: the server is stopping",
+                method.name()
+            )))
+        })
+    }
 }
 
 #[pyclass(name = "GrpcFront", module = "arrowsmith._native", frozen)]
@@ -140,12 +181,17 @@ impl GrpcFront {
         self.port
     }
 
-    /// Serves this model from now on, ready: ModelInfer through its batcher, ModelMetadata
-    /// and ModelConfig with the given serialized `ModelMetadataResponse` and
-    /// `ModelConfigResponse`.
+    /// Serves this version of the model from now on, ready: ModelInfer through its
+    /// batcher, ModelMetadata and ModelConfig with the given serialized
+    /// `ModelMetadataResponse` and `ModelConfigResponse`. It replaces a version of the same
+    /// name and version served before (whose requests in flight still finish), and becomes
+    /// the model's default version (what requests without a version get) when the model has
+    /// none.
     #[pyo3(signature = (name, version, batcher, metadata, config, signature = None))]
+    #[allow(clippy::too_many_arguments)]
     fn serve(
         &self,
+        py: Python<'_>,
         name: String,
         version: String,
         batcher: &Batcher,
@@ -156,7 +202,7 @@ impl GrpcFront {
         let invalid = |what: &str, e: prost::DecodeError| {
             PyValueError::new_err(format!("{what} is not a serialized message: {e}"))
         };
-        self.front.serve(ServedModel {
+        let model = ServedModel {
             name,
             version,
             batcher: Arc::clone(&batcher.0),
@@ -164,13 +210,60 @@ impl GrpcFront {
             metadata: ModelMetadataResponse::decode(metadata)
                 .map_err(|e| invalid("metadata", e))?,
             config: ModelConfigResponse::decode(config).map_err(|e| invalid("config", e))?,
-        });
+        };
+        py.detach(|| self.front.serve(model));
         Ok(())
     }
 
-    /// A served model's readiness: ModelReady, ServerReady and the model's health service.
-    fn set_model_ready(&self, py: Python<'_>, name: &str, ready: bool) {
-        py.detach(|| self.front.set_model_ready(name, ready));
+    /// Makes `version` (which must be served) the version of the model that requests
+    /// without a version get, from the next request on; KeyError when it is not served.
+    fn set_default_version(&self, py: Python<'_>, name: &str, version: &str) -> PyResult<()> {
+        py.detach(|| self.front.set_default_version(name, version))
+            .map_err(|error| PyKeyError::new_err(error.to_string()))
+    }
+
+    /// Stops serving this version: requests naming it are NOT_FOUND from now on, those it
+    /// already took still finish (its batcher is left to the caller to close once drained).
+    /// When it was the default version, requests without a version are UNAVAILABLE until
+    /// `set_default_version` or `serve` gives the model another. False when that version
+    /// was not served.
+    fn unserve(&self, py: Python<'_>, name: &str, version: &str) -> bool {
+        py.detach(|| self.front.unserve(name, version))
+    }
+
+    /// A served version's readiness: ModelReady; ServerReady and the model's health service
+    /// when it is the model's default version. A version not served is ignored.
+    fn set_model_ready(&self, py: Python<'_>, name: &str, version: &str, ready: bool) {
+        py.detach(|| self.front.set_model_ready(name, version, ready));
+    }
+
+    /// Replaces the names of the models the server must serve to be ready (ServerReady). A
+    /// name expected but not served is UNAVAILABLE, as loading; one neither expected nor
+    /// served is NOT_FOUND.
+    fn set_expected(&self, py: Python<'_>, names: Vec<String>) {
+        py.detach(|| self.front.set_expected(names));
+    }
+
+    /// What answers RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload from now
+    /// on: `handler(method, request) -> response`, `method` the method's name, `request`
+    /// and `response` serialized messages. It runs on a thread of its own, never on the
+    /// front's; an `arrowsmith.errors.ArrowsmithError` it raises answers with its code's
+    /// status and its message, any other exception INTERNAL. None: those methods are
+    /// UNIMPLEMENTED.
+    fn set_repository_handler(&self, handler: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let handler = match handler {
+            Some(handler) if !handler.is_callable() => {
+                return Err(PyTypeError::new_err(
+                    "the repository handler must be callable",
+                ));
+            }
+            Some(handler) => {
+                Some(Arc::new(PyRepositoryHandler(handler.unbind())) as Arc<dyn RepositoryHandler>)
+            }
+            None => None,
+        };
+        self.front.set_repository_handler(handler);
+        Ok(())
     }
 
     /// The health of the server as a whole ("" and the inference service).
