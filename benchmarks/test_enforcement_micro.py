@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ import pandas as pd
 import pytest
 from arrowsmith import _native, payload
 from arrowsmith.config import ModelConfig
-from arrowsmith.models.registry import LoadedModel, load_model
+from arrowsmith.models.loaded import LoadedModel, load_model
 from bodies import W2_ROWS, w1_request, w2_request, wine_features
 from mlflow.models.utils import _enforce_schema
 
@@ -43,7 +42,7 @@ WORKLOADS = ("W1", "W2")
 
 
 @pytest.fixture(scope="module")
-def wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
+def wine(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     """The example's wine model, trained by its own script and loaded as the server does."""
     spec = importlib.util.spec_from_file_location("wine_train", WINE_TRAIN)
     assert spec is not None and spec.loader is not None
@@ -52,9 +51,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
     model_dir = train.train_and_save(tmp_path_factory.mktemp("bench") / "wine")
     model = load_model(ModelConfig(str(model_dir), "wine"))
     assert model.predict_path == "native-enforcement"
-    yield model
-    assert model.runner is not None
-    model.runner.stop(timeout=10)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,16 @@ from arrowsmith.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_POLL_INTERVAL,
     DEFAULT_PREDICT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
+    MODEL_CONTROL_MODES,
     ModelConfig,
     ServerConfig,
 )
 
 #: Per-model settings a config file may give for each model (the flags give defaults).
-MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_size")
+MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_size", "versions")
 
 
 def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
@@ -227,9 +229,36 @@ def _parser() -> argparse.ArgumentParser:
         "seconds that SIGTERM leaves every front and model to finish what is in flight, "
         f"all at once (default {DEFAULT_DRAIN_TIMEOUT:g}: below Kubernetes' 30 s grace period)",
     )
+    _add_lifecycle_flags(serve)
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
     return parser
+
+
+def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:
+    """Following registry references, webhooks, and the repository API's control mode."""
+    _number(
+        serve,
+        "poll-interval",
+        float,
+        DEFAULT_POLL_INTERVAL,
+        "seconds between looks at the registry references models follow (models:/Name@alias, "
+        "/Stage, /latest): a moved one is loaded and swapped in "
+        f"(default {DEFAULT_POLL_INTERVAL:g}; 0: off)",
+    )
+    serve.add_argument(
+        "--webhook-secret",
+        default=_env("webhook-secret", None),
+        help="the secret of MLflow's webhooks: POST /v2/repository/webhooks/mlflow then "
+        "swaps at once when an alias moves (refused without it)",
+    )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=MODEL_CONTROL_MODES,
+        default=_env("model-control-mode", "none"),
+        help="whether clients may load and unload models through the repository API: none "
+        "(default) and poll refuse, explicit allows",
+    )
 
 
 def _add_listener_flags(serve: argparse.ArgumentParser) -> None:
@@ -346,10 +375,21 @@ def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig,
         if unknown:
             raise ValueError(f"{path}: unknown model settings {sorted(unknown)}")
         try:
+            if "versions" in entry:
+                entry = {**entry, "versions": _version_list(path, entry["versions"])}
             models.append(ModelConfig(**{**defaults, "name": None, **entry}))
         except TypeError as error:
             raise ValueError(f"{path}: {error}") from None
     return tuple(models)
+
+
+def _version_list(path: str, versions: Any) -> tuple[str, ...]:
+    """`versions: [3, 4]` as version strings."""
+    if not isinstance(versions, list) or not all(
+        isinstance(v, int | str) and not isinstance(v, bool) for v in versions
+    ):
+        raise ValueError(f"{path}: `versions` must be a list of version numbers ({versions!r})")
+    return tuple(str(v) for v in versions)
 
 
 def parse_config(argv: Sequence[str]) -> ServerConfig:
@@ -400,6 +440,9 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         request_timeout=args.request_timeout,
         predict_timeout=args.predict_timeout,
         drain_timeout=args.drain_timeout,
+        poll_interval=args.poll_interval,
+        webhook_secret=args.webhook_secret,
+        model_control_mode=args.model_control_mode,
     )
 
 

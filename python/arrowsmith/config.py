@@ -31,6 +31,9 @@ DEFAULT_PREDICT_TIMEOUT = 30.0
 #: Seconds of draining after SIGTERM: below Kubernetes' default grace period (30 s), so the
 #: drain ends before the kubelet's SIGKILL.
 DEFAULT_DRAIN_TIMEOUT = 20.0
+#: Seconds between looks at the registry references that models follow.
+DEFAULT_POLL_INTERVAL = 30.0
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 #: Threads of the HTTP front for the work kept off its event loop.
 DEFAULT_HTTP_THREADS = 32
 
@@ -49,6 +52,9 @@ class ModelConfig:
     max_batch_delay_ms: float = 0.0
     #: Requests waiting at most; past it, RESOURCE_EXHAUSTED.
     max_queue_size: int = 1024
+    #: Registry versions served side by side with the one the URI points to (the
+    #: default); requests pick one with `model_version`.
+    versions: tuple[str, ...] = ()
 
     @property
     def served_name(self) -> str:
@@ -76,6 +82,12 @@ class ModelConfig:
             raise ValueError(f"max_batch_delay_ms of {self.uri} must not be negative")
         if self.max_queue_size <= 0:
             raise ValueError(f"max_queue_size of {self.uri} must be positive")
+        if isinstance(self.versions, str) or not all(
+            isinstance(v, str) and v.isdigit() for v in self.versions
+        ):
+            raise ValueError(f"versions of {self.uri} must be a list of version numbers")
+        if self.versions and not self.uri.startswith("models:/"):
+            raise ValueError(f"versions of {self.uri} need a registry URI (models:/Name...)")
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,14 @@ class ServerConfig:
     predict_timeout: float = DEFAULT_PREDICT_TIMEOUT
     #: Seconds a stop signal leaves for every front and runner to drain, all at once.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Seconds between looks at the registry references models follow (an alias, a stage,
+    #: `latest`); 0: only webhooks move them.
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    #: The secret MLflow signs its webhook deliveries with; None: webhooks are refused.
+    webhook_secret: str | None = None
+    #: Whether clients may load and unload models through the repository API: `none` and
+    #: `poll` refuse it (`poll` also needs polling on), `explicit` allows it.
+    model_control_mode: str = "none"
 
     def _check_limits(self) -> None:
         for flag, count in (
@@ -233,6 +253,23 @@ class ServerConfig:
                 raise ValueError(f"{flag} must be a number of seconds, not {seconds!r}")
             if not 0 <= seconds < float("inf"):
                 raise ValueError(f"{flag} {seconds} must be 0 or more seconds")
+        self._check_model_control()
+
+    def _check_model_control(self) -> None:
+        seconds = self.poll_interval
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ValueError(f"--poll-interval must be a number of seconds, not {seconds!r}")
+        if not 0 <= seconds < 1e9:
+            raise ValueError(f"--poll-interval {seconds} must be 0 or more seconds")
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"--model-control-mode {self.model_control_mode!r} is not one of "
+                f"{', '.join(MODEL_CONTROL_MODES)}"
+            )
+        if self.model_control_mode == "poll" and seconds == 0:
+            raise ValueError("--model-control-mode poll needs a --poll-interval above 0")
+        if self.webhook_secret is not None and not self.webhook_secret:
+            raise ValueError("--webhook-secret must not be empty")
 
 
 def _check_readable(flag: str, path: str) -> None:

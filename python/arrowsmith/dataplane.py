@@ -1,7 +1,6 @@
 """Transport-neutral inference: request bytes in, response bytes out, through the native
-decoder, the model's signature, the model and the native encoder. The HTTP front and the
-grpcio servicer (for the calls the native gRPC front passes on) call this and nothing
-below it."""
+decoder, the model's signature, the model and the native encoder. The HTTP front calls this
+and nothing below it (the native gRPC front finds models and batchers itself)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ from arrowsmith.errors import (
     ArrowsmithError,
     DeadlineExceededError,
     ErrorCode,
-    ModelNotReadyError,
 )
-from arrowsmith.models.registry import LoadedModel, ModelRegistry
+from arrowsmith.models.loaded import LoadedModel
+from arrowsmith.serving.repository import ModelRepository, ServedVersion
 
 SERVER_NAME = "arrowsmith"
 
@@ -31,8 +30,8 @@ class ServerMetadata:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, request_timeout: float | None = None) -> None:
-        self.registry = registry
+    def __init__(self, repository: ModelRepository, request_timeout: float | None = None) -> None:
+        self.repository = repository
         #: Seconds an HTTP request may wait for its answer (`--request-timeout`); None: no
         #: limit. gRPC calls carry their client's deadline instead.
         self.request_timeout = request_timeout
@@ -43,21 +42,22 @@ class DataPlane:
         return ServerMetadata(SERVER_NAME, __version__, ())
 
     def model(self, name: str, version: str = "") -> LoadedModel:
-        return self.registry.get(name, version)
+        return self.repository.get(name, version).model
 
     def _job(
         self, request_bytes: bytes, timeout: float | None, counted: Counted
-    ) -> tuple[LoadedModel, _native.Job]:
-        """The request decoded, its model found and its job made (signature applied)."""
+    ) -> tuple[ServedVersion, _native.Job]:
+        """The request decoded, its model version found and its job made (signature
+        applied)."""
         started = time.perf_counter()
         request = _native.decode_request(request_bytes)
-        model = self.registry.get(request.model_name, request.model_version)
-        counted.model = model.name
-        if model.runner is None:
-            raise ModelNotReadyError(f"model '{model.name}' is not ready yet")
-        job = request.job(model.signature, timeout)
-        metrics.observe_stage(model.name, counted.protocol, "decode", time.perf_counter() - started)
-        return model, job
+        served = self.repository.get(request.model_name, request.model_version)
+        counted.model = served.name
+        job = request.job(served.model.signature, timeout)
+        metrics.observe_stage(
+            served.name, counted.protocol, "decode", time.perf_counter() - started
+        )
+        return served, job
 
     def infer(
         self,
@@ -73,11 +73,10 @@ class DataPlane:
         callback the transport calls when the client goes away."""
         counted = Counted(protocol)
         with counted:
-            model, job = self._job(request_bytes, timeout, counted)
+            served, job = self._job(request_bytes, timeout, counted)
             if on_cancel is not None:
                 on_cancel(job.cancel)
-            assert model.runner is not None
-            return model.runner.batcher.submit(job)
+            return served.batcher.submit(job)
 
     async def infer_async(self, request_bytes: bytes, protocol: str) -> bytes:
         """`infer` for the HTTP front's event loop: the wait for the batch holds no thread.
@@ -87,9 +86,8 @@ class DataPlane:
             self._loop_answers = LoopAnswers()
         counted = Counted(protocol)
         with counted:
-            model, job = self._job(request_bytes, self.request_timeout, counted)
-            assert model.runner is not None
-            answer = self._loop_answers.submit(model.runner.batcher, job, self.request_timeout)
+            served, job = self._job(request_bytes, self.request_timeout, counted)
+            answer = self._loop_answers.submit(served.batcher, job, self.request_timeout)
             try:
                 return await answer
             except asyncio.CancelledError:

@@ -130,3 +130,51 @@ def observe_stages(model: str, protocol: str, stage: str, seconds: list[float]) 
 
 def count_request(model: str, protocol: str, status: str, count: int = 1) -> None:
     _requests(model, protocol, status).inc(count)
+
+
+_SWAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+MODEL_LOADS = Counter(
+    "arrowsmith_model_loads",
+    "Model version loads, by outcome (loaded or failed).",
+    ["model", "version", "outcome", "worker"],
+)
+MODEL_UNLOADS = Counter(
+    "arrowsmith_model_unloads",
+    "Model versions taken out of service and drained.",
+    ["model", "version", "worker"],
+)
+MODEL_SWAPS = Counter(
+    "arrowsmith_model_swaps",
+    "Times a followed reference moved and its new version took over, by that version.",
+    ["model", "version", "worker"],
+)
+SWAP_TIME = Histogram(
+    "arrowsmith_model_swap_seconds",
+    "From a followed reference seen moved (a poll or a webhook) to its new version answering.",
+    ["model", "worker"],
+    buckets=_SWAP_BUCKETS,
+)
+VERSIONS_LOADED = Gauge(
+    "arrowsmith_model_versions_loaded",
+    "Versions of a model being served.",
+    ["model", "worker"],
+    multiprocess_mode="livesum",
+)
+
+
+def count_load(model: str, version: str, outcome: str) -> None:
+    MODEL_LOADS.labels(model, version, outcome, WORKER).inc()
+
+
+def count_unload(model: str, version: str) -> None:
+    MODEL_UNLOADS.labels(model, version, WORKER).inc()
+
+
+def observe_swap(model: str, version: str, seconds: float) -> None:
+    MODEL_SWAPS.labels(model, version, WORKER).inc()
+    SWAP_TIME.labels(model, WORKER).observe(seconds)
+
+
+def set_versions_loaded(model: str, count: int) -> None:
+    VERSIONS_LOADED.labels(model, WORKER).set(count)

@@ -21,7 +21,7 @@ from arrowsmith.errors import InvalidInputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 logger = logging.getLogger(__name__)
 

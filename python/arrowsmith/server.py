@@ -2,6 +2,8 @@
 ready), serve until SIGTERM or SIGINT, and drain in-flight requests before exiting.
 
 SIGHUP reads the TLS certificate files again, for both fronts, without dropping a connection.
+SIGUSR1 looks up the registry references models follow at once (the supervisor of
+`--workers` sends it to every worker when one of them received an MLflow webhook).
 On a stop signal, readiness and gRPC health turn false first; then every front and every
 model's runner drains at the same time, within one budget (`--drain-timeout`). A model that
 can no longer answer here (its runner ended, or a call of it never returns) makes the
@@ -26,7 +28,8 @@ from arrowsmith.config import ServerConfig
 if TYPE_CHECKING:
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.http.server import HttpFront
-    from arrowsmith.models.registry import ModelRegistry
+    from arrowsmith.serving.repository import ModelRepository
+    from arrowsmith.serving.repository_api import RepositoryApi
 
 logger = logging.getLogger("arrowsmith")
 
@@ -62,11 +65,17 @@ def stop_on_signals() -> threading.Event:
 class Fronts:
     """The process's listeners: gRPC always, HTTP when configured."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane, worker: bool) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        dataplane: DataPlane,
+        repository_api: RepositoryApi,
+        worker: bool,
+    ) -> None:
         from arrowsmith.grpc.server import GrpcFront
 
         self._tls = config.tls_cert is not None
-        self.grpc = GrpcFront(config, dataplane, reuse_port=worker)
+        self.grpc = GrpcFront(config, dataplane, worker, repository_api)
         if self.grpc.port is not None:
             logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
         if config.grpc_uds:
@@ -76,7 +85,11 @@ class Fronts:
             from arrowsmith.http.server import HttpFront
 
             self.http = HttpFront(
-                config, dataplane, reuse_port=worker, shared_budget=self.grpc.native
+                config,
+                dataplane,
+                reuse_port=worker,
+                shared_budget=self.grpc.native,
+                repository_api=repository_api,
             )
             self.http.start()
             if self.http.port is not None:
@@ -84,10 +97,10 @@ class Fronts:
             if config.http_uds:
                 logger.info("HTTP listening on unix:%s", config.http_uds)
 
-    def set_ready(self, registry: ModelRegistry) -> None:
-        """Serves the loaded models; health is the `Lifecycle`'s to set."""
-        for model in registry.models():
-            self.grpc.serve_model(model)
+    def set_ready(self, repository: ModelRepository) -> None:
+        """Serves the loaded models, and every change of them from now on; health is the
+        `Lifecycle`'s to set."""
+        repository.attach(self.grpc)
         if self.http is not None:
             self.http.wait_started()
 
@@ -129,14 +142,18 @@ class Lifecycle:
     """How the process ends, and gRPC health in step with readiness. A stop signal ends it
     with 0 once drained; `fatal` (a model or a front cannot answer any more) with
     EXIT_MODEL_FAILED.
-    Health follows the registry's readiness once the fronts serve (a model turns not ready
+    Health follows the repository's readiness once the fronts serve (a model turns not ready
     while a call of it overruns, say) and stays NOT_SERVING from the moment a stop begins."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
+    def __init__(self) -> None:
+        self.repository: ModelRepository | None = None
         self.stop = stop_on_signals()
         self._reload = threading.Event()
+        self._look_up = threading.Event()
+        #: What SIGUSR1 asks for: the followed references looked up now.
+        self.on_look_up: Callable[[], None] | None = None
         signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self._look_up.set())
         self.exit_code = 0
         self._fronts: Fronts | None = None
         self._stopping = False
@@ -152,9 +169,9 @@ class Lifecycle:
             self._update_health()
 
     def _update_health(self) -> None:
-        if self._fronts is not None:
-            serving = self.registry.ready and not self._stopping
-            self._fronts.grpc.publish_readiness(self.registry, serving)
+        if self._fronts is not None and self.repository is not None:
+            serving = self.repository.ready and not self._stopping
+            self._fronts.grpc.publish_readiness(self.repository, serving)
 
     def wait(self) -> None:
         """Until a stop: a signal, `fatal`, or a front whose thread ended (a dead front is
@@ -166,13 +183,18 @@ class Lifecycle:
             if self._reload.is_set():
                 self._reload.clear()
                 self._fronts.reload_tls()
+            if self._look_up.is_set():
+                self._look_up.clear()
+                if self.on_look_up is not None:
+                    self.on_look_up()
             ended = self._fronts.ended()
             if ended:
                 self.fatal(f"the {' and '.join(ended)} front stopped serving")
 
     def begin_stop(self) -> None:
         """Readiness and health turn false, at once."""
-        self.registry.begin_stop()
+        if self.repository is not None:
+            self.repository.begin_stop()
         with self._lock:
             self._stopping = True
             self._update_health()
@@ -192,13 +214,13 @@ class Lifecycle:
         self.stop.set()
 
 
-def drain(fronts: Fronts | None, registry: ModelRegistry, budget: float) -> list[str]:
+def drain(fronts: Fronts | None, repository: ModelRepository, budget: float) -> list[str]:
     """Stops every front and every model's runner at the same time, each letting what it
     holds finish, all within `budget` seconds; returns the names of those still busy then
     (a stop that returns False did not finish either)."""
     deadline = time.monotonic() + budget
     stops = [] if fronts is None else fronts.stops()
-    stops += [(f"model {m.name}", m.runner.stop) for m in registry.models() if m.runner]
+    stops += repository.runners()
     finished: set[str] = set()
 
     def run(name: str, stop: Callable[[float], object]) -> None:
@@ -232,18 +254,32 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     with EXIT_LOAD_FAILED when a model does not load."""
     configure_logging(config)
     from arrowsmith import _native
-    from arrowsmith.batching import RunnerWatch
+    from arrowsmith.batching.watch import RunnerWatch
     from arrowsmith.dataplane import DataPlane
-    from arrowsmith.models.registry import ModelRegistry, load_model
+    from arrowsmith.serving.follower import RegistryFollower
+    from arrowsmith.serving.repository import ModelRepository
+    from arrowsmith.serving.repository_api import RepositoryApi
 
     if _native.build_profile == "debug":
         logger.warning("the native extension is a debug build: expect it to be slow")
-    registry = ModelRegistry([m.served_name for m in config.models])
-    lifecycle = Lifecycle(registry)
+    lifecycle = Lifecycle()
     stop = lifecycle.stop
     watch = RunnerWatch(config.predict_timeout, lifecycle.readiness_changed, lifecycle.fatal)
-    dataplane = DataPlane(registry, config.request_timeout or None)
-    fronts = None if worker else Fronts(config, dataplane, worker)
+    repository = ModelRepository(
+        config.models, watch, config.drain_timeout, lifecycle.readiness_changed
+    )
+    lifecycle.repository = repository
+    follower = RegistryFollower(repository, config.poll_interval)
+    lifecycle.on_look_up = follower.check_now
+    repository_api = RepositoryApi(
+        repository,
+        follower,
+        config.model_control_mode,
+        config.webhook_secret,
+        on_webhook=_tell_supervisor if worker else None,
+    )
+    dataplane = DataPlane(repository, config.request_timeout or None)
+    fronts = None if worker else Fronts(config, dataplane, repository_api, worker)
     if config.metrics_port and not worker:
         from prometheus_client import start_http_server
 
@@ -251,25 +287,27 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         logger.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     try:
         for model_config in config.models:
-            registry.add(load_model(model_config, watch))
+            repository.load(model_config)
     except Exception:
         logger.exception("loading failed; exiting")
         if fronts is not None:
             fronts.stop(0)
-        registry.stop(0)
+        repository.stop(0)
         return EXIT_LOAD_FAILED
     # Everything loaded so far (MLflow, pandas, the models) lives as long as the process:
     # kept out of the collector's full passes, which would otherwise stall requests.
     gc.freeze()
     if not stop.is_set():
         if fronts is None:
-            fronts = Fronts(config, dataplane, worker)
-        fronts.set_ready(registry)
+            fronts = Fronts(config, dataplane, repository_api, worker)
+        fronts.set_ready(repository)
         lifecycle.serving(fronts)
-        logger.info("ready: serving %s", ", ".join(registry.names()))
+        follower.start()
+        logger.info("ready: serving %s", ", ".join(repository.names()))
     lifecycle.wait()
+    follower.stop()
     lifecycle.begin_stop()
-    busy = drain(fronts, registry, config.drain_timeout)
+    busy = drain(fronts, repository, config.drain_timeout)
     watch.stop()
     code = lifecycle.exit_code
     if busy:
@@ -283,3 +321,8 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     if busy or code != 0:
         _exit_now(code)
     return code
+
+
+def _tell_supervisor() -> None:
+    """A worker's webhook: the supervisor has every worker look at the registry now."""
+    os.kill(os.getppid(), signal.SIGUSR1)

@@ -1,6 +1,7 @@
 """Several server processes on the same ports (SO_REUSEPORT lets the kernel spread the
 connections): a supervisor starts N workers, restarts one that crashes, serves their
-combined metrics, and on SIGTERM stops them all, each draining its in-flight requests.
+combined metrics, passes SIGHUP and SIGUSR1 on to them, and on SIGTERM stops them all, each
+draining its in-flight requests.
 A worker whose models fail to load (EXIT_LOAD_FAILED) stops the whole server: restarting
 it would only fail again."""
 
@@ -59,8 +60,10 @@ def supervise(config: ServerConfig) -> int:
         if config.metrics_port:
             _serve_metrics(config, metrics_dir)
         # SIGHUP reloads the TLS files: each worker does it for its own fronts (left alone,
-        # the signal would end the supervisor and orphan its workers).
-        signal.signal(signal.SIGHUP, lambda signum, frame: _forward(signum, workers))
+        # the signal would end the supervisor and orphan its workers). SIGUSR1, from a worker
+        # that received an MLflow webhook, has every worker look at the registry at once.
+        for forwarded in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(forwarded, lambda signum, frame: _forward(signum, workers))
         while not stop.wait(0.5):
             for index, process in list(workers.items()):
                 code = process.poll()
@@ -114,7 +117,9 @@ def worker_main() -> int:
     from arrowsmith.server import serve
 
     raw = json.loads(os.environ[_CONFIG_ENV])
-    models = tuple(ModelConfig(**m) for m in raw.pop("models"))
+    models = tuple(
+        ModelConfig(**{**m, "versions": tuple(m["versions"])}) for m in raw.pop("models")
+    )
     config = ServerConfig(models=models, **{**raw, "workers": 1})
     return serve(config, worker=True)
 

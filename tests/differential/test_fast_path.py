@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from arrowsmith import _native, payload, runner
+from arrowsmith import _native, payload
 from arrowsmith.config import ModelConfig
 from arrowsmith.errors import InvalidInputError, ModelError
-from arrowsmith.models.registry import LoadedModel, load_model
+from arrowsmith.models.loaded import LoadedModel, load_model
+from arrowsmith.models.predict import predict
 from hypothesis import given
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
@@ -34,14 +34,11 @@ from v2_oracle import (
 
 
 @pytest.fixture(scope="module")
-def wine_model(wine_model_dir) -> Iterator[LoadedModel]:
-    """The wine model as the server loads it, fast call included (its batcher thread is
-    not used here, and stopped at the end)."""
+def wine_model(wine_model_dir) -> LoadedModel:
+    """The wine model as the server loads it, fast call included."""
     model = load_model(ModelConfig(str(wine_model_dir), "wine"))
     assert model.predict_path == "native-enforcement"
-    yield model
-    assert model.runner is not None
-    model.runner.stop(timeout=10)
+    return model
 
 
 def feature_values(datatype: str, rows: int, with_nan: bool) -> st.SearchStrategy[tuple]:
@@ -79,7 +76,7 @@ def wine_requests(draw: st.DrawFn, columns: tuple[str, ...]) -> tuple[tuple[V2In
 def fast_call(body: bytes, model: LoadedModel) -> Any:
     value, enforced = payload.model_input(_native.decode_request(body), model)
     assert enforced
-    return runner.predict(model, value, params=None, enforced=True)
+    return predict(model, value, params=None, enforced=True)
 
 
 @derandomized(200)

@@ -19,7 +19,7 @@ import pandas as pd
 from arrowsmith import _native, payload
 from arrowsmith.config import ModelConfig
 from arrowsmith.errors import ArrowsmithError
-from arrowsmith.models.registry import LoadedModel
+from arrowsmith.models.loaded import LoadedModel
 from arrowsmith.models.signature import native_signature
 from hypothesis import HealthCheck, settings
 from mlflow.types import DataType, Schema
@@ -182,6 +182,7 @@ def loaded_model(schema: Schema, **fields: Any) -> LoadedModel:
         "name": "m",
         "version": "",
         "uri": "",
+        "pinned_uri": "",
         "pyfunc": None,
         "input_schema": schema,
         "signature": native_signature(schema),

@@ -2,8 +2,8 @@
 can call `HttpFront.reload_tls` and `stop` directly (arrowsmith's protobuf messages and
 tritonclient's, which the tests import, cannot share one process).
 
-Run it by path with this project's Python. It serves no model (the registry expects one
-that never loads: /v2/health/live answers, readiness does not) and prints `serving PORT`
+Run it by path with this project's Python. It serves no model (the repository expects
+one that never loads: /v2/health/live answers, readiness does not) and prints `serving PORT`
 (flushed) once uvicorn accepts connections. Then, per line read: `reload` calls
 `reload_tls()` and prints `reloaded`, or `failed PATH: MESSAGE` for a TlsFileError;
 `stop` stops the front, prints `stopped` and exits 0.
@@ -12,11 +12,12 @@ that never loads: /v2/health/live answers, readiness does not) and prints `servi
 import argparse
 import sys
 
+from arrowsmith.batching.watch import RunnerWatch
 from arrowsmith.config import ModelConfig, ServerConfig
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.http.server import HttpFront
 from arrowsmith.http.tls import TlsFileError
-from arrowsmith.models.registry import ModelRegistry
+from arrowsmith.serving.repository import ModelRepository
 
 MODEL_NAME = "absent"
 
@@ -43,8 +44,9 @@ def main() -> int:
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--http-uds"):
         parser.add_argument(flag)
     args = parser.parse_args()
+    model = ModelConfig(MODEL_NAME, name=MODEL_NAME)
     config = ServerConfig(
-        models=(ModelConfig(MODEL_NAME, name=MODEL_NAME),),
+        models=(model,),
         http_port=args.port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -52,7 +54,7 @@ def main() -> int:
         http_uds=args.http_uds,
         workers=1,
     )
-    dataplane = DataPlane(ModelRegistry([MODEL_NAME]))
+    dataplane = DataPlane(ModelRepository([model], RunnerWatch(), drain_timeout=0))
     front = HttpFront(config, dataplane, False, UnlimitedBudget())
     front.start()
     front.wait_started()

@@ -50,7 +50,7 @@ def test_resolve_local_folder(tmp_path: pathlib.Path, monkeypatch: pytest.Monkey
     for uri in ("wine", str(folder), folder.as_uri(), "file:wine"):
         source = loader.resolve(uri)
         assert source == loader.ModelSource(uri, str(folder), "wine", "")
-        assert loader.local_copy(source) == folder
+        assert loader.local_copy(source) == loader.LocalCopy(folder)
 
 
 def test_file_uri_is_percent_decoded(tmp_path: pathlib.Path) -> None:
@@ -59,7 +59,7 @@ def test_file_uri_is_percent_decoded(tmp_path: pathlib.Path) -> None:
     source = loader.resolve(folder.as_uri())
     assert "%20" in folder.as_uri()
     assert (source.default_name, source.pinned_uri) == ("my model", str(folder))
-    assert loader.local_copy(source) == folder
+    assert loader.local_copy(source) == loader.LocalCopy(folder)
 
 
 def test_resolve_run_uri_is_loaded_as_given() -> None:

@@ -19,11 +19,11 @@ import pytest
 from arrowsmith import _native
 from arrowsmith.config import ModelConfig
 from arrowsmith.errors import InvalidInputError
-from arrowsmith.models.registry import LoadedModel
+from arrowsmith.models.loaded import LoadedModel
+from arrowsmith.models.predict import predict
 from arrowsmith.models.signature import native_signature, tensor_metadata
 from arrowsmith.payload import batch_input, model_input, model_params
 from arrowsmith.predictions import output_tensors
-from arrowsmith.runner import predict
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema, TensorSpec
 from support import v2
@@ -104,6 +104,7 @@ def loaded(path: pathlib.Path) -> LoadedModel:
         name=path.name,
         version="",
         uri=str(path),
+        pinned_uri=str(path),
         pyfunc=pyfunc,
         input_schema=inputs,
         signature=None if inputs is None else native_signature(inputs),
@@ -111,7 +112,6 @@ def loaded(path: pathlib.Path) -> LoadedModel:
         outputs=tensor_metadata(pyfunc.metadata.get_output_schema(), "output"),
         param_names=None if params is None else frozenset(p.name for p in params.params),
         config=ModelConfig(uri=str(path)),
-        ready=True,
     )
 
 

@@ -5,10 +5,10 @@ until it returns."""
 
 import threading
 import time
-import types
+from collections.abc import Callable
 
-import pytest
-from arrowsmith import batching
+from arrowsmith.batching.runner import BatchRunner
+from arrowsmith.batching.watch import RunnerWatch
 
 
 class PanicException(BaseException):
@@ -75,19 +75,26 @@ class Events:
         self.fatal_seen.set()
 
 
-def runner(batcher: FakeBatcher, events: Events, timeout: float = 0.0) -> batching.ModelRunner:
-    model = types.SimpleNamespace(name="m", ready=True, outputs=[])
-    watch = batching.RunnerWatch(timeout, events.readiness_changed, events.on_fatal)
-    return batching.ModelRunner(model, batcher, watch)  # type: ignore[arg-type]
+def never_called(batch: object) -> tuple[list[object], dict[str, str]]:
+    raise AssertionError("no batch is answered here")
 
 
-def test_a_native_panic_fails_the_batch_internal(monkeypatch: pytest.MonkeyPatch) -> None:
-    def panics(batch: object, model: object) -> None:
+def runner(
+    batcher: FakeBatcher,
+    events: Events,
+    timeout: float = 0.0,
+    answer: Callable[[object], tuple[list[object], dict[str, str]]] = never_called,
+) -> BatchRunner:
+    watch = RunnerWatch(timeout, events.readiness_changed, events.on_fatal)
+    return BatchRunner("m", batcher, answer, watch)  # type: ignore[arg-type]
+
+
+def test_a_native_panic_fails_the_batch_internal() -> None:
+    def panics(batch: object) -> tuple[list[object], dict[str, str]]:
         raise PanicException("index out of bounds")
 
-    monkeypatch.setattr(batching, "batch_input", panics)
     batch = FakeBatch(2)
-    runner(FakeBatcher(), Events()).run_batch(batch)  # type: ignore[arg-type]
+    runner(FakeBatcher(), Events(), answer=panics).run_batch(batch)  # type: ignore[arg-type]
     for single in batch.single_batches:
         [(code, message)] = single.failed
         assert code == "INTERNAL" and "PanicException: index out of bounds" in message
@@ -108,7 +115,7 @@ def test_a_broken_loop_answers_everything_and_reports_a_fatal_fault() -> None:
     model_runner.start()
     assert events.fatal_seen.wait(10)
     assert "RuntimeError: a bug in the loop" in events.fatal[0]
-    assert not model_runner.model.ready
+    assert not model_runner.healthy
     assert [code for code, _ in batcher.aborted] == ["MODEL_NOT_READY"]
     [(code, message)] = in_hand.failed
     assert code == "MODEL_NOT_READY" and "runner" in message
@@ -134,7 +141,7 @@ def test_an_orderly_stop_is_no_fault() -> None:
     assert events.fatal == [] and batcher.aborted == []
 
 
-def test_a_call_past_the_predict_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_call_past_the_predict_timeout() -> None:
     """Answered DEADLINE_EXCEEDED and not ready while it runs; ready when it returns; a
     fatal fault only past three times the timeout."""
     events = Events()
@@ -144,15 +151,15 @@ def test_a_call_past_the_predict_timeout(monkeypatch: pytest.MonkeyPatch) -> Non
     model_runner._begin_call(batch)  # type: ignore[arg-type]
     started = time.monotonic()
     model_runner.check_call(started + 0.4)
-    assert batch.failed == [] and model_runner.model.ready
+    assert batch.failed == [] and model_runner.healthy
     model_runner.check_call(started + 0.6)
     [(code, message)] = batch.failed
     assert code == "DEADLINE_EXCEEDED" and "--predict-timeout" in message
-    assert not model_runner.model.ready and batcher.unavailable[-1] is not None
+    assert not model_runner.healthy and batcher.unavailable[-1] is not None
     model_runner.check_call(started + 1.0)
     assert len(batch.failed) == 1 and events.fatal == []
     model_runner._end_call()
-    assert model_runner.model.ready and batcher.unavailable[-1] is None
+    assert model_runner.healthy and batcher.unavailable[-1] is None
     assert events.changes == 2
 
     model_runner._begin_call(batch)  # type: ignore[arg-type]

@@ -1,14 +1,14 @@
-"""One runner thread per model: it takes whole batches from the model's native batcher
-(where request threads wait without the interpreter lock), builds the model input,
-predicts once, and hands the outputs back to be split by rows. If the model raises on a
-batch of several requests, each request is retried alone so only the guilty one fails.
+"""One runner thread per batcher: it takes whole batches from the native batcher (where
+request threads wait without the interpreter lock), has them answered by a callable, and
+hands the outputs back to be split by rows. If the callable raises on a batch of several
+requests, each request is retried alone so only the guilty one fails.
 
-A runner survives whatever a batch throws at it (any `BaseException` of the model's,
-a panic of the native side); should its thread end anyway while the model is served, the
-model turns not ready at once, its queue is answered UNAVAILABLE, and the process is told
-to exit so that it is replaced. A `RunnerWatch` times the model calls: one that outlives
-`--predict-timeout` has its requests answered DEADLINE_EXCEEDED and leaves the model not
-ready until it returns; one that never returns ends the process."""
+A runner survives whatever a batch throws at it (any `BaseException`, a panic of the
+native side); should its thread end anyway while it serves, it turns unhealthy at once, its
+queue is answered UNAVAILABLE, and the process is told to exit so that it is replaced. Its
+`RunnerWatch` times the calls: one that outlives `--predict-timeout` has its requests
+answered DEADLINE_EXCEEDED and leaves the runner unhealthy until it returns; one that never
+returns ends the process. Knows no MLflow: what a batch means is the callable's business."""
 
 from __future__ import annotations
 
@@ -16,85 +16,38 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from arrowsmith import _native, metrics
+from arrowsmith.batching.watch import RunnerWatch
 from arrowsmith.errors import ArrowsmithError, ErrorCode
-from arrowsmith.payload import batch_input, model_params
-from arrowsmith.predictions import content_type, output_tensors, select_outputs
-from arrowsmith.runner import predict
-
-if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-#: A model call still running this many times `--predict-timeout` after it began is taken
-#: for one that never returns: the process exits so that it is replaced.
-STUCK_FACTOR = 3.0
-#: The watch looks at the running calls this often (at most; less with a short timeout).
-WATCH_INTERVAL_SECONDS = 0.1
+#: Answers one batch: the output tensors to send (already narrowed to what the requests
+#: asked for) and the response parameters; raises to fail it.
+AnswerBatch = Callable[[_native.Batch], tuple[list[Any], dict[str, str]]]
 
 
-def _ignore(*_: object) -> None:
-    pass
-
-
-class RunnerWatch:
-    """What the runners of a process report to, and the one thread that times their model
-    calls. `readiness_changed()` is called whenever a model turns ready or not ready;
-    `fatal(reason)` when a model can no longer answer in this process (its runner ended, or
-    a call outlived the hard limit), so the process should exit and be replaced.
-
-    `predict_timeout`: seconds a model call may take; 0 leaves calls untimed."""
+class BatchRunner:
+    """Owns a batcher and the thread that drains it. `name` is the model's, for messages,
+    logs and metrics; `healthy` is False while a call overruns and once the thread is gone."""
 
     def __init__(
         self,
-        predict_timeout: float = 0.0,
-        readiness_changed: Callable[[], None] = _ignore,
-        fatal: Callable[[str], None] = _ignore,
+        name: str,
+        batcher: _native.Batcher,
+        answer: AnswerBatch,
+        watch: RunnerWatch | None = None,
     ) -> None:
-        self.predict_timeout = predict_timeout
-        self.stuck_after = predict_timeout * STUCK_FACTOR
-        self.readiness_changed = readiness_changed
-        self.fatal = fatal
-        self._runners: list[ModelRunner] = []
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def add(self, runner: ModelRunner) -> None:
-        with self._lock:
-            self._runners = [*self._runners, runner]
-            if self.predict_timeout > 0 and self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="watch", daemon=True)
-                self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _watch(self) -> None:
-        interval = min(WATCH_INTERVAL_SECONDS, self.predict_timeout / 5)
-        while not self._stopped.wait(interval):
-            now = time.monotonic()
-            for runner in self._runners:
-                try:
-                    runner.check_call(now)
-                except Exception:
-                    logger.exception("timing the calls of model %s failed", runner.model.name)
-
-
-class ModelRunner:
-    """Owns a model's batcher and the thread that drains it."""
-
-    def __init__(
-        self, model: LoadedModel, batcher: _native.Batcher, watch: RunnerWatch | None = None
-    ) -> None:
-        self.model = model
+        self.name = name
+        self.label = f"model {name}"
         self.batcher = batcher
+        self.healthy = True
+        self._answer = answer
         self._watch = watch if watch is not None else RunnerWatch()
-        self._thread = threading.Thread(target=self._run, name=f"runner-{model.name}", daemon=True)
-        self._metrics = metrics.BatchMetrics(model.name)
+        self._thread = threading.Thread(target=self._run, name=f"runner-{name}", daemon=True)
+        self._metrics = metrics.BatchMetrics(name)
         self._lock = threading.Lock()
         #: The batch being predicted and when (monotonic) its call began.
         self._call: tuple[_native.Batch, float] | None = None
@@ -105,6 +58,11 @@ class ModelRunner:
         self._gone = False
         #: An orderly stop is under way: the thread ending is expected.
         self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """A stop has begun: the batcher takes nothing new (or soon will not)."""
+        return self._stopping
 
     def start(self) -> None:
         self._watch.add(self)
@@ -122,6 +80,7 @@ class ModelRunner:
         self.batcher.close()
         if not self._gone:
             self._thread.join(timeout)
+        self._watch.remove(self)
         return not self._thread.is_alive()
 
     def _run(self) -> None:
@@ -150,14 +109,14 @@ class ModelRunner:
             overran, self._overran = self._overran, False
             if overran and not self._gone:
                 self.batcher.set_unavailable(None)
-                self.model.ready = not self._stopping
+                self.healthy = True
         if overran:
-            logger.warning("model %s returned from its overlong call; ready again", self.model.name)
+            logger.warning("model %s returned from its overlong call; ready again", self.name)
             self._watch.readiness_changed()
 
     def check_call(self, now: float) -> None:
         """Called by the watch: acts on a call that has run too long."""
-        name, limit = self.model.name, self._watch.predict_timeout
+        name, limit = self.name, self._watch.predict_timeout
         with self._lock:
             if self._call is None or self._gone:
                 return
@@ -175,7 +134,7 @@ class ModelRunner:
                     f"model '{name}' is not ready: a call of it has run longer than "
                     f"--predict-timeout ({limit:g} s)"
                 )
-                self.model.ready = False
+                self.healthy = False
             if stuck:
                 self._gone = True
         if overran:
@@ -198,9 +157,9 @@ class ModelRunner:
         if cause is None and self._gone:
             return  # a call given up for stuck came back to a closed queue: already handled
         why = "without an error" if cause is None else f"{type(cause).__name__}: {cause}"
-        reason = f"the runner of model '{self.model.name}' ended ({why})"
+        reason = f"the runner of model '{self.name}' ended ({why})"
         logger.critical("%s", reason, exc_info=cause)
-        self.model.ready = False
+        self.healthy = False
         try:
             with self._lock:
                 self._gone = True
@@ -213,9 +172,9 @@ class ModelRunner:
                 self._watch.fatal(reason)
 
     def _abandon(self, reason: str) -> None:
-        self.model.ready = False
+        self.healthy = False
         answered = self.batcher.abort(
-            ErrorCode.MODEL_NOT_READY.value, f"model '{self.model.name}' is not ready: {reason}"
+            ErrorCode.MODEL_NOT_READY.value, f"model '{self.name}' is not ready: {reason}"
         )
         if not self._stopping:
             self._watch.readiness_changed()
@@ -227,13 +186,8 @@ class ModelRunner:
         as an error: the model's exceptions (any `BaseException`) are MODEL_ERROR, after a
         retry request by request; anything else (a panic of the native side) INTERNAL."""
         try:
-            payload, enforced = batch_input(batch, self.model)
-            predictions = predict(self.model, payload, model_params(batch, self.model), enforced)
-            outputs = output_tensors(predictions, [o.name for o in self.model.outputs])
-            batch.complete(
-                select_outputs(outputs, batch.requested_outputs),
-                {"content_type": content_type(predictions)},
-            )
+            outputs, parameters = self._answer(batch)
+            batch.complete(outputs, parameters)
         except BaseException as error:
             if len(batch) > 1 and not self._overran:
                 logger.info(
@@ -245,5 +199,5 @@ class ModelRunner:
             if isinstance(error, ArrowsmithError):
                 batch.fail(error.code.value, error.message)
             else:
-                logger.exception("unexpected failure predicting with %s", self.model.name)
+                logger.exception("unexpected failure predicting with %s", self.name)
                 batch.fail("INTERNAL", f"internal error: {type(error).__name__}: {error}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from arrowsmith._proto import grpc_service_pb2 as pb
-from arrowsmith.models.registry import LoadedModel
+from arrowsmith.models.loaded import LoadedModel
 from arrowsmith.models.signature import TensorMetadata
 from arrowsmith.models.triton_config import PLATFORM, model_config
 

@@ -1,7 +1,8 @@
 """The gRPC front: the native module's one gRPC server (tonic) serves every call on the
-gRPC port or socket without the interpreter. Python tells it which models it serves, with
-their metadata and config, and how ready they are; it collects the front's request counts
-into the Prometheus metrics."""
+gRPC port or socket without the interpreter. The model repository tells it which model
+versions it serves, with their metadata and config, which version is each model's default,
+and how ready they are; the repository API's calls come back to Python. It collects the
+front's request counts into the Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from arrowsmith import _native, metrics
 from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.grpc.messages import model_config_response, model_metadata
-from arrowsmith.models.registry import LoadedModel, ModelRegistry
+from arrowsmith.serving.repository import ModelRepository, ServedVersion
+from arrowsmith.serving.repository_api import RepositoryApi
 from arrowsmith.unix_socket import clear_stale_socket
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,13 @@ STATS_INTERVAL_SECONDS = 0.5
 class GrpcFront:
     """A started gRPC front, not serving (health NOT_SERVING) until told."""
 
-    def __init__(self, config: ServerConfig, dataplane: DataPlane, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        dataplane: DataPlane,
+        reuse_port: bool,
+        repository_api: RepositoryApi | None = None,
+    ) -> None:
         server = dataplane.server_metadata()
         if config.grpc_uds is not None:
             clear_stale_socket(config.grpc_uds)
@@ -51,32 +59,48 @@ class GrpcFront:
             idle_timeout=config.idle_timeout,
         )
         self.port = self.native.port
+        if repository_api is not None:
+            self.native.set_repository_handler(repository_api.grpc)
         metrics.before_scrape(self._flush_stats)
         self._stopped = threading.Event()
         self._stats = threading.Thread(target=self._report_stats, name="grpc-stats", daemon=True)
         self._stats.start()
 
-    def serve_model(self, model: LoadedModel) -> None:
-        """Serves the model from now on: its calls, metadata and config."""
-        assert model.runner is not None, "only a loaded model is served"
+    def serve_version(self, served: ServedVersion) -> None:
+        """Serves the version from now on: its calls, metadata and config (the model's
+        default version too, when it has none yet)."""
+        model = served.model
         self.native.serve(
             model.name,
             model.version,
-            model.runner.batcher,
+            served.batcher,
             model_metadata(model),
             model_config_response(model),
             model.signature,
         )
+
+    def set_default_version(self, name: str, version: str) -> None:
+        """Requests naming no version go to `version` from the next one on."""
+        self.native.set_default_version(name, version)
+
+    def unserve_version(self, name: str, version: str) -> None:
+        """Requests no longer find the version; those it holds are still answered."""
+        self.native.unserve(name, version)
+
+    def set_expected(self, names: list[str]) -> None:
+        """The models the server must serve to be ready."""
+        self.native.set_expected(names)
 
     @property
     def running(self) -> bool:
         """False once the native front's thread has ended."""
         return bool(self.native.running)
 
-    def publish_readiness(self, registry: ModelRegistry, serving: bool) -> None:
-        """Each model's readiness as the registry has it; the server's health `serving`."""
-        for model in registry.models():
-            self.native.set_model_ready(model.name, model.ready)
+    def publish_readiness(self, repository: ModelRepository, serving: bool) -> None:
+        """Each version's readiness as the repository has it; the server's health
+        `serving`."""
+        for served in repository.versions():
+            self.native.set_model_ready(served.name, served.version, served.ready)
         self.native.set_serving(serving)
 
     def reload_tls(self) -> None:

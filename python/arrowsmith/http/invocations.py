@@ -25,7 +25,7 @@ from arrowsmith.http import mlflow_codec, split_fast_path
 from arrowsmith.http.asgi import JSON, Disconnect, Request, Response, refused
 
 if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 PROTOCOL = "mlflow"
 _TEXT = "text/plain; charset=utf-8"
@@ -117,7 +117,7 @@ class MlflowScoring:
         self._split_columns: dict[str, tuple[LoadedModel, dict[str, Any] | None]] = {}
 
     def ping(self, request: Request) -> Response:
-        ready = self.dataplane.registry.ready
+        ready = self.dataplane.repository.ready
         return Response(200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY], b"\n")
 
     def version(self, request: Request) -> Response:

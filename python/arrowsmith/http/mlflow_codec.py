@@ -24,7 +24,7 @@ from arrowsmith.tensors import (
 )
 
 if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 #: The name predictions.py gives an unnamed first output: an unnamed Series comes back so.
 UNNAMED_OUTPUT = "output-0"

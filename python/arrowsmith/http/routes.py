@@ -13,6 +13,7 @@ import orjson
 from arrowsmith.http import invocations, v2_rest
 from arrowsmith.http.asgi import Endpoint, Request, Response
 from arrowsmith.http.invocations import MlflowScoring
+from arrowsmith.http.repository_rest import RepositoryRest
 from arrowsmith.http.v2_rest import V2Rest
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
@@ -27,10 +28,17 @@ def _routing_failure(status: HTTPStatus, v2: bool) -> Endpoint:
 
 
 class Routes:
-    def __init__(self, v2: V2Rest, scoring: MlflowScoring, metrics_page: Handler) -> None:
+    def __init__(
+        self,
+        v2: V2Rest,
+        scoring: MlflowScoring,
+        metrics_page: Handler,
+        repository: RepositoryRest | None = None,
+    ) -> None:
         self.v2 = v2
         self.scoring = scoring
         self.metrics_page = metrics_page
+        self.repository = repository
 
     def __call__(self, method: str, path: str) -> Endpoint:
         parts = path.strip("/").split("/")
@@ -71,7 +79,22 @@ class Routes:
                 route = ("GET", partial(v2.model_ready, name=name, version=version), False)
             elif rest == ["infer"]:
                 route = ("POST", partial(v2.infer, name=name, version=version), False)
+        elif parts[:1] == ["repository"] and self.repository is not None:
+            route = self._repository(parts[1:], self.repository)
         return self._endpoint(method, route, v2=True)
+
+    @staticmethod
+    def _repository(
+        parts: list[str], repository: RepositoryRest
+    ) -> tuple[str, Handler, bool] | None:
+        if parts == ["index"]:
+            return ("POST", repository.index, True)
+        if parts == ["webhooks", "mlflow"]:
+            return ("POST", repository.mlflow_webhook, True)
+        if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
+            action = repository.load if parts[2] == "load" else repository.unload
+            return ("POST", partial(action, name=parts[1]), True)
+        return None
 
     def _endpoint(self, method: str, route: tuple[str, Handler, bool] | None, v2: bool) -> Endpoint:
         if route is None:

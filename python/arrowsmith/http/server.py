@@ -19,9 +19,11 @@ from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.http.asgi import AsgiApp, Request, Response, SharedBudget
 from arrowsmith.http.invocations import MlflowScoring
+from arrowsmith.http.repository_rest import RepositoryRest
 from arrowsmith.http.routes import Routes
 from arrowsmith.http.tls import ReloadableContext, TlsFiles
 from arrowsmith.http.v2_rest import V2Rest
+from arrowsmith.serving.repository_api import RepositoryApi
 from arrowsmith.unix_socket import UnixListener
 
 if TYPE_CHECKING:
@@ -83,9 +85,11 @@ class HttpFront:
         dataplane: DataPlane,
         reuse_port: bool,
         shared_budget: SharedBudget,
+        repository_api: RepositoryApi | None = None,
     ) -> None:
         """`shared_budget`: the gRPC front's budget of request bytes in flight, so that the
-        process holds at most --max-inflight-bytes whichever front the bytes came to."""
+        process holds at most --max-inflight-bytes whichever front the bytes came to.
+        `repository_api`: serves /v2/repository/... when given."""
         self._tls: ReloadableContext | None = None
         if config.tls_cert is not None and config.tls_key is not None:
             files = TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -100,6 +104,7 @@ class HttpFront:
             V2Rest(dataplane, config.max_message_size, self._executor),
             MlflowScoring(dataplane, config.models[0].served_name, self._executor),
             MetricsPage(),
+            RepositoryRest(repository_api) if repository_api is not None else None,
         )
         self._app = AsgiApp(
             routes,

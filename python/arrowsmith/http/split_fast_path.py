@@ -16,7 +16,7 @@ from arrowsmith._proto import grpc_service_pb2 as pb
 from arrowsmith.tensors import set_parameters
 
 if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 _SPLIT = "dataframe_split"
 _PARAMS = "params"

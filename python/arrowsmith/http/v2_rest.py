@@ -91,7 +91,7 @@ class V2Rest:
         return json_response({"live": True})
 
     def ready(self, request: Request) -> Response:
-        ready = self.dataplane.registry.ready
+        ready = self.dataplane.repository.ready
         status = 200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY]
         return json_response({"ready": ready}, status)
 
@@ -139,7 +139,7 @@ class V2Rest:
         rendered on the thread pool. The wait for the batch holds no thread."""
         inline = len(request.body) <= INLINE_BODY_LIMIT
         loop = asyncio.get_running_loop()
-        label = name if name in self.dataplane.registry.names() else ""
+        label = name if name in self.dataplane.repository.names() else ""
         try:
             if inline:
                 request_bytes, form = self._parse(request, name, version, label)

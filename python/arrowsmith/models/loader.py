@@ -5,13 +5,21 @@ version served is the version reported. MLflow is imported here and nowhere earl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 logger = logging.getLogger(__name__)
+
+#: A download in progress is reported this often.
+DOWNLOAD_PROGRESS_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,37 @@ def _local_path(uri: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def registered_name(uri: str) -> str | None:
+    """The registered model a `models:/Name/...` or `models:/Name@alias` URI names; None
+    for other URIs (MLflow 3 logged-model ids included)."""
+    if not uri.startswith("models:/"):
+        return None
+    reference = uri.removeprefix("models:/").strip("/")
+    if "@" in reference:
+        return reference.split("@", 1)[0]
+    if "/" in reference:
+        return reference.split("/", 1)[0]
+    return None
+
+
+def follows_registry(uri: str) -> bool:
+    """Whether the URI is a reference that can move to another version: an alias, a
+    stage, or `latest` (a version number cannot)."""
+    name = registered_name(uri)
+    if name is None:
+        return False
+    reference = uri.removeprefix("models:/").strip("/")
+    return "@" in reference or not reference.split("/", 1)[1].isdigit()
+
+
+def registry_version(uri: str, version: str) -> ModelSource:
+    """Version `version` of the registered model `uri` names."""
+    name = registered_name(uri)
+    if name is None:
+        raise ValueError(f"{uri} is not a registry URI (models:/Name...): it has no versions")
+    return ModelSource(uri, f"models:/{name}/{version}", name, version)
+
+
 def resolve(uri: str) -> ModelSource:
     """Names and pins a model URI; registry look-ups need MLFLOW_TRACKING_URI."""
     if uri.startswith("models:/"):
@@ -80,15 +119,74 @@ def resolve(uri: str) -> ModelSource:
     return ModelSource(uri, str(_local_path(uri)), default_name(uri), "")
 
 
-def local_copy(source: ModelSource) -> Path:
-    """A local folder holding the model (downloaded when the URI is remote)."""
+@dataclass(frozen=True)
+class LocalCopy:
+    """A local folder holding the model, and the temporary folder to delete once the
+    model is unloaded (None when the model was local already)."""
+
+    path: Path
+    download: Path | None = None
+
+    def remove(self) -> None:
+        """Deletes the download, if this copy is one."""
+        if self.download is not None:
+            shutil.rmtree(self.download, ignore_errors=True)
+
+
+def local_copy(source: ModelSource) -> LocalCopy:
+    """The model as a local folder, downloaded into a temporary one when remote."""
     local = Path(source.pinned_uri)
     if local.is_dir():
-        return local
+        return LocalCopy(local)
     from mlflow.artifacts import download_artifacts
 
     logger.info("downloading %s", source.pinned_uri)
-    return Path(download_artifacts(artifact_uri=source.pinned_uri))
+    destination = Path(tempfile.mkdtemp(prefix="arrowsmith-model-"))
+    try:
+        with _DownloadProgress(source.pinned_uri, destination):
+            path = download_artifacts(artifact_uri=source.pinned_uri, dst_path=str(destination))
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    return LocalCopy(Path(path), destination)
+
+
+class _DownloadProgress:
+    """Logs how much of a download has arrived, every few seconds until it ends, so a large
+    model's start shows progress whatever store it comes from."""
+
+    def __init__(self, uri: str, folder: Path) -> None:
+        self._uri = uri
+        self._folder = folder
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="download", daemon=True)
+        self._started = time.monotonic()
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+        elapsed = time.monotonic() - self._started
+        logger.info(
+            "downloaded %s: %.1f MB in %.1f s", self._uri, _bytes_under(self._folder) / 1e6, elapsed
+        )
+
+    def _report(self) -> None:
+        while not self._done.wait(DOWNLOAD_PROGRESS_SECONDS):
+            logger.info(
+                "downloading %s: %.1f MB so far", self._uri, _bytes_under(self._folder) / 1e6
+            )
+
+
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def load_pyfunc(path: Path) -> Any:

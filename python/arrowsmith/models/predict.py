@@ -12,7 +12,7 @@ from arrowsmith.errors import InvalidInputError, ModelError
 from arrowsmith.models.fast_path import enforce_params
 
 if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ whole, which keeps clients from adding a dimension the model does not have."""
 from __future__ import annotations
 
 from arrowsmith._proto import grpc_service_pb2 as pb
-from arrowsmith.models.registry import LoadedModel
+from arrowsmith.models.loaded import LoadedModel
 from arrowsmith.models.signature import TensorMetadata
 
 #: Platform name, as ModelMetadata reports it.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from arrowsmith.models.registry import LoadedModel
+    from arrowsmith.models.loaded import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _made_up_example(schema: Any) -> Any | None:
 def warm_up(model: LoadedModel, example: Any | None) -> None:
     """Predicts once. A failing input example fails the load; a made-up row that the model
     refuses only logs a warning (zeros are not valid input for every model)."""
-    from arrowsmith.runner import predict
+    from arrowsmith.models.predict import predict
 
     if example is not None:
         predict(model, example, None)

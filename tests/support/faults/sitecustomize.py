@@ -41,18 +41,18 @@ def _install() -> None:
 
         http_server.HttpFront._serve = faulty_serve  # type: ignore[method-assign]
     if fault_file:
-        from arrowsmith import batching
+        from arrowsmith.batching.runner import BatchRunner
 
-        run_batch = batching.ModelRunner.run_batch
+        run_batch = BatchRunner.run_batch
 
-        def faulty_run_batch(self: batching.ModelRunner, batch: object) -> None:
+        def faulty_run_batch(self: BatchRunner, batch: object) -> None:
             try:
                 os.unlink(fault_file)
             except FileNotFoundError:
                 return run_batch(self, batch)  # type: ignore[arg-type]
             raise RuntimeError("injected fault: the runner loop broke")
 
-        batching.ModelRunner.run_batch = faulty_run_batch  # type: ignore[method-assign]
+        BatchRunner.run_batch = faulty_run_batch  # type: ignore[method-assign]
     if drain_delay:
         from arrowsmith import server
 

@@ -1,0 +1,1 @@
+"""Models as served: versions, their batchers and runners, and how they change while serving."""

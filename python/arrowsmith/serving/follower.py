@@ -1,0 +1,90 @@
+"""Following registry references: models served from `models:/Name@alias`, `/Stage` or
+`/latest` are looked up again every `--poll-interval` seconds, and at once when a webhook
+says the registry changed; a reference that moved has its new version loaded and swapped in
+by the repository. A failed look-up or load leaves what is served and is tried again at the
+next poll."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from arrowsmith.errors import ArrowsmithError
+from arrowsmith.models import loader
+from arrowsmith.serving.repository import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryFollower:
+    """One thread per process; `check_now` wakes it. References are looked up with the
+    repository's `resolve`."""
+
+    def __init__(self, repository: ModelRepository, poll_interval: float) -> None:
+        self._repository = repository
+        self._poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        #: Registered model names a webhook asked about; empty set with a wake: all.
+        self._asked: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def check_now(self, registered_name: str | None = None) -> None:
+        """Looks at the references (of one registered model, or all) now, not at the next
+        poll."""
+        with self._lock:
+            if registered_name is not None:
+                self._asked.add(registered_name)
+        self._wake.set()
+
+    def followed(self) -> list[tuple[str, str]]:
+        """(served name, URI) of every model that follows a reference."""
+        followed = []
+        for name in self._repository.names():
+            config = self._repository.config(name)
+            if config is not None and loader.follows_registry(config.uri):
+                followed.append((name, config.uri))
+        return followed
+
+    def _run(self) -> None:
+        timeout = self._poll_interval if self._poll_interval > 0 else None
+        while not self._stopped.is_set():
+            woken = self._wake.wait(timeout)
+            if self._stopped.is_set():
+                return
+            with self._lock:
+                asked, self._asked = self._asked, set()
+                self._wake.clear()
+            only = asked if woken and asked else None
+            self.check(only)
+
+    def check(self, registered_names: set[str] | None = None) -> None:
+        """One look at the references followed (only those of `registered_names` when
+        given); each that moved is swapped."""
+        for name, uri in self.followed():
+            if registered_names is not None and loader.registered_name(uri) not in registered_names:
+                continue
+            seen = time.monotonic()
+            try:
+                source = self._repository.resolve(uri)
+            except Exception as error:
+                logger.warning("model %s: %s could not be looked up: %s", name, uri, error)
+                continue
+            if source.version == self._repository.default_version(name):
+                continue
+            logger.info("model %s: %s now points to version %s", name, uri, source.version)
+            try:
+                self._repository.follow(name, source, seen)
+            except ArrowsmithError as error:
+                logger.error("model %s keeps its version: %s", name, error.message)
+            except Exception:
+                logger.exception("model %s keeps its version: swapping failed", name)
