@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer bench-floors bench-micro bench-batching bench-compare bench-soak fuzz
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ serve-example: build example-model ## serve the example model: gRPC 127.0.0.1:80
 test-rust: ## Rust tests of the pure core and the load generator (no Python)
 	cd rust && cargo test --workspace --no-default-features --quiet
 
-test-python: build loadgen perf-analyzer ## Python tests, against real server processes
+test-python: build loadgen perf-analyzer postgres ## Python tests, against real server processes
 	# A fixed hash seed keeps the derandomized hypothesis cases the same run to run.
 	PYTHONHASHSEED=0 $(PY) -m pytest
 
@@ -80,6 +80,12 @@ $(PERF_ANALYZER): | $(INSTALLED)
 	touch $@
 
 perf-analyzer: $(PERF_ANALYZER) ## Triton's perf_analyzer 2.51.0 into .venv/perf-analyzer (apt-get: run as root)
+
+# The registry tests run a throwaway PostgreSQL cluster (tests/support/registry_stack.py) with
+# the server's initdb and pg_ctl, which Debian keeps in /usr/lib/postgresql/<version>/bin.
+postgres: ## Debian's PostgreSQL server binaries for the registry tests (apt-get: run as root)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 bench-floors: $(INSTALLED) ## grpcio sync vs aio canned-answer floors (needs h2load: apt-get install nghttp2-client)
 	$(PY) benchmarks/floors.py

@@ -1,9 +1,13 @@
-"""Fixtures the TLS and Unix-socket tests share: a few wine rows and MLflow's answer."""
+"""Fixtures the end-to-end tests share: a few wine rows and MLflow's answer (TLS and
+Unix-socket tests), and the MLflow registry deployment (tests that follow the registry)."""
+
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.pyfunc import PyFuncModel
+from support.registry_stack import RegistryStack, running_registry_stack
 
 #: Rows sent by the tests that only check that a transport carries a prediction.
 ROWS = 10
@@ -20,3 +24,12 @@ def expected(wine_pyfunc: PyFuncModel, rows: pd.DataFrame) -> np.ndarray:
     """MLflow's own predictions for `rows`."""
     predictions: np.ndarray = wine_pyfunc.predict(rows)
     return predictions
+
+
+@pytest.fixture(scope="session")
+def registry_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryStack]:
+    """PostgreSQL, S3 (moto) and `mlflow server` with ElasticNetWineModel versions 1 and 2,
+    `champion` and Production on version 1. Tests that move the alias or the stage put them
+    back, so every test starts from that state."""
+    with running_registry_stack(tmp_path_factory.mktemp("registry-stack")) as stack:
+        yield stack
