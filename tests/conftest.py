@@ -7,7 +7,7 @@ seconds); each server is a real `arrowsmith serve` process on its own free port.
 
 import contextlib
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pandas as pd
 import pytest
@@ -118,13 +118,19 @@ def start_server(server_logs: pathlib.Path) -> Iterator[StartServer]:
     with contextlib.ExitStack() as stack:
 
         def start(
-            model_dir: pathlib.Path,
+            model_dir: pathlib.Path | str | None,
             *extra_args: str,
             name: str | None = None,
             listening: Listening = PLAIN_TCP,
+            env: Mapping[str, str] | None = None,
         ) -> ServerHandle:
             server = running_server(
-                model_dir, *extra_args, name=name, log_dir=server_logs, listening=listening
+                model_dir,
+                *extra_args,
+                name=name,
+                log_dir=server_logs,
+                listening=listening,
+                env=env,
             )
             return stack.enter_context(server)
 

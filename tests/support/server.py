@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 import pytest
@@ -163,17 +163,21 @@ class StartServer(Protocol):
 
     def __call__(
         self,
-        model_dir: pathlib.Path,
+        model_dir: pathlib.Path | str | None,
         *extra_args: str,
         name: str | None = None,
         listening: Listening = PLAIN_TCP,
+        env: Mapping[str, str] | None = None,
     ) -> ServerHandle:
         """Start `arrowsmith serve model_dir *extra_args [--name name]` and wait until ready."""
         ...
 
 
 def server_command(
-    model_dir: pathlib.Path | None, port: int, *extra_args: str, http_port: int | None = None
+    model_dir: pathlib.Path | str | None,
+    port: int,
+    *extra_args: str,
+    http_port: int | None = None,
 ) -> list[str]:
     """The documented CLI, run with this interpreter so the tests' venv serves the model.
 
@@ -252,27 +256,28 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    model_dir: pathlib.Path | None,
+    model_dir: pathlib.Path | str | None,
     *extra_args: str,
     name: str | None = None,
     log_dir: pathlib.Path,
     listening: Listening = PLAIN_TCP,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerHandle]:
-    """Start a server for `model_dir` (or for the `--config` in `extra_args`), yield it once
-    ready, and always stop it afterwards."""
+    """Start a server for `model_dir` (a folder or a model URI, or the `--config` in
+    `extra_args`) with `env` added to the environment, yield it once ready, and always stop
+    it afterwards."""
     port = free_port()
     http_port = free_port()
     args = [*extra_args, *listening.args(), *(["--name", name] if name is not None else [])]
-    label = name or (model_dir.name if model_dir is not None else "config")
+    label = name or (pathlib.Path(model_dir).name if model_dir is not None else "config")
     log_path = log_dir / f"arrowsmith-{label}-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             server_command(model_dir, port, *args, http_port=http_port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
     handle = ServerHandle(port, process, log_path, http_port, listening)
     try:
