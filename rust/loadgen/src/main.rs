@@ -40,6 +40,12 @@ fn main() {
                     std::process::exit(1);
                 }
             }
+            if let Some(path) = &options.timeline {
+                if let Err(e) = report::write_timeline(path, &all) {
+                    eprintln!("arrowsmith-bench: writing {path}: {e}");
+                    std::process::exit(1);
+                }
+            }
             let failed = all.iter().any(|s| s.ok == 0);
             std::process::exit(i32::from(failed));
         }
@@ -50,9 +56,28 @@ fn main() {
     }
 }
 
+/// What every answer is checked against: its rows, and each model version's values.
+fn checks(options: &args::Options) -> Result<outcome::Checks, String> {
+    let mut versions = Vec::new();
+    for (version, path) in &options.expect_versions {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+        let values = outcome::parse_values(&text).map_err(|e| format!("{path}: {e}"))?;
+        versions.push(outcome::Expected {
+            version: version.clone(),
+            values,
+        });
+    }
+    Ok(outcome::Checks {
+        rows: options.expect_rows,
+        versions,
+        rtol: options.expect_rtol.unwrap_or(1e-9),
+    })
+}
+
 async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
     let message =
         std::fs::read(&options.body).map_err(|e| format!("reading {}: {e}", options.body))?;
+    let checks = Rc::new(checks(options)?);
     let most_in_flight = options.concurrency.iter().copied().max().unwrap_or(1);
     let protocol = if let Some(path) = &options.http {
         // One request at a time per connection: the closed loop opens one per request in
@@ -75,12 +100,12 @@ async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
         if options.stream {
             let uri = grpc::uri(&options.target, stream::PATH)?;
             let clients = connect::http2_each(&options.target, connections).await?;
-            let streams = stream::Streams::open(clients, &uri, body, options.expect_rows);
+            let streams = stream::Streams::open(clients, &uri, body, &checks);
             run::Protocol::Stream(streams)
         } else {
             let uri = grpc::uri(&options.target, unary::PATH)?;
             let clients = connect::http2_each(&options.target, connections).await?;
-            let unary = unary::Unary::new(clients, uri, body, options.expect_rows);
+            let unary = unary::Unary::new(clients, uri, body, checks);
             run::Protocol::Unary(unary)
         }
     };
@@ -89,6 +114,11 @@ async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
         warmup: options.warmup,
         duration: options.duration,
         requests: options.requests,
+        track: run::Track {
+            versions: options.http.is_none()
+                && (options.timeline.is_some() || !options.expect_versions.is_empty()),
+            timeline: options.timeline.is_some(),
+        },
     });
     let mut all = Vec::new();
     if options.rates.is_empty() {

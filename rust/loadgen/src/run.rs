@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use tokio::task::LocalSet;
 
 use crate::http1::Pool;
-use crate::outcome::Outcome;
+use crate::outcome::{Answer, Outcome};
 use crate::stream::Streams;
 use crate::unary::Unary;
 
@@ -32,17 +32,98 @@ pub struct Stats {
     /// Streamed answers that carry an error message (--stream).
     pub stream_errors: u64,
     pub bad_answers: u64,
+    /// Answers whose values are not their model version's (--expect-version).
+    pub wrong_answers: u64,
     pub transport_errors: u64,
     pub first_error: Option<String>,
     /// Requests that found every HTTP connection busy and waited for one (open loop).
     pub waited: u64,
+    /// When the measured window began: its first request was sent (or due).
+    pub started: Instant,
     pub elapsed: Duration,
     /// The generator's CPU time over the measured window, as a share of one core.
     pub cpu_share: f64,
+    /// The model versions the answers named, and how many OK answers each gave (when
+    /// versions are tracked: --expect-version or --timeline over gRPC).
+    pub versions: Option<Versions>,
+    /// Every measured request, in the order they completed (--timeline).
+    pub timeline: Option<Vec<Row>>,
+}
+
+/// The model versions answers named, in the order first seen, and their OK answers.
+#[derive(Debug, Default)]
+pub struct Versions {
+    pub names: Vec<String>,
+    pub ok: Vec<u64>,
+}
+
+impl Versions {
+    /// The index of `name`, added if new (an answer names one of a few versions).
+    fn index(&mut self, name: String) -> usize {
+        if let Some(i) = self.names.iter().position(|n| *n == name) {
+            return i;
+        }
+        self.names.push(name);
+        self.ok.push(0);
+        self.names.len() - 1
+    }
+}
+
+/// How a request ended, as the timeline tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Ok,
+    Status(u32),
+    Http(u16),
+    StreamError,
+    BadAnswer,
+    WrongAnswer,
+    Transport,
+}
+
+impl Ended {
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Ok => Ended::Ok,
+            Outcome::Status(code) => Ended::Status(*code),
+            Outcome::Http(code) => Ended::Http(*code),
+            Outcome::StreamError(_) => Ended::StreamError,
+            Outcome::BadAnswer(_) => Ended::BadAnswer,
+            Outcome::WrongAnswer(_) => Ended::WrongAnswer,
+            Outcome::Transport(_) => Ended::Transport,
+        }
+    }
+
+    fn is_ok(self) -> bool {
+        match self {
+            Ended::Ok => true,
+            Ended::Http(code) => (200..300).contains(&code),
+            _ => false,
+        }
+    }
+}
+
+/// One measured request (--timeline).
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// When it was sent (in the open loop, when it was due).
+    pub sent: Instant,
+    pub latency: Duration,
+    pub ended: Ended,
+    /// The model version its answer named (if versions are tracked and it had an answer):
+    /// an index into the level's `versions`.
+    pub version: Option<u32>,
+}
+
+/// What a level records beyond the counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Track {
+    pub versions: bool,
+    pub timeline: bool,
 }
 
 impl Stats {
-    fn new(mode: &'static str, level: f64) -> Self {
+    pub fn new(mode: &'static str, level: f64, track: Track) -> Self {
         Stats {
             mode,
             level,
@@ -53,16 +134,41 @@ impl Stats {
             status_errors: 0,
             stream_errors: 0,
             bad_answers: 0,
+            wrong_answers: 0,
             transport_errors: 0,
             first_error: None,
             waited: 0,
+            started: Instant::now(),
             elapsed: Duration::ZERO,
             cpu_share: 0.0,
+            versions: track.versions.then(Versions::default),
+            timeline: track.timeline.then(Vec::new),
         }
     }
 
-    fn record(&mut self, (outcome, waited): (Outcome, bool), latency: Duration) {
+    /// A measured request sent (or due) at `sent`, just completed.
+    pub fn record(&mut self, (answer, waited): (Answer, bool), sent: Instant) {
+        let latency = sent.elapsed();
         self.waited += u64::from(waited);
+        let Answer { outcome, version } = answer;
+        let ended = Ended::of(&outcome);
+        let version = self
+            .versions
+            .as_mut()
+            .zip(version)
+            .map(|(versions, version)| {
+                let i = versions.index(version);
+                versions.ok[i] += u64::from(ended.is_ok());
+                i as u32
+            });
+        if let Some(timeline) = &mut self.timeline {
+            timeline.push(Row {
+                sent,
+                latency,
+                ended,
+                version,
+            });
+        }
         match outcome {
             Outcome::Ok => self.record_ok(latency),
             Outcome::Status(code) => {
@@ -85,6 +191,10 @@ impl Stats {
                 self.bad_answers += 1;
                 self.first_error.get_or_insert(e);
             }
+            Outcome::WrongAnswer(e) => {
+                self.wrong_answers += 1;
+                self.first_error.get_or_insert(e);
+            }
             Outcome::Transport(e) => {
                 self.transport_errors += 1;
                 self.first_error.get_or_insert(e);
@@ -98,7 +208,12 @@ impl Stats {
     }
 
     pub fn completed(&self) -> u64 {
-        self.ok + self.status_errors + self.stream_errors + self.bad_answers + self.transport_errors
+        self.ok
+            + self.status_errors
+            + self.stream_errors
+            + self.bad_answers
+            + self.wrong_answers
+            + self.transport_errors
     }
 
     pub fn throughput(&self) -> f64 {
@@ -116,11 +231,14 @@ pub enum Protocol {
 impl Protocol {
     /// One request (over gRPC, on connection or stream `slot`); also whether it waited for
     /// an HTTP connection to come free.
-    async fn call(&self, slot: usize) -> (Outcome, bool) {
+    async fn call(&self, slot: usize) -> (Answer, bool) {
         match self {
             Protocol::Unary(unary) => (unary.call(slot).await, false),
             Protocol::Stream(streams) => (streams.call(slot).await, false),
-            Protocol::Http(pool) => pool.call().await,
+            Protocol::Http(pool) => {
+                let (outcome, waited) = pool.call().await;
+                (outcome.into(), waited)
+            }
         }
     }
 }
@@ -131,6 +249,7 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub requests: Option<u64>,
+    pub track: Track,
 }
 
 /// CPU time of this (single-threaded) process so far.
@@ -159,10 +278,10 @@ impl Plan {
         now >= window.end || self.requests.is_some_and(|n| stats.sent >= n)
     }
 
-    fn finish(stats: &Rc<RefCell<Stats>>, started: Instant, cpu_before: Duration) -> Stats {
+    fn finish(&self, stats: &Rc<RefCell<Stats>>, started: Instant, cpu_before: Duration) -> Stats {
         let stats = Rc::try_unwrap(Rc::clone(stats)).map_or_else(
             |shared| {
-                let mut copy = Stats::new(shared.borrow().mode, shared.borrow().level);
+                let mut copy = Stats::new(shared.borrow().mode, shared.borrow().level, self.track);
                 std::mem::swap(&mut copy, &mut shared.borrow_mut());
                 copy
             },
@@ -171,6 +290,7 @@ impl Plan {
         let elapsed = started.elapsed();
         let cpu = cpu_time().saturating_sub(cpu_before);
         Stats {
+            started,
             elapsed,
             cpu_share: cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
             ..stats
@@ -179,7 +299,11 @@ impl Plan {
 
     /// `concurrency` callers, each sending its next request as soon as the last is answered.
     pub async fn closed_loop(self: &Rc<Self>, concurrency: usize) -> Stats {
-        let stats = Rc::new(RefCell::new(Stats::new("closed", concurrency as f64)));
+        let stats = Rc::new(RefCell::new(Stats::new(
+            "closed",
+            concurrency as f64,
+            self.track,
+        )));
         let window = Rc::new(self.window());
         let measured_start: Rc<RefCell<Option<(Instant, Duration)>>> = Rc::new(RefCell::new(None));
         let tasks = LocalSet::new();
@@ -203,7 +327,7 @@ impl Plan {
                         measured_start
                             .borrow_mut()
                             .get_or_insert_with(|| (window.measure_from, cpu_time()));
-                        stats.borrow_mut().record(outcome, sent.elapsed());
+                        stats.borrow_mut().record(outcome, sent);
                     }
                 }
             });
@@ -212,13 +336,13 @@ impl Plan {
         let (started, cpu) = measured_start
             .borrow()
             .unwrap_or((window.measure_from, cpu_time()));
-        Self::finish(&stats, started, cpu)
+        self.finish(&stats, started, cpu)
     }
 
     /// Requests sent at `rate` per second whatever the answers; each latency runs from the
     /// moment its request was due.
     pub async fn open_loop(self: &Rc<Self>, rate: f64) -> Stats {
-        let stats = Rc::new(RefCell::new(Stats::new("open", rate)));
+        let stats = Rc::new(RefCell::new(Stats::new("open", rate, self.track)));
         let window = self.window();
         let interval = Duration::from_secs_f64(1.0 / rate);
         let tasks = LocalSet::new();
@@ -242,7 +366,7 @@ impl Plan {
                     tokio::task::spawn_local(async move {
                         let outcome = plan.protocol.call(i as usize).await;
                         if due >= window.measure_from {
-                            stats.borrow_mut().record(outcome, due.elapsed());
+                            stats.borrow_mut().record(outcome, due);
                         }
                     });
                 }
@@ -250,6 +374,6 @@ impl Plan {
             })
             .await;
         tasks.await;
-        Self::finish(&stats, started, cpu)
+        self.finish(&stats, started, cpu)
     }
 }

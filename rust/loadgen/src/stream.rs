@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use arrowsmith_native::proto::ModelStreamInferResponse;
 
 use crate::grpc::{self, Messages};
-use crate::outcome::{self, Outcome};
+use crate::outcome::{self, Answer, Checks, Outcome};
 
 pub const PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
@@ -49,7 +49,7 @@ impl Body for Outgoing {
 /// ended, why.
 #[derive(Default)]
 struct Waiting {
-    callers: VecDeque<oneshot::Sender<Outcome>>,
+    callers: VecDeque<oneshot::Sender<Answer>>,
     ended: Option<Outcome>,
 }
 
@@ -74,7 +74,7 @@ impl Streams {
         connections: Vec<SendRequest<Outgoing>>,
         uri: &Uri,
         body: Bytes,
-        expect_rows: Option<i64>,
+        checks: &Rc<Checks>,
     ) -> Self {
         let streams = connections
             .into_iter()
@@ -82,7 +82,7 @@ impl Streams {
                 let (outgoing, messages) = mpsc::unbounded_channel();
                 let response = connection.send_request(grpc::request(uri, Outgoing(messages)));
                 let waiting = Rc::default();
-                tokio::task::spawn_local(read(response, Rc::clone(&waiting), expect_rows));
+                tokio::task::spawn_local(read(response, Rc::clone(&waiting), Rc::clone(checks)));
                 Stream {
                     _connection: connection,
                     outgoing,
@@ -94,13 +94,13 @@ impl Streams {
     }
 
     /// One message on stream `slot` (modulo their number), answered.
-    pub async fn call(&self, slot: usize) -> Outcome {
+    pub async fn call(&self, slot: usize) -> Answer {
         let stream = &self.streams[slot % self.streams.len()];
         let ended = stream.waiting.borrow().ended.clone();
         if let Some(end) = ended {
             // Failing at once, without this, would keep the thread from the other streams.
             tokio::task::yield_now().await;
-            return end;
+            return end.into();
         }
         let (caller, answer) = oneshot::channel();
         {
@@ -108,13 +108,13 @@ impl Streams {
             // Sent and queued at once, with no await between: the queue's order is the
             // stream's.
             if stream.outgoing.send(self.body.clone()).is_err() {
-                return Outcome::Transport("the stream no longer sends".into());
+                return Outcome::Transport("the stream no longer sends".into()).into();
             }
             waiting.callers.push_back(caller);
         }
         answer
             .await
-            .unwrap_or_else(|_| Outcome::Transport("the stream's reader is gone".into()))
+            .unwrap_or_else(|_| Outcome::Transport("the stream's reader is gone".into()).into())
     }
 }
 
@@ -122,12 +122,12 @@ impl Streams {
 async fn read(
     response: impl Future<Output = hyper::Result<Response<Incoming>>>,
     waiting: Rc<RefCell<Waiting>>,
-    expect_rows: Option<i64>,
+    checks: Rc<Checks>,
 ) {
-    let end = answer_all(response, &waiting, expect_rows).await;
+    let end = answer_all(response, &waiting, &checks).await;
     let mut waiting = waiting.borrow_mut();
     for caller in waiting.callers.drain(..) {
-        let _ = caller.send(end.clone());
+        let _ = caller.send(end.clone().into());
     }
     waiting.ended = Some(end);
 }
@@ -136,7 +136,7 @@ async fn read(
 async fn answer_all(
     response: impl Future<Output = hyper::Result<Response<Incoming>>>,
     waiting: &RefCell<Waiting>,
-    expect_rows: Option<i64>,
+    checks: &Checks,
 ) -> Outcome {
     let response = match response.await {
         Ok(response) => response,
@@ -168,7 +168,7 @@ async fn answer_all(
             let Some(caller) = waiting.borrow_mut().callers.pop_front() else {
                 return Outcome::BadAnswer("an answer to no message".into());
             };
-            let _ = caller.send(answer(message, expect_rows));
+            let _ = caller.send(answer(message, checks));
         }
     }
     ended(None)
@@ -184,17 +184,20 @@ fn ended(status: Option<u32>) -> Outcome {
 }
 
 /// One streamed answer: an in-band error, or a ModelInferResponse checked as a unary one is.
-fn answer(message: Bytes, expect_rows: Option<i64>) -> Outcome {
+fn answer(message: Bytes, checks: &Checks) -> Answer {
     match ModelStreamInferResponse::decode(message) {
-        Err(e) => Outcome::BadAnswer(format!("not a ModelStreamInferResponse: {e}")),
+        Err(e) => Outcome::BadAnswer(format!("not a ModelStreamInferResponse: {e}")).into(),
         Ok(answer) if !answer.error_message.is_empty() => {
-            Outcome::StreamError(answer.error_message)
+            Outcome::StreamError(answer.error_message).into()
         }
         Ok(ModelStreamInferResponse {
             infer_response: Some(response),
             ..
-        }) => outcome::check(&response, expect_rows),
-        Ok(_) => Outcome::BadAnswer("neither an error_message nor an infer_response".into()),
+        }) => Answer {
+            outcome: outcome::check(&response, checks),
+            version: Some(response.model_version),
+        },
+        Ok(_) => Outcome::BadAnswer("neither an error_message nor an infer_response".into()).into(),
     }
 }
 
@@ -208,6 +211,17 @@ mod tests {
         answer.encode_to_vec().into()
     }
 
+    fn rows(rows: Option<i64>) -> Checks {
+        Checks {
+            rows,
+            ..Checks::default()
+        }
+    }
+
+    fn outcome(message: Bytes, checks: &Checks) -> Outcome {
+        answer(message, checks).outcome
+    }
+
     #[test]
     fn streamed_answers_are_errors_or_checked_responses() {
         let error = ModelStreamInferResponse {
@@ -215,10 +229,11 @@ mod tests {
             infer_response: None,
         };
         assert_eq!(
-            answer(encoded(&error), None),
-            Outcome::StreamError("model failed".into())
+            answer(encoded(&error), &rows(None)),
+            Outcome::StreamError("model failed".into()).into()
         );
         let response = ModelInferResponse {
+            model_version: "7".into(),
             outputs: vec![InferOutputTensor {
                 name: "output-0".into(),
                 datatype: "FP64".into(),
@@ -232,18 +247,38 @@ mod tests {
             error_message: String::new(),
             infer_response: Some(response),
         };
-        assert_eq!(answer(encoded(&ok), Some(1)), Outcome::Ok);
+        assert_eq!(
+            answer(encoded(&ok), &rows(Some(1))),
+            Answer {
+                outcome: Outcome::Ok,
+                version: Some("7".into())
+            }
+        );
         assert!(matches!(
-            answer(encoded(&ok), Some(2)),
+            outcome(encoded(&ok), &rows(Some(2))),
             Outcome::BadAnswer(e) if e.contains("expected 2 rows")
         ));
         assert!(matches!(
-            answer(encoded(&ModelStreamInferResponse::default()), None),
+            outcome(encoded(&ModelStreamInferResponse::default()), &rows(None)),
             Outcome::BadAnswer(_)
         ));
         assert!(matches!(
-            answer(Bytes::from_static(&[0xff]), None),
+            outcome(Bytes::from_static(&[0xff]), &rows(None)),
             Outcome::BadAnswer(e) if e.starts_with("not a ModelStreamInferResponse")
+        ));
+        // The values are those of the version the answer names.
+        let expect = |values: Vec<f64>| Checks {
+            versions: vec![outcome::Expected {
+                version: "7".into(),
+                values,
+            }],
+            rtol: 1e-9,
+            ..Checks::default()
+        };
+        assert_eq!(outcome(encoded(&ok), &expect(vec![0.0])), Outcome::Ok);
+        assert!(matches!(
+            outcome(encoded(&ok), &expect(vec![1.0])),
+            Outcome::WrongAnswer(e) if e.contains("model_version '7'")
         ));
     }
 

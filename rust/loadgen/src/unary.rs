@@ -2,6 +2,8 @@
 //! the answer's status comes from the trailers (or a trailers-only answer's headers), and
 //! its one message is checked.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -11,7 +13,7 @@ use prost::Message;
 use arrowsmith_native::proto::ModelInferResponse;
 
 use crate::grpc::{self, Messages};
-use crate::outcome::{self, Outcome};
+use crate::outcome::{self, Answer, Checks, Outcome};
 
 pub const PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
@@ -21,7 +23,7 @@ pub struct Unary {
     uri: Uri,
     /// The request, framed.
     body: Bytes,
-    expect_rows: Option<i64>,
+    checks: Rc<Checks>,
 }
 
 impl Unary {
@@ -29,31 +31,34 @@ impl Unary {
         connections: Vec<SendRequest<Full<Bytes>>>,
         uri: Uri,
         body: Bytes,
-        expect_rows: Option<i64>,
+        checks: Rc<Checks>,
     ) -> Self {
         Unary {
             connections,
             uri,
             body,
-            expect_rows,
+            checks,
         }
     }
 
     /// One call on connection `slot` (modulo their number).
-    pub async fn call(&self, slot: usize) -> Outcome {
+    pub async fn call(&self, slot: usize) -> Answer {
         let mut connection = self.connections[slot % self.connections.len()].clone();
         let request = grpc::request(&self.uri, Full::new(self.body.clone()));
         match exchange(&mut connection, request).await {
             Ok((0, mut messages)) => match (messages.next(), messages.leftover()) {
                 (Ok(Some(answer)), 0) => match ModelInferResponse::decode(answer) {
-                    Ok(response) => outcome::check(&response, self.expect_rows),
-                    Err(e) => Outcome::BadAnswer(format!("not a ModelInferResponse: {e}")),
+                    Ok(response) => Answer {
+                        outcome: outcome::check(&response, &self.checks),
+                        version: Some(response.model_version),
+                    },
+                    Err(e) => Outcome::BadAnswer(format!("not a ModelInferResponse: {e}")).into(),
                 },
-                (Err(e), _) => Outcome::BadAnswer(e),
-                _ => Outcome::BadAnswer("an OK status without exactly one answer".into()),
+                (Err(e), _) => Outcome::BadAnswer(e).into(),
+                _ => Outcome::BadAnswer("an OK status without exactly one answer".into()).into(),
             },
-            Ok((status, _)) => Outcome::Status(status),
-            Err(error) => Outcome::Transport(error),
+            Ok((status, _)) => Outcome::Status(status).into(),
+            Err(error) => Outcome::Transport(error).into(),
         }
     }
 }
