@@ -76,6 +76,9 @@ class Fronts:
 
         self._tls = config.tls_cert is not None
         self.grpc = GrpcFront(config, dataplane, worker, repository_api)
+        # At once, before anything else: a worker listens only with its models loaded, and a
+        # connection must not find the front without them.
+        dataplane.repository.attach(self.grpc)
         if self.grpc.port is not None:
             logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
         if config.grpc_uds:
@@ -97,10 +100,8 @@ class Fronts:
             if config.http_uds:
                 logger.info("HTTP listening on unix:%s", config.http_uds)
 
-    def set_ready(self, repository: ModelRepository) -> None:
-        """Serves the loaded models, and every change of them from now on; health is the
-        `Lifecycle`'s to set."""
-        repository.attach(self.grpc)
+    def wait_started(self) -> None:
+        """Until every front serves; health is the `Lifecycle`'s to set."""
         if self.http is not None:
             self.http.wait_started()
 
@@ -300,7 +301,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     if not stop.is_set():
         if fronts is None:
             fronts = Fronts(config, dataplane, repository_api, worker)
-        fronts.set_ready(repository)
+        fronts.wait_started()
         lifecycle.serving(fronts)
         follower.start()
         logger.info("ready: serving %s", ", ".join(repository.names()))

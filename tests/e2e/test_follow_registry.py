@@ -33,6 +33,9 @@ RTOL = 1e-9
 #: How long a followed reference may take to be noticed and loaded, beyond the poll interval.
 LOAD_ALLOWANCE_S = 5.0
 POLL_S = 0.1
+#: New connections a check opens: SO_REUSEPORT spreads them over the workers, so with two
+#: workers all of them landing on one is a chance of 2^-15.
+FRESH_CONNECTIONS = 16
 CHAMPION_URI = f"models:/{REGISTERED_NAME}@{CHAMPION}"
 PRODUCTION_URI = f"models:/{REGISTERED_NAME}/Production"
 
@@ -254,4 +257,46 @@ def test_a_broken_version_never_takes_traffic(
             states = {(e.version, e.state) for e in client.get_model_repository_index().models}
             assert states == {("2", "READY")}
     finally:
+        move_alias(registry_stack, 1)
+
+
+def test_every_worker_follows_a_webhook(
+    start_server: StartServer, registry_stack: RegistryStack, rows: pd.DataFrame
+) -> None:
+    """With --workers 2, the webhook reaches one worker; the supervisor has every worker look
+    at the registry at once, so new connections (spread over both workers) all answer the
+    new version soon after, with no polling."""
+    secret = "workers-secret"
+    server = serve(
+        start_server,
+        registry_stack,
+        CHAMPION_URI,
+        "--workers",
+        "2",
+        "--poll-interval",
+        "0",
+        "--webhook-secret",
+        secret,
+    )
+    client = registry_stack.client()
+    hook = client.create_webhook(
+        name="arrowsmith-workers",
+        url=f"{server.http_url}/v2/repository/webhooks/mlflow",
+        events=["model_version_alias.created"],
+        secret=secret,
+    )
+
+    def fresh_connections_answer(version: str) -> bool:
+        for _ in range(FRESH_CONNECTIONS):
+            with server.grpc_client() as fresh:
+                if answer(fresh, rows)[0] != version:
+                    return False
+        return True
+
+    try:
+        assert fresh_connections_answer("1")
+        move_alias(registry_stack, 2)
+        wait_for(lambda: fresh_connections_answer("2"), "every worker on version 2", 10)
+    finally:
+        client.delete_webhook(hook.webhook_id)
         move_alias(registry_stack, 1)
