@@ -17,6 +17,7 @@ import tritonclient.http as httpclient
 from support.model_builders import read_wine_features
 from support.registry_stack import (
     ARTIFACT_NAME,
+    ARTIFACTS_PREFIX,
     CHAMPION,
     REGISTERED_NAME,
     RegistryStack,
@@ -106,6 +107,34 @@ def test_the_seeds_uris_answer_the_version_they_point_to(
             assert (entry.name, entry.version, entry.state) == (REGISTERED_NAME, "1", "READY")
             with pytest.raises(InferenceServerException, match="--model-control-mode"):
                 client.unload_model(REGISTERED_NAME)
+
+
+def test_every_uri_form_of_a_version(
+    start_server: StartServer, registry_stack: RegistryStack, rows: pd.DataFrame
+) -> None:
+    """Version 2 as an MLflow 3 logged model (`models:/<model_id>`), through the tracking
+    server's artifact proxy (`mlflow-artifacts:`) and straight from S3 (`s3://`, with
+    MLFLOW_S3_ENDPOINT_URL): each answers version 2's predictions."""
+    client = registry_stack.client()
+    # A registered version's source is its logged model: `models:/<model_id>`.
+    source = client.get_model_version(REGISTERED_NAME, "2").source
+    assert source.startswith("models:/m-"), source
+    model_id = source.removeprefix("models:/")
+    proxied = client.get_logged_model(model_id).artifact_location
+    assert proxied.startswith("mlflow-artifacts:/"), proxied
+    in_s3 = (
+        f"s3://{registry_stack.bucket}/{ARTIFACTS_PREFIX}/"
+        f"{proxied.removeprefix('mlflow-artifacts:/')}"
+    )
+    expected = expected_predictions(registry_stack, 2, rows)
+    for uri in (f"models:/{model_id}", proxied, in_s3):
+        server = serve(
+            start_server, registry_stack, uri, "--name", REGISTERED_NAME, "--poll-interval", "0"
+        )
+        with server.grpc_client() as grpc_client:
+            answered, values = answer(grpc_client, rows)
+        assert answered == ""
+        np.testing.assert_allclose(values, expected, rtol=RTOL, err_msg=uri)
 
 
 @pytest.fixture

@@ -164,6 +164,12 @@ def test_missing_model_uri_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         (["--max-batch-size", "0"], "max_batch_size of model must be positive"),
         (["--max-batch-delay-ms", "-1"], "max_batch_delay_ms of model must not be negative"),
         (["--max-queue-size", "0"], "max_queue_size of model must be positive"),
+        (["--poll-interval", "-1"], "--poll-interval -1.0 must be 0 or more seconds"),
+        (
+            ["--model-control-mode", "poll", "--poll-interval", "0"],
+            "--model-control-mode poll needs a --poll-interval above 0",
+        ),
+        (["--webhook-secret", ""], "--webhook-secret must not be empty"),
     ],
 )
 def test_invalid_values(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
@@ -256,6 +262,9 @@ def test_config_file_from_environment(
         ("models:\n  - {uri: m, max_queue_size: true}\n", "max_queue_size of m must be a number"),
         ("models: [unclosed\n", "is not valid YAML"),
         ("models:\n  - {uri: a, max_batch_size: 0}\n", "max_batch_size of a must be positive"),
+        ("models:\n  - {uri: ./m, versions: [1]}\n", "need a registry URI"),
+        ("models:\n  - {uri: models:/m/1, versions: 3}\n", "must be a list of version numbers"),
+        ("models:\n  - {uri: models:/m/1, versions: [x]}\n", "must be a list of version numbers"),
     ],
 )
 def test_bad_config_files(
@@ -464,3 +473,33 @@ def test_invalid_unix_socket_settings(
     workers = [] if "--workers" in args else ["--workers", "1"]
     assert cli.main(["serve", "model", *workers, *args]) == 2
     assert capsys.readouterr().err == f"arrowsmith: {message.format(tmp=tmp_path)}\n"
+
+
+def test_lifecycle_flags_and_versions(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - {uri: 'models:/wine@champion', versions: [3, '4']}\n")
+    config = cli.parse_config(
+        [
+            "serve",
+            "--config",
+            str(path),
+            "--poll-interval",
+            "5",
+            "--webhook-secret",
+            "s",
+            "--model-control-mode",
+            "explicit",
+        ]
+    )
+    assert config.models[0].versions == ("3", "4")
+    assert (config.poll_interval, config.webhook_secret, config.model_control_mode) == (
+        5.0,
+        "s",
+        "explicit",
+    )
+    defaults = cli.parse_config(["serve", "models:/wine@champion"])
+    assert (defaults.poll_interval, defaults.webhook_secret, defaults.model_control_mode) == (
+        30.0,
+        None,
+        "none",
+    )

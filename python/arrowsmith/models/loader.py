@@ -1,7 +1,10 @@
-"""From a model URI to a loaded pyfunc model: a local folder, `file:`, `runs:/`, or the
-Model Registry (`models:/Name/3`, `models:/Name/Production`, `models:/Name/latest`,
-`models:/Name@alias`). Registry URIs are pinned to the version they resolve to, so the
-version served is the version reported. MLflow is imported here and nowhere earlier."""
+"""From a model URI to a loaded pyfunc model: a local folder, `file:`, `runs:/`, an
+artifact-store URI (`s3://` with `MLFLOW_S3_ENDPOINT_URL` for S3-compatible stores,
+`mlflow-artifacts:` through the tracking server, ...), an MLflow 3 logged model
+(`models:/m-...`), or the Model Registry (`models:/Name/3`, `models:/Name/Production`,
+`models:/Name/latest`, `models:/Name@alias`). Registry URIs are pinned to the version they
+resolve to, so the version served is the version reported. MLflow is imported here and
+nowhere earlier."""
 
 from __future__ import annotations
 
@@ -56,10 +59,17 @@ def default_name(uri: str) -> str:
     if uri.startswith("models:/"):
         reference = uri.removeprefix("models:/").strip("/")
         return reference.split("@", 1)[0].split("/", 1)[0]
-    if uri.startswith("runs:/"):
+    if uri.startswith("runs:/") or _is_remote(uri):
         path = urlparse(uri).path.strip("/")
         return path.rsplit("/", 1)[-1] or "model"
     return _local_path(uri).name
+
+
+def _is_remote(uri: str) -> bool:
+    """An artifact-store URI (`s3://`, `mlflow-artifacts:`, `gs://`, `https://`, ...), which
+    MLflow downloads; a Windows drive letter or `file:` is local."""
+    scheme = urlparse(uri).scheme
+    return len(scheme) > 1 and scheme != "file"
 
 
 def _local_path(uri: str) -> Path:
@@ -114,7 +124,7 @@ def resolve(uri: str) -> ModelSource:
             # MLflow 3 logged-model id (`models:/m-...`): no registry version.
             return ModelSource(uri, uri, default_name(uri), "")
         return ModelSource(uri, f"models:/{name}/{version}", name, version)
-    if uri.startswith("runs:/"):
+    if uri.startswith("runs:/") or _is_remote(uri):
         return ModelSource(uri, uri, default_name(uri), "")
     return ModelSource(uri, str(_local_path(uri)), default_name(uri), "")
 
