@@ -54,8 +54,9 @@ def per_bin(
 def summary(folder: Path) -> str:
     moves = json.loads((folder / "moves.json").read_text())
     lines = [
-        "| following by | requests | failed | wrong answers | p99 ms | switch s, median / max |",
-        "|---|---|---|---|---|---|",
+        "| following by | requests | failed | wrong answers | p99 ms | switch s, median / max "
+        "| RSS MB after swap 1 / 20 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label in SERVERS:
         [level] = json.loads((folder / f"bench-{label}.json").read_text())["levels"]
@@ -63,7 +64,8 @@ def summary(folder: Path) -> str:
         lines.append(
             f"| {label} | {level['ok'] + level['errors']} | {level['errors']} | "
             f"{level['wrong_answers']} | {level['p99_ms']:.1f} | "
-            f"{statistics.median(delays):.2f} / {max(delays):.2f} |"
+            f"{statistics.median(delays):.2f} / {max(delays):.2f} | "
+            f"{moves[0][f'rss_{label}'] / 1e6:.0f} / {moves[-1][f'rss_{label}'] / 1e6:.0f} |"
         )
     return "\n".join(lines)
 

@@ -170,9 +170,10 @@ def test_twenty_swaps_under_load_fail_no_request(
                 elapsed = time.monotonic() - moved
                 assert elapsed < 3 * max(bounds.values()), f"no switch to {target}: {switched}"
                 time.sleep(PROBE_S)
-            moves.append({"at": moved - started, "version": target, **switched})
             for label, server in servers.items():
                 rss[label].append(rss_bytes(server.process.pid))
+            memory = {f"rss_{label}": rss[label][-1] for label in servers}
+            moves.append({"at": moved - started, "version": target, **switched, **memory})
             current = target
         swaps_done = time.monotonic() - started
         outcomes = {label: bench.wait(BENCH_SECONDS + 60) for label, bench in benches.items()}
