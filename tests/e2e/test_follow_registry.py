@@ -14,6 +14,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from support import v2
 from support.model_builders import read_wine_features
 from support.registry_stack import (
     ARTIFACT_NAME,
@@ -22,6 +23,7 @@ from support.registry_stack import (
     REGISTERED_NAME,
     RegistryStack,
     expected_predictions,
+    mlflow_webhook,
     move_alias,
     tracking,
 )
@@ -46,21 +48,11 @@ def rows() -> pd.DataFrame:
     return read_wine_features().iloc[:ROWS]
 
 
-def wine_inputs(rows: pd.DataFrame) -> list[grpcclient.InferInput]:
-    """One FP64 [n, 1] input per wine column, named by the column."""
-    inputs = []
-    for column in rows.columns:
-        tensor = grpcclient.InferInput(str(column), [len(rows), 1], "FP64")
-        tensor.set_data_from_numpy(rows[column].to_numpy().reshape(-1, 1))
-        inputs.append(tensor)
-    return inputs
-
-
 def answer(
     client: grpcclient.InferenceServerClient, rows: pd.DataFrame, version: str = ""
 ) -> tuple[str, np.ndarray]:
     """The version that answered and its predictions."""
-    result = client.infer(REGISTERED_NAME, wine_inputs(rows), model_version=version)
+    result = client.infer(REGISTERED_NAME, v2.column_inputs(rows, "FP64"), model_version=version)
     return result.get_response().model_version, result.as_numpy(OUTPUT).reshape(-1)
 
 
@@ -199,13 +191,13 @@ def test_repository_api_through_tritonclient(
             client.load_model("nowhere")
         client.load_model(local, config=json.dumps({"uri": str(wine_model_dir)}))
         assert client.is_model_ready(local)
-        assert client.infer(local, wine_inputs(rows)).as_numpy(OUTPUT).shape[0] == ROWS
+        assert client.infer(local, v2.column_inputs(rows, "FP64")).as_numpy(OUTPUT).shape[0] == ROWS
         client.unload_model(local)
         assert not client.is_model_ready(local)
         entries = [e for e in client.get_model_repository_index().models if e.name == local]
         assert [(e.state, e.reason) for e in entries] == [("UNAVAILABLE", "unloaded by request")]
         with pytest.raises(InferenceServerException, match="not served here"):
-            client.infer(local, wine_inputs(rows))
+            client.infer(local, v2.column_inputs(rows, "FP64"))
         assert client.is_server_ready()
     http = httpclient.InferenceServerClient(f"127.0.0.1:{side_by_side.http_port}")
     try:
@@ -287,6 +279,7 @@ def test_a_broken_version_never_takes_traffic(
             assert states == {("2", "READY")}
     finally:
         move_alias(registry_stack, 1)
+        registry_stack.client().delete_model_version(REGISTERED_NAME, str(broken))
 
 
 def test_every_worker_follows_a_webhook(
@@ -307,13 +300,6 @@ def test_every_worker_follows_a_webhook(
         "--webhook-secret",
         secret,
     )
-    client = registry_stack.client()
-    hook = client.create_webhook(
-        name="arrowsmith-workers",
-        url=f"{server.http_url}/v2/repository/webhooks/mlflow",
-        events=["model_version_alias.created"],
-        secret=secret,
-    )
 
     def fresh_connections_answer(version: str) -> bool:
         for _ in range(FRESH_CONNECTIONS):
@@ -322,10 +308,11 @@ def test_every_worker_follows_a_webhook(
                     return False
         return True
 
-    try:
-        assert fresh_connections_answer("1")
-        move_alias(registry_stack, 2)
-        wait_for(lambda: fresh_connections_answer("2"), "every worker on version 2", 10)
-    finally:
-        client.delete_webhook(hook.webhook_id)
-        move_alias(registry_stack, 1)
+    url = f"{server.http_url}/v2/repository/webhooks/mlflow"
+    with mlflow_webhook(registry_stack, "arrowsmith-workers", url, secret):
+        try:
+            assert fresh_connections_answer("1")
+            move_alias(registry_stack, 2)
+            wait_for(lambda: fresh_connections_answer("2"), "every worker on version 2", 10)
+        finally:
+            move_alias(registry_stack, 1)

@@ -288,7 +288,11 @@ def test_unknown_methods_are_unimplemented(wine_server: ServerHandle) -> None:
     """A method or service the server does not offer is UNIMPLEMENTED, and the server goes
     on serving."""
     with grpc.insecure_channel(wine_server.url) as channel:
-        for path in ("/inference.GRPCInferenceService/RepositoryIndex", "/nope.Service/Call"):
+        # Triton's CUDA shared memory: a method of the service that a CPU server lacks.
+        for path in (
+            "/inference.GRPCInferenceService/CudaSharedMemoryStatus",
+            "/nope.Service/Call",
+        ):
             call = channel.unary_unary(path)
             with pytest.raises(grpc.RpcError) as raised:
                 call(b"", timeout=CALL_TIMEOUT_S)

@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 from mlflow import MlflowClient
 from mlflow.models import Model
 from support import model_builders
-from support.server import ServerHandle, free_port, server_command
+from support.server import ServerHandle, free_port, server_command, stop_process_group
 from tritonclient.utils import InferenceServerException
 
 REGISTERED_NAME = "wine-registry"
@@ -57,20 +57,6 @@ CASES = [
 def log_tail(path: pathlib.Path) -> str:
     """Enough of a log to explain a failed start-up."""
     return path.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
-
-
-def stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the whole group (the tracking server has worker children), SIGKILL to
-    whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def is_healthy(url: str) -> bool:

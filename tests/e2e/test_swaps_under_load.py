@@ -29,6 +29,7 @@ from support.registry_stack import (
     REGISTERED_NAME,
     RegistryStack,
     expected_predictions,
+    mlflow_webhook,
     move_alias,
 )
 from support.server import ServerHandle, StartServer
@@ -100,17 +101,9 @@ def webhook(registry_stack: RegistryStack, start_server: StartServer) -> Iterato
     server = start_server(
         URI, "--poll-interval", "0", "--webhook-secret", SECRET, env=registry_stack.env
     )
-    client = registry_stack.client()
-    hook = client.create_webhook(
-        name="arrowsmith-swaps",
-        url=f"{server.http_url}/v2/repository/webhooks/mlflow",
-        events=["model_version_alias.created"],
-        secret=SECRET,
-    )
-    try:
+    url = f"{server.http_url}/v2/repository/webhooks/mlflow"
+    with mlflow_webhook(registry_stack, "arrowsmith-swaps", url, SECRET):
         yield server
-    finally:
-        client.delete_webhook(hook.webhook_id)
 
 
 def test_twenty_swaps_under_load_fail_no_request(

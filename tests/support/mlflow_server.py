@@ -8,7 +8,6 @@ stopping the group stops both.
 import contextlib
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -17,11 +16,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from support.server import free_port
+from support.server import free_port, stop_process_group
 
 STARTUP_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 0.2
-STOP_TIMEOUT_S = 10.0
 
 
 def _wait_for_ping(url: str, process: subprocess.Popen[bytes], log_path: pathlib.Path) -> None:
@@ -34,18 +32,6 @@ def _wait_for_ping(url: str, process: subprocess.Popen[bytes], log_path: pathlib
                 return
         time.sleep(POLL_INTERVAL_S)
     pytest.fail(f"mlflow models serve not up after {STARTUP_TIMEOUT_S} s")
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (MLflow and its uvicorn), SIGKILL if it hangs."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @contextlib.contextmanager
@@ -71,4 +57,4 @@ def running_mlflow_server(model_dir: pathlib.Path, log_dir: pathlib.Path) -> Ite
         _wait_for_ping(url, process, log_path)
         yield url
     finally:
-        _stop_group(process)
+        stop_process_group(process)

@@ -42,7 +42,7 @@ from mlflow.pyfunc import PyFuncModel
 from sklearn.linear_model import ElasticNet
 
 from support import model_builders
-from support.server import free_port
+from support.server import free_port, stop_process_group
 
 REGISTERED_NAME = "ElasticNetWineModel"
 CHAMPION = "champion"
@@ -67,7 +67,6 @@ S3_CREDENTIALS = {
 }
 STARTUP_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.1
-STOP_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 4000
 
 
@@ -127,6 +126,19 @@ def tracking(stack: RegistryStack) -> Iterator[None]:
     finally:
         # None unsets MLFLOW_TRACKING_URI again, which set_tracking_uri had exported.
         mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def mlflow_webhook(stack: RegistryStack, name: str, url: str, secret: str) -> Iterator[None]:
+    """MLflow's webhook for alias moves to `url`, signed with `secret`, while in the block."""
+    client = stack.client()
+    hook = client.create_webhook(
+        name=name, url=url, events=["model_version_alias.created"], secret=secret
+    )
+    try:
+        yield
+    finally:
+        client.delete_webhook(hook.webhook_id)
 
 
 def move_alias(stack: RegistryStack, version: int, alias: str = CHAMPION) -> None:
@@ -206,19 +218,6 @@ def _start_group(
             env=env,
             start_new_session=True,
         )
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the whole group, SIGKILL to whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _postgres_bindir() -> pathlib.Path:
@@ -361,7 +360,7 @@ def _start_moto(exits: contextlib.ExitStack, log_dir: pathlib.Path) -> str:
     log_path = log_dir / "moto.log"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     process = _start_group(command, log_path, dict(os.environ))
-    exits.callback(_stop_group, process)
+    exits.callback(stop_process_group, process)
     _wait_until(lambda: _answers_ok(f"{endpoint}/moto-api/"), "moto server", log_path, process)
     s3_client(endpoint).create_bucket(Bucket=BUCKET)
     return endpoint
@@ -398,7 +397,7 @@ def _start_mlflow_server(
         "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
     }
     process = _start_group(command, log_path, env)
-    exits.callback(_stop_group, process)
+    exits.callback(stop_process_group, process)
     _wait_until(lambda: _answers_ok(f"{url}/health"), "mlflow server", log_path, process)
     return url
 

@@ -8,6 +8,8 @@ import uuid
 import pytest
 from arrowsmith.serving import webhooks
 from arrowsmith.serving.webhooks import WebhookRefused
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 SECRET = "s3cret"
@@ -89,3 +91,35 @@ def test_events_that_move_no_reference_are_recognised() -> None:
         with pytest.raises(WebhookRefused) as refused:
             webhooks.parse(body)
         assert refused.value.status == 400
+
+
+HEADER_NAMES = st.sampled_from(
+    [webhooks.SIGNATURE_HEADER, webhooks.DELIVERY_ID_HEADER, webhooks.TIMESTAMP_HEADER, "x-other"]
+)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(
+    body=st.binary(max_size=512) | JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    headers=st.dictionaries(HEADER_NAMES, st.text(max_size=64), max_size=4),
+)
+def test_no_delivery_breaks_the_receiver(body: bytes, headers: dict[str, str]) -> None:
+    """Whatever a client sends to the webhook path, the answer is a refusal with a status
+    or a parsed event, never another exception."""
+    try:
+        webhooks.verify(SECRET, body, headers, time.time())
+    except WebhookRefused as refused:
+        assert refused.status == 401
+    try:
+        webhooks.parse(body)
+    except WebhookRefused as refused:
+        assert refused.status == 400

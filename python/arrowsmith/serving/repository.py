@@ -120,7 +120,9 @@ class _Notes:
 
 class ModelRepository:
     """Name -> served model. `on_change` is called whenever readiness may have changed;
-    `resolve` pins a model URI to the version it points to now (MLflow's registry)."""
+    `resolve` pins a model URI to the version it points to now (MLflow's registry). What
+    lookups and the index read (the models, the configurations, the names expected) is
+    replaced whole on change, never changed in place."""
 
     def __init__(
         self,
@@ -213,13 +215,15 @@ class ModelRepository:
             for served in model.versions.values() if model is not None else ():
                 state, reason = (READY, "") if served.ready else (UNAVAILABLE, "not ready")
                 entries.append(IndexEntry(name, served.version, state, reason))
-            if name in notes.loading:
-                entries.append(IndexEntry(name, notes.loading[name], LOADING))
-            if name in notes.failed:
-                version, reason = notes.failed[name]
-                entries.append(IndexEntry(name, version, UNAVAILABLE, reason))
-            if model is None and name in notes.unloaded:
-                entries.append(IndexEntry(name, "", UNAVAILABLE, notes.unloaded[name]))
+            # Read once each: a change may drop a note between a test and a lookup.
+            loading, failed = notes.loading.get(name), notes.failed.get(name)
+            unloaded = notes.unloaded.get(name)
+            if loading is not None:
+                entries.append(IndexEntry(name, loading, LOADING))
+            if failed is not None:
+                entries.append(IndexEntry(name, failed[0], UNAVAILABLE, failed[1]))
+            if model is None and unloaded is not None:
+                entries.append(IndexEntry(name, "", UNAVAILABLE, unloaded))
         if ready_only:
             return [e for e in entries if e.state == READY]
         return entries
@@ -243,14 +247,14 @@ class ModelRepository:
         load (what was served stays)."""
         name = config.served_name
         with self._changes:
-            self._configs[name] = config
+            self._configs = {**self._configs, name: config}
             sources = self._sources(config)
             loaded = [self._load_version(config, source) for source in sources]
             default = loaded[0].version
             pinned = frozenset(m.version for m in loaded[1:])
             self._go_live(name, loaded, default, pinned, replace_all=True)
             if name not in self._expected:
-                self._expected.append(name)
+                self._expected = [*self._expected, name]
                 if self._front is not None:
                     self._front.set_expected(list(self._expected))
             self._notes.unloaded.pop(name, None)

@@ -99,7 +99,10 @@ class RepositoryApi:
                 return known
             settings = {**_settings_of(known), **settings}
         if "versions" in settings:
-            settings["versions"] = tuple(str(v) for v in settings["versions"])
+            versions = settings["versions"]
+            if not isinstance(versions, list | tuple):
+                raise InvalidInputError("`versions` must be a list of version numbers")
+            settings["versions"] = tuple(str(v) for v in versions)
         try:
             return ModelConfig(**{**settings, "name": name})
         except (TypeError, ValueError) as error:
