@@ -32,7 +32,15 @@ from arrowsmith.config import (
 )
 
 #: Per-model settings a config file may give for each model (the flags give defaults).
-MODEL_KEYS = ("uri", "name", "max_batch_size", "max_batch_delay_ms", "max_queue_size", "versions")
+MODEL_KEYS = (
+    "uri",
+    "name",
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "max_queue_size",
+    "versions",
+    "version",
+)
 
 
 def _env(flag: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
@@ -377,6 +385,8 @@ def _models_from_file(path: str, defaults: dict[str, Any]) -> tuple[ModelConfig,
         try:
             if "versions" in entry:
                 entry = {**entry, "versions": _version_list(path, entry["versions"])}
+            if isinstance(entry.get("version"), int) and not isinstance(entry["version"], bool):
+                entry = {**entry, "version": str(entry["version"])}
             models.append(ModelConfig(**{**defaults, "name": None, **entry}))
         except TypeError as error:
             raise ValueError(f"{path}: {error}") from None

@@ -55,6 +55,23 @@ class ModelConfig:
     #: Registry versions served side by side with the one the URI points to (the
     #: default); requests pick one with `model_version`.
     versions: tuple[str, ...] = ()
+    #: The version this entry is served as, for a model outside the registry (which has no
+    #: version number); entries that share a name and differ in version are served side by
+    #: side, the first listed being the default.
+    version: str | None = None
+
+    @property
+    def version_label(self) -> str | None:
+        """The version this entry names: its `version`, else the number of a
+        `models:/Name/<number>` URI; None when it names none (a reference that may move, a
+        model outside the registry)."""
+        if self.version is not None:
+            return self.version
+        reference = (
+            self.uri.removeprefix("models:/").strip("/") if self.uri.startswith("models:/") else ""
+        )
+        number = reference.rsplit("/", 1)[-1] if "/" in reference else ""
+        return number if number.isdigit() else None
 
     @property
     def served_name(self) -> str:
@@ -88,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"versions of {self.uri} must be a list of version numbers")
         if self.versions and not self.uri.startswith("models:/"):
             raise ValueError(f"versions of {self.uri} need a registry URI (models:/Name...)")
+        if self.version is not None and (not isinstance(self.version, str) or not self.version):
+            raise ValueError(f"the version of {self.uri} must be non-empty text")
 
 
 @dataclass(frozen=True)
@@ -222,10 +241,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("no model to serve")
-        names = [m.served_name for m in self.models]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"two models would be served as {repeated}: give them distinct names")
+        self._check_versions_listed()
         for flag, port in (
             ("--grpc-port", self.grpc_port),
             ("--http-port", self.http_port),
@@ -254,6 +270,21 @@ class ServerConfig:
             if not 0 <= seconds < float("inf"):
                 raise ValueError(f"{flag} {seconds} must be 0 or more seconds")
         self._check_model_control()
+
+    def _check_versions_listed(self) -> None:
+        """Entries may share a name only as distinct versions of one model: each names its
+        version (by `version` or a `models:/Name/<number>` URI), but for at most one, which
+        may follow a reference."""
+        by_name: dict[str, list[str | None]] = {}
+        for model in self.models:
+            by_name.setdefault(model.served_name, []).append(model.version_label)
+        for name, labels in by_name.items():
+            named = [label for label in labels if label is not None]
+            if len(labels) > 1 and (len(labels) - len(named) > 1 or len(set(named)) < len(named)):
+                raise ValueError(
+                    f"two models would be served as ['{name}']: give them distinct names, or "
+                    "each a distinct `version` to serve them side by side"
+                )
 
     def _check_model_control(self) -> None:
         seconds = self.poll_interval

@@ -287,8 +287,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         start_http_server(config.metrics_port, addr=config.host)
         logger.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     try:
-        for model_config in config.models:
-            repository.load(model_config)
+        repository.load_configured()
     except Exception:
         logger.exception("loading failed; exiting")
         if fronts is not None:

@@ -180,6 +180,24 @@ def test_versions_side_by_side(
     )
 
 
+def test_config_entries_of_one_name_are_versions(
+    start_server: StartServer,
+    registry_stack: RegistryStack,
+    rows: pd.DataFrame,
+    tmp_path: pathlib.Path,
+) -> None:
+    """`--config` listing `models:/ElasticNetWineModel/1` and `/2` under one name serves
+    both: the first listed by default, the other by its version."""
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        f"models:\n  - uri: models:/{REGISTERED_NAME}/1\n  - uri: models:/{REGISTERED_NAME}/2\n"
+    )
+    server = serve(start_server, registry_stack, None, "--config", str(config))
+    with server.grpc_client() as client:
+        assert_answers(registry_stack, client, rows, 1)
+        assert_answers(registry_stack, client, rows, 2, asked="2")
+
+
 def test_repository_api_through_tritonclient(
     side_by_side: ServerHandle, wine_model_dir: pathlib.Path, rows: pd.DataFrame
 ) -> None:

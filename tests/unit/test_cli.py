@@ -255,9 +255,14 @@ def test_config_file_from_environment(
             "two models would be served as ['same']",
         ),
         (
-            "models:\n  - uri: models:/wine/1\n  - uri: models:/wine/2\n",
+            "models:\n  - uri: models:/wine/1\n  - uri: models:/wine/1\n",
             "two models would be served as ['wine']",
         ),
+        (
+            "models:\n  - uri: models:/wine@champion\n  - uri: ./wine\n    name: wine\n",
+            "each a distinct `version` to serve them side by side",
+        ),
+        ("models:\n  - {uri: m, version: ''}\n", "the version of m must be non-empty text"),
         ("models:\n  - {uri: m, max_batch_size: '8'}\n", "max_batch_size of m must be a number"),
         ("models:\n  - {uri: m, max_queue_size: true}\n", "max_queue_size of m must be a number"),
         ("models: [unclosed\n", "is not valid YAML"),
@@ -503,3 +508,21 @@ def test_lifecycle_flags_and_versions(tmp_path: pathlib.Path) -> None:
         None,
         "none",
     )
+
+
+def test_entries_of_one_name_are_versions_side_by_side(tmp_path: pathlib.Path) -> None:
+    """Entries may share a name as distinct versions: by `version`, or by a registry URI's
+    version number."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - {uri: 'models:/wine@champion'}\n"
+        "  - {uri: 'models:/wine/2'}\n"
+        "  - {uri: ./wine-local, name: wine, version: 7}\n"
+    )
+    models = cli.parse_config(["serve", "--config", str(path)]).models
+    assert [(m.served_name, m.version_label) for m in models] == [
+        ("wine", None),
+        ("wine", "2"),
+        ("wine", "7"),
+    ]

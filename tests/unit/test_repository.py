@@ -187,3 +187,23 @@ def test_a_model_being_loaded_is_unavailable_not_unknown(registry: Registry) -> 
     repository = ModelRepository([config], RunnerWatch(), drain_timeout=5, resolve=registry.resolve)
     with pytest.raises(ModelNotReadyError, match="loading"):
         repository.get(NAME)
+
+
+def test_entries_listed_under_one_name_are_served_side_by_side(wine_model_dir: Path) -> None:
+    """Two `--config` entries of one name, each with its `version`: both served, the first
+    listed the default; a request names the other by its version."""
+    configs = [
+        ModelConfig(str(wine_model_dir), name=NAME, version="a"),
+        ModelConfig(str(wine_model_dir), name=NAME, version="b", max_batch_size=4),
+    ]
+    repository = ModelRepository(configs, RunnerWatch(), drain_timeout=5)
+    repository.load_configured()
+    try:
+        dataplane = DataPlane(repository)
+        assert infer(dataplane).model_version == "a"
+        assert infer(dataplane, "b").model_version == "b"
+        assert repository.get(NAME, "b").model.config.max_batch_size == 4
+        index = [(e.version, e.state) for e in repository.index()]
+        assert index == [("a", "READY"), ("b", "READY")]
+    finally:
+        repository.stop(STOP_WAIT_S)

@@ -38,7 +38,7 @@ class Repository:
     def config(self, name: str) -> ModelConfig | None:
         return KNOWN if name == KNOWN.name else None
 
-    def load(self, config: ModelConfig) -> None:
+    def load(self, config: ModelConfig, beside: tuple[ModelConfig, ...] | None = None) -> None:
         self.loaded.append(config)
 
 

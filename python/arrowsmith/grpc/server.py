@@ -47,7 +47,7 @@ class GrpcFront:
             uds=config.grpc_uds,
             server_name=server.name,
             server_version=server.version,
-            expected_models=[m.served_name for m in config.models],
+            expected_models=list(dict.fromkeys(m.served_name for m in config.models)),
             tls_cert=config.tls_cert,
             tls_key=config.tls_key,
             tls_client_ca=config.tls_client_ca,

@@ -89,9 +89,13 @@ def _describe(
     metadata = pyfunc.metadata
     input_schema = metadata.get_input_schema()
     params_schema = metadata.get_params_schema()
+    if config.version and source.version and config.version != source.version:
+        raise ValueError(
+            f"{config.uri} is version {source.version} in the registry, not {config.version}"
+        )
     model = LoadedModel(
         name=config.name or source.default_name,
-        version=source.version,
+        version=source.version or config.version or "",
         uri=config.uri,
         pinned_uri=source.pinned_uri,
         pyfunc=pyfunc,

@@ -133,7 +133,16 @@ class ModelRepository:
         resolve: Callable[[str], loader.ModelSource] = loader.resolve,
     ) -> None:
         self.resolve = resolve
-        self._configs = {c.served_name: c for c in configs}
+        #: Each name's configuration (the first listed: its default version), and the
+        #: entries listed after it under the same name, served beside it.
+        self._configs: dict[str, ModelConfig] = {}
+        self._beside: dict[str, tuple[ModelConfig, ...]] = {}
+        for config in configs:
+            name = config.served_name
+            if name in self._configs:
+                self._beside[name] = (*self._beside.get(name, ()), config)
+            else:
+                self._configs[name] = config
         #: Names the server must serve to be ready: the configured ones, until unloaded.
         self._expected = list(self._configs)
         self._models: dict[str, ServedModel] = {}
@@ -241,15 +250,28 @@ class ModelRepository:
                     front.set_default_version(model.name, model.default)
             front.set_expected(list(self._expected))
 
-    def load(self, config: ModelConfig) -> None:
-        """Loads every version `config` names and serves them; a name already served is
-        replaced without a failed request. Raises InternalError when a version fails to
-        load (what was served stays)."""
+    def load_configured(self) -> None:
+        """Loads every configured model (at start)."""
+        for config in list(self._configs.values()):
+            self.load(config)
+
+    def load(self, config: ModelConfig, beside: tuple[ModelConfig, ...] | None = None) -> None:
+        """Loads every version `config` names, and the entries `beside` it (None: those
+        configured under its name), and serves them; a name already served is replaced
+        without a failed request. Raises InternalError when a version fails to load (what
+        was served stays)."""
         name = config.served_name
         with self._changes:
             self._configs = {**self._configs, name: config}
-            sources = self._sources(config)
-            loaded = [self._load_version(config, source) for source in sources]
+            if beside is not None:
+                self._beside = {**self._beside, name: beside}
+            entries = [(config, s) for s in self._sources(config)]
+            for entry in self._beside.get(name, ()):
+                source = self.resolve(entry.uri)
+                # A version the default's reference points to right now is served once.
+                if source.version not in {s.version for _, s in entries} or not source.version:
+                    entries.append((entry, source))
+            loaded = [self._load_version(entry, source) for entry, source in entries]
             default = loaded[0].version
             pinned = frozenset(m.version for m in loaded[1:])
             self._go_live(name, loaded, default, pinned, replace_all=True)

@@ -65,7 +65,10 @@ class RepositoryApi:
             raise InvalidInputError("a load needs the model's name")
         config = self._load_config(name, parameters)
         logger.info("loading model %s from %s, as a client asked", name, config.uri)
-        self._repository.load(config)
+        # A configuration given by the client replaces the model's whole; none given loads
+        # again what the server was configured with.
+        given = "uri" in parameters or "config" in parameters
+        self._repository.load(config, beside=() if given else None)
 
     def unload(self, name: str) -> None:
         self._check_control()
