@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::io::{self, BufWriter};
 
 use crate::args::Options;
-use crate::run::{Ended, Stats};
+use crate::run::{Ended, Stats, Versions};
 
 const PERCENTILES: [(&str, f64); 5] = [
     ("p50", 50.0),
@@ -82,12 +82,7 @@ pub fn table(all: &[Stats]) -> String {
             );
         }
         if let Some(versions) = s.versions.as_ref().filter(|v| !v.names.is_empty()) {
-            let counts: Vec<String> = versions
-                .names
-                .iter()
-                .zip(&versions.ok)
-                .map(|(name, ok)| format!("{}: {ok}", quoted(name)))
-                .collect();
+            let counts = version_counts(versions);
             let _ = writeln!(
                 out,
                 "       OK answers by model_version: {}",
@@ -103,6 +98,16 @@ pub fn table(all: &[Stats]) -> String {
         }
     }
     out
+}
+
+/// `"version": count` for each version named by OK answers.
+fn version_counts(versions: &Versions) -> Vec<String> {
+    versions
+        .names
+        .iter()
+        .zip(&versions.ok)
+        .map(|(name, ok)| format!("{}: {ok}", quoted(name)))
+        .collect()
 }
 
 fn quoted(text: &str) -> String {
@@ -138,12 +143,7 @@ pub fn json(options: &Options, all: &[Stats]) -> String {
                 format!("\"wrong_answers\": {}, ", s.wrong_answers)
             };
             let ok_by_version = s.versions.as_ref().map_or_else(String::new, |versions| {
-                let counts: Vec<String> = versions
-                    .names
-                    .iter()
-                    .zip(&versions.ok)
-                    .map(|(name, ok)| format!("{}: {ok}", quoted(name)))
-                    .collect();
+                let counts = version_counts(versions);
                 format!("\"ok_by_version\": {{{}}}, ", counts.join(", "))
             });
             format!(
