@@ -227,9 +227,13 @@ class ModelRepository:
             # Read once each: a change may drop a note between a test and a lookup.
             loading, failed = notes.loading.get(name), notes.failed.get(name)
             unloaded = notes.unloaded.get(name)
+            # One entry per version: a failed version being tried again is LOADING, with
+            # the reason it failed last time.
+            retrying = failed is not None and loading == failed[0]
             if loading is not None:
-                entries.append(IndexEntry(name, loading, LOADING))
-            if failed is not None:
+                last = f"retrying; last time {failed[1]}" if failed and retrying else ""
+                entries.append(IndexEntry(name, loading, LOADING, last))
+            if failed is not None and not retrying:
                 entries.append(IndexEntry(name, failed[0], UNAVAILABLE, failed[1]))
             if model is None and unloaded is not None:
                 entries.append(IndexEntry(name, "", UNAVAILABLE, unloaded))
