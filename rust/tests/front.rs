@@ -2068,6 +2068,47 @@ fn a_slow_repository_call_holds_up_nothing_else() {
     });
 }
 
+/// The handler runs two repository calls at once: a flood of them waits for its turn
+/// (holding no thread, within its deadline) instead of filling the blocking pool.
+#[test]
+fn repository_calls_take_turns() {
+    let server = Server::start(Setup::default());
+    let repository = Arc::new(FakeRepository::default());
+    server
+        .front
+        .set_repository_handler(Some(Arc::clone(&repository) as Arc<dyn RepositoryHandler>));
+    block_on(async {
+        let client = connect(server.address).await;
+        let loads: Vec<_> = (0..4)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.ask("RepositoryModelLoad", &load("slow")).await })
+            })
+            .collect();
+        until("two loads reach the handler", || {
+            repository.calls().len() == 2
+        })
+        .await;
+        let body = frame(&RepositoryIndexRequest::default().encode_to_vec());
+        let path = format!("/{SERVICE}/RepositoryIndex");
+        let waited = client
+            .call_framed(&path, body, &[("grpc-timeout", "100m")])
+            .await;
+        assert_eq!(waited.code, Code::DeadlineExceeded, "{waited:?}");
+        assert_eq!(repository.calls().len(), 2, "no third call ran meanwhile");
+
+        repository.slow.open();
+        for loading in loads {
+            let _: RepositoryModelLoadResponse = loading.await.expect("a load's task").decoded();
+        }
+        assert_eq!(
+            repository.calls().len(),
+            4,
+            "the index that gave up never ran"
+        );
+    });
+}
+
 /// Server reflection describes the repository methods and their messages.
 #[test]
 fn reflection_describes_the_repository_methods() {

@@ -161,6 +161,8 @@ struct Shared {
     inflight: Arc<ByteBudget>,
     /// What answers the model repository methods; None: they are UNIMPLEMENTED.
     repository: RwLock<Option<Arc<dyn RepositoryHandler>>>,
+    /// Repository calls running in Python at once; the rest wait here, holding no thread.
+    repository_calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -266,6 +268,7 @@ impl Front {
             inflight: ByteBudget::new(limits.max_inflight_bytes),
             limits,
             repository: RwLock::new(None),
+            repository_calls: Arc::new(tokio::sync::Semaphore::new(repository::CALLS_AT_ONCE)),
         });
         let router = Router::new(Arc::clone(&shared))?;
         // Not serving until Python says the models are ready.

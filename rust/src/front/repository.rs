@@ -2,7 +2,10 @@
 //! RepositoryModelUnload. The front does not decide what they do; it hands each request's
 //! message to a `RepositoryHandler` (Python's, in the server) on tokio's blocking pool,
 //! since a load can take seconds and must not hold up the calls this thread serves, and
-//! answers with the handler's message. Without a handler they are UNIMPLEMENTED.
+//! answers with the handler's message. Without a handler they are UNIMPLEMENTED. At most
+//! CALLS_AT_ONCE calls run in the handler at once (each holds a blocking thread and takes
+//! the interpreter lock the model runners need); the others wait for their turn, within
+//! their deadline, holding no thread.
 
 #![deny(
     clippy::indexing_slicing,
@@ -20,6 +23,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use prost::Message;
+use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::Status;
 use tower_service::Service;
@@ -31,6 +35,9 @@ use super::service::{grpc, status_of, SERVICE_NAME};
 use super::Shared;
 use crate::error::Error;
 use crate::proto;
+
+/// Repository calls the handler runs at once: a load and an index beside it.
+pub(super) const CALLS_AT_ONCE: usize = 2;
 
 /// One of the repository extension's methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +97,7 @@ pub trait RepositoryHandler: Send + Sync + 'static {
 struct Forward {
     handler: Arc<dyn RepositoryHandler>,
     method: RepositoryMethod,
+    turns: Arc<Semaphore>,
 }
 
 type Answer = Result<tonic::Response<Bytes>, Status>;
@@ -104,31 +112,43 @@ impl Service<tonic::Request<Bytes>> for Forward {
     }
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let Forward { handler, method } = self.clone();
+        let Forward {
+            handler,
+            method,
+            turns,
+        } = self.clone();
         Box::pin(async move {
             let deadline = deadline_of(&request);
             let message = request.into_inner();
             method.check(&message)?;
-            let answering = tokio::task::spawn_blocking(move || handler.call(method, message));
-            let joined = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline.into(), answering)
+            let answering = async move {
+                let turn = turns
+                    .acquire_owned()
                     .await
-                    .map_err(|_| {
-                        Error::DeadlineExceeded(format!(
-                            "the deadline passed before {} was done (it goes on)",
-                            method.name()
-                        ))
-                    }),
-                None => Ok(answering.await),
-            };
-            let answer = joined.and_then(|joined| {
-                joined.unwrap_or_else(|_| {
+                    .map_err(|_| Error::Unavailable("the server is stopping".to_owned()))?;
+                // The turn goes with the work: a call past its deadline goes on, holding it.
+                let work = move || {
+                    let _turn = turn;
+                    handler.call(method, message)
+                };
+                tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
                     Err(Error::Internal(format!(
                         "the {} handler failed",
                         method.name()
                     )))
                 })
-            });
+            };
+            let answer = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), answering)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::DeadlineExceeded(format!(
+                            "the deadline passed before {} was done (a call already begun goes on)",
+                            method.name()
+                        )))
+                    }),
+                None => answering.await,
+            };
             match answer {
                 Ok(response) => Ok(tonic::Response::new(Bytes::from(response))),
                 Err(error) => Err(status_of(&error)),
@@ -151,6 +171,13 @@ pub(super) async fn call(
         .into_http();
     };
     grpc(RawCodec::<Bytes>::default(), shared, request.headers())
-        .unary(Forward { handler, method }, request)
+        .unary(
+            Forward {
+                handler,
+                method,
+                turns: Arc::clone(&shared.repository_calls),
+            },
+            request,
+        )
         .await
 }
