@@ -67,11 +67,10 @@ class ModelConfig:
         model outside the registry)."""
         if self.version is not None:
             return self.version
-        reference = (
-            self.uri.removeprefix("models:/").strip("/") if self.uri.startswith("models:/") else ""
-        )
-        number = reference.rsplit("/", 1)[-1] if "/" in reference else ""
-        return number if number.isdigit() else None
+        from arrowsmith.models.loader import registry_reference
+
+        reference = registry_reference(self.uri)
+        return reference.version_number if reference is not None else None
 
     @property
     def served_name(self) -> str:

@@ -277,7 +277,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         follower,
         config.model_control_mode,
         config.webhook_secret,
-        on_webhook=_tell_supervisor if worker else None,
+        on_webhook=_supervisor_teller(os.getppid()) if worker else None,
     )
     dataplane = DataPlane(repository, config.request_timeout or None)
     fronts = None if worker else Fronts(config, dataplane, repository_api, worker)
@@ -323,6 +323,13 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     return code
 
 
-def _tell_supervisor() -> None:
-    """A worker's webhook: the supervisor has every worker look at the registry now."""
-    os.kill(os.getppid(), signal.SIGUSR1)
+def _supervisor_teller(supervisor: int) -> Callable[[], None]:
+    """What a worker does on a webhook: the supervisor has every worker look at the
+    registry now. Once the supervisor is gone (the worker was re-parented), nobody is told:
+    the signal must not reach whatever process adopted it."""
+
+    def tell() -> None:
+        if os.getppid() == supervisor:
+            os.kill(supervisor, signal.SIGUSR1)
+
+    return tell

@@ -13,8 +13,14 @@ from arrowsmith import _native
 from arrowsmith.batching.watch import RunnerWatch
 from arrowsmith.config import ModelConfig
 from arrowsmith.dataplane import DataPlane
-from arrowsmith.errors import ModelNotFoundError, ModelNotReadyError, UnsupportedError
+from arrowsmith.errors import (
+    InternalError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    UnsupportedError,
+)
 from arrowsmith.models.loader import ModelSource
+from arrowsmith.serving import repository as repository_module
 from arrowsmith.serving.follower import RegistryFollower
 from arrowsmith.serving.repository import ModelRepository, ServedVersion
 from arrowsmith.serving.repository_api import RepositoryApi
@@ -207,3 +213,34 @@ def test_entries_listed_under_one_name_are_served_side_by_side(wine_model_dir: P
         assert index == [("a", "READY"), ("b", "READY")]
     finally:
         repository.stop(STOP_WAIT_S)
+
+
+def test_a_failed_load_keeps_the_configuration(
+    repository: ModelRepository, registry: Registry
+) -> None:
+    """A client's load of a URI that does not load leaves the model, and the URI it
+    follows, as they were."""
+    api = RepositoryApi(repository, None, "explicit", None)
+    registry.current = "3"
+    with pytest.raises(InternalError, match="failed to load"):
+        api.load(NAME, {"uri": "models:/Wine@challenger"})
+    config = repository.config(NAME)
+    assert config is not None and config.uri == URI
+    assert repository.get(NAME).version == "1"
+
+
+def test_model_code_that_exits_while_loading_fails_only_that_load(
+    repository: ModelRepository, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sys.exit()` in a model's loading code (unpickling, load_context) is a failed load:
+    the old version serves on and the follower looks again at its next poll."""
+
+    def exits(*args: object) -> None:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(repository_module, "load_model", exits)
+    registry.current = "2"
+    RegistryFollower(repository, poll_interval=0).check()
+    assert repository.get(NAME).version == "1"
+    [_, failed] = repository.index()
+    assert (failed.version, failed.state) == ("2", "UNAVAILABLE") and "3" in failed.reason

@@ -56,18 +56,20 @@ def _registry_version(name: str, reference: str) -> str:
 def default_name(uri: str) -> str:
     """The name a model is served under unless one is given: the registered model's name,
     else the model folder's (or run artifact's) name. Parses only; no registry call."""
+    reference = registry_reference(uri)
+    if reference is not None:
+        return reference.name
     if uri.startswith("models:/"):
-        reference = uri.removeprefix("models:/").strip("/")
-        return reference.split("@", 1)[0].split("/", 1)[0]
-    if uri.startswith("runs:/") or _is_remote(uri):
+        return uri.removeprefix("models:/").strip("/")
+    if _is_remote(uri):
         path = urlparse(uri).path.strip("/")
         return path.rsplit("/", 1)[-1] or "model"
     return _local_path(uri).name
 
 
 def _is_remote(uri: str) -> bool:
-    """An artifact-store URI (`s3://`, `mlflow-artifacts:`, `gs://`, `https://`, ...), which
-    MLflow downloads; a Windows drive letter or `file:` is local."""
+    """A URI MLflow downloads (`runs:/`, `models:/`, `s3://`, `mlflow-artifacts:`,
+    `https://`, ...); a Windows drive letter or `file:` is local."""
     scheme = urlparse(uri).scheme
     return len(scheme) > 1 and scheme != "file"
 
@@ -77,54 +79,65 @@ def _local_path(uri: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def registered_name(uri: str) -> str | None:
-    """The registered model a `models:/Name/...` or `models:/Name@alias` URI names; None
-    for other URIs (MLflow 3 logged-model ids included)."""
+@dataclass(frozen=True)
+class RegistryReference:
+    """What a registry URI names: `models:/Name@alias`, or `models:/Name/<reference>` (a
+    version number, `latest` or a stage)."""
+
+    name: str
+    alias: str | None = None
+    reference: str | None = None
+
+    @property
+    def version_number(self) -> str | None:
+        """The version a `models:/Name/<number>` URI pins; None for one that may move."""
+        return self.reference if self.reference is not None and self.reference.isdigit() else None
+
+    @property
+    def moves(self) -> bool:
+        """An alias, a stage or `latest`: it can point to another version later."""
+        return self.version_number is None
+
+
+def registry_reference(uri: str) -> RegistryReference | None:
+    """The registry reference a URI is; None for other URIs (MLflow 3 logged-model ids
+    `models:/m-...` included). Parses only; no registry call."""
     if not uri.startswith("models:/"):
         return None
     reference = uri.removeprefix("models:/").strip("/")
     if "@" in reference:
-        return reference.split("@", 1)[0]
+        name, alias = reference.split("@", 1)
+        return RegistryReference(name, alias=alias)
     if "/" in reference:
-        return reference.split("/", 1)[0]
+        name, rest = reference.split("/", 1)
+        return RegistryReference(name, reference=rest)
     return None
-
-
-def follows_registry(uri: str) -> bool:
-    """Whether the URI is a reference that can move to another version: an alias, a
-    stage, or `latest` (a version number cannot)."""
-    name = registered_name(uri)
-    if name is None:
-        return False
-    reference = uri.removeprefix("models:/").strip("/")
-    return "@" in reference or not reference.split("/", 1)[1].isdigit()
 
 
 def registry_version(uri: str, version: str) -> ModelSource:
     """Version `version` of the registered model `uri` names."""
-    name = registered_name(uri)
-    if name is None:
+    reference = registry_reference(uri)
+    if reference is None:
         raise ValueError(f"{uri} is not a registry URI (models:/Name...): it has no versions")
-    return ModelSource(uri, f"models:/{name}/{version}", name, version)
+    return ModelSource(uri, f"models:/{reference.name}/{version}", reference.name, version)
 
 
 def resolve(uri: str) -> ModelSource:
     """Names and pins a model URI; registry look-ups need MLFLOW_TRACKING_URI."""
-    if uri.startswith("models:/"):
-        reference = uri.removeprefix("models:/").strip("/")
-        if "@" in reference:
+    reference = registry_reference(uri)
+    if reference is not None:
+        name = reference.name
+        if reference.alias is not None:
             from mlflow import MlflowClient
 
-            name, alias = reference.split("@", 1)
+            alias = reference.alias
             version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
-        elif "/" in reference:
-            name, ref = reference.split("/", 1)
-            version = _registry_version(name, ref)
         else:
-            # MLflow 3 logged-model id (`models:/m-...`): no registry version.
-            return ModelSource(uri, uri, default_name(uri), "")
+            version = _registry_version(name, reference.reference or "")
         return ModelSource(uri, f"models:/{name}/{version}", name, version)
-    if uri.startswith("runs:/") or _is_remote(uri):
+    if _is_remote(uri):
+        # `runs:/`, an MLflow 3 logged model (`models:/m-...`), an artifact store: MLflow
+        # downloads it; no registry version.
         return ModelSource(uri, uri, default_name(uri), "")
     return ModelSource(uri, str(_local_path(uri)), default_name(uri), "")
 

@@ -51,7 +51,8 @@ class RegistryFollower:
         followed = []
         for name in self._repository.names():
             config = self._repository.config(name)
-            if config is not None and loader.follows_registry(config.uri):
+            reference = loader.registry_reference(config.uri) if config is not None else None
+            if config is not None and reference is not None and reference.moves:
                 followed.append((name, config.uri))
         return followed
 
@@ -65,13 +66,21 @@ class RegistryFollower:
                 asked, self._asked = self._asked, set()
                 self._wake.clear()
             only = asked if woken and asked else None
-            self.check(only)
+            try:
+                self.check(only)
+            except Exception:
+                # The thread must outlive any fault: a follower that died would leave the
+                # server serving an old version with nothing to say so.
+                logger.exception("looking at the registry failed; trying again at the next poll")
 
     def check(self, registered_names: set[str] | None = None) -> None:
         """One look at the references followed (only those of `registered_names` when
         given); each that moved is swapped."""
         for name, uri in self.followed():
-            if registered_names is not None and loader.registered_name(uri) not in registered_names:
+            reference = loader.registry_reference(uri)
+            if registered_names is not None and (
+                reference is None or reference.name not in registered_names
+            ):
                 continue
             seen = time.monotonic()
             try:

@@ -36,7 +36,6 @@ RETIRE_GRACE_SECONDS = 1.0
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
-UNLOADING = "UNLOADING"
 
 
 @dataclass
@@ -45,8 +44,6 @@ class ServedVersion:
 
     model: LoadedModel
     runner: BatchRunner
-    #: Taken out of service: it answers what it holds, nothing new.
-    retired: bool = False
 
     @property
     def name(self) -> str:
@@ -62,7 +59,7 @@ class ServedVersion:
 
     @property
     def ready(self) -> bool:
-        return self.runner.healthy and not self.retired and not self.runner.stopping
+        return self.runner.healthy and not self.runner.stopping
 
 
 @dataclass(frozen=True)
@@ -200,9 +197,6 @@ class ModelRepository:
     def names(self) -> list[str]:
         return list(self._models)
 
-    def served_models(self) -> list[ServedModel]:
-        return list(self._models.values())
-
     def versions(self) -> list[ServedVersion]:
         return [v for m in self._models.values() for v in m.versions.values()]
 
@@ -219,7 +213,7 @@ class ModelRepository:
         entries: list[IndexEntry] = []
         models = self._models
         notes = self._notes
-        for name in dict.fromkeys([*self._configs, *models]):
+        for name in dict.fromkeys([*self._configs, *models, *notes.failed]):
             model = models.get(name)
             for served in model.versions.values() if model is not None else ():
                 state, reason = (READY, "") if served.ready else (UNAVAILABLE, "not ready")
@@ -266,19 +260,15 @@ class ModelRepository:
         was served stays)."""
         name = config.served_name
         with self._changes:
-            self._configs = {**self._configs, name: config}
-            if beside is not None:
-                self._beside = {**self._beside, name: beside}
-            entries = [(config, s) for s in self._sources(config)]
-            for entry in self._beside.get(name, ()):
-                source = self.resolve(entry.uri)
-                # A version the default's reference points to right now is served once.
-                if source.version not in {s.version for _, s in entries} or not source.version:
-                    entries.append((entry, source))
+            beside = self._beside.get(name, ()) if beside is None else beside
+            entries = self._resolved(config, beside)
             loaded = [self._load_version(entry, source) for entry, source in entries]
             default = loaded[0].version
             pinned = frozenset(m.version for m in loaded[1:])
             self._go_live(name, loaded, default, pinned, replace_all=True)
+            # Only what went live becomes the configuration (a failed load keeps the old).
+            self._configs = {**self._configs, name: config}
+            self._beside = {**self._beside, name: beside}
             if name not in self._expected:
                 self._expected = [*self._expected, name]
                 if self._front is not None:
@@ -354,29 +344,50 @@ class ModelRepository:
 
     # Internals ----------------------------------------------------------------------
 
-    def _sources(self, config: ModelConfig) -> list[loader.ModelSource]:
-        """The versions a configuration serves: what its URI points to (the default)
-        first, then the pinned `versions`."""
-        default = self.resolve(config.uri)
-        pinned = [loader.registry_version(config.uri, v) for v in config.versions]
-        return [default, *(s for s in pinned if s.version != default.version)]
+    def _resolved(
+        self, config: ModelConfig, beside: tuple[ModelConfig, ...]
+    ) -> list[tuple[ModelConfig, loader.ModelSource]]:
+        """The versions a configuration serves, each with the entry that gives its
+        settings: what its URI points to (the default) first, then the pinned `versions`,
+        then the entries beside it (a version served already counts once)."""
+        name = config.served_name
+        try:
+            default = self.resolve(config.uri)
+            pinned = [loader.registry_version(config.uri, v) for v in config.versions]
+            entries = [(config, default)]
+            entries += [(config, s) for s in pinned if s.version != default.version]
+            for entry in beside:
+                source = self.resolve(entry.uri)
+                if not source.version or source.version not in {s.version for _, s in entries}:
+                    entries.append((entry, source))
+        except Exception as error:
+            raise self._failed(name, "", f"{config.uri} could not be resolved: {error}") from error
+        return entries
 
     def _load_version(self, config: ModelConfig, source: loader.ModelSource) -> LoadedModel:
         name = config.served_name
         self._notes.loading[name] = source.version
         try:
             model = load_model(config, source)
-        except Exception as error:
-            reason = f"version {source.version or source.pinned_uri} failed to load: {error}"
-            self._notes.failed[name] = (source.version, reason)
-            metrics.count_load(name, source.version, "failed")
-            logger.error("model %s: %s; what is served stays", name, reason, exc_info=True)
-            raise InternalError(f"model '{name}': {reason}") from error
+        except BaseException as error:
+            # Loading runs the model's code (unpickling, load_context, the warm-up): whatever
+            # it raises, `SystemExit` included, fails this load and nothing else.
+            what = source.version or source.pinned_uri
+            raise self._failed(
+                name, source.version, f"version {what} failed to load: {error}"
+            ) from error
         finally:
             self._notes.loading.pop(name, None)
         self._notes.failed.pop(name, None)
         metrics.count_load(name, model.version, "loaded")
         return model
+
+    def _failed(self, name: str, version: str, reason: str) -> InternalError:
+        """Records a failed load for the index, the metrics and the log; the error to raise."""
+        self._notes.failed[name] = (version, reason)
+        metrics.count_load(name, version, "failed")
+        logger.error("model %s: %s; what is served stays", name, reason, exc_info=True)
+        return InternalError(f"model '{name}': {reason}")
 
     def _start(self, model: LoadedModel) -> ServedVersion:
         config = model.config
@@ -444,11 +455,13 @@ class ModelRepository:
     def _retire(
         self, retired: list[ServedVersion], still_served: frozenset[str] | set[str] = frozenset()
     ) -> None:
-        """Out of the front's table: requests no longer find these versions (a version
-        number served anew, `still_served`, already points to its replacement there)."""
+        """Out of the front's table (they are out of `_models` already): requests no longer
+        find these versions (a version number served anew, `still_served`, already points to
+        its replacement there)."""
+        if self._front is None:
+            return
         for served in retired:
-            served.retired = True
-            if self._front is not None and served.version not in still_served:
+            if served.version not in still_served:
                 self._front.unserve_version(served.name, served.version)
 
     def _retire_later(self, retired: list[ServedVersion]) -> None:
