@@ -95,11 +95,15 @@ pub fn check(response: &ModelInferResponse, checks: &Checks) -> Outcome {
                 ));
             }
         }
-        let elements: i64 = output.shape.iter().product();
+        // The server's numbers: a product that overflows is a bad answer, not a panic.
+        let elements = output
+            .shape
+            .iter()
+            .try_fold(1_i64, |count, &dim| count.checked_mul(dim));
         let size = DataType::parse(&output.datatype).and_then(DataType::element_size);
         if let (Some(size), Some(raw)) = (size, response.raw_output_contents.get(i)) {
-            if usize::try_from(elements)
-                .ok()
+            if elements
+                .and_then(|n| usize::try_from(n).ok())
                 .and_then(|n| n.checked_mul(size))
                 != Some(raw.len())
             {
