@@ -26,6 +26,7 @@ from arrowsmith.config import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PREDICT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
+    ENV_MANAGERS,
     MODEL_CONTROL_MODES,
     ModelConfig,
     ServerConfig,
@@ -40,6 +41,7 @@ MODEL_KEYS = (
     "max_queue_size",
     "versions",
     "version",
+    "env_manager",
 )
 
 
@@ -238,9 +240,66 @@ def _parser() -> argparse.ArgumentParser:
         f"all at once (default {DEFAULT_DRAIN_TIMEOUT:g}: below Kubernetes' 30 s grace period)",
     )
     _add_lifecycle_flags(serve)
+    _add_environment_flags(serve)
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
+    _add_env_parser(commands)
     return parser
+
+
+def _add_environment_flags(parser: argparse.ArgumentParser, default: str = "local") -> None:
+    """Where models' Python runs, and where built environments are kept."""
+    parser.add_argument(
+        "--env-manager",
+        choices=ENV_MANAGERS,
+        default=_env("env-manager", default),
+        help="local: the server's own environment (the default for serve); uv or "
+        "virtualenv: the model's own, built from its python_env.yaml and requirements.txt "
+        "(with uv, or venv and pip) once, cached, and running the workers; conda is not "
+        "available",
+    )
+    parser.add_argument(
+        "--env-cache",
+        metavar="DIR",
+        default=_env("env-cache", None),
+        help="where model environments are cached (default ~/.cache/arrowsmith/envs)",
+    )
+
+
+def _add_env_parser(commands: Any) -> None:
+    env = commands.add_parser(
+        "env",
+        help="build, list and prune cached model environments",
+        description="Model environments (--env-manager uv|virtualenv) are built once and "
+        "kept in --env-cache, keyed by the interpreter version, the model's requirements and "
+        "Arrowsmith's version.",
+    )
+    actions = env.add_subparsers(dest="env_command", required=True)
+    build = actions.add_parser(
+        "build", help="build a model's environment now (for images); prints its folder"
+    )
+    build.add_argument("model_uri", help="a local model folder, runs:/..., models:/...")
+    _add_environment_flags(build, default="uv")
+    listing = actions.add_parser("list", help="the cached environments")
+    listing.add_argument("--json", action="store_true", help="as a JSON list")
+    prune = actions.add_parser(
+        "prune", help="delete environments unused for a while, and unfinished builds"
+    )
+    prune.add_argument(
+        "--unused-days",
+        type=float,
+        default=30.0,
+        help="delete environments no server used for this many days (default 30)",
+    )
+    prune.add_argument("--all", action="store_true", help="delete every environment")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    for action in (listing, prune):
+        action.add_argument(
+            "--env-cache",
+            metavar="DIR",
+            default=_env("env-cache", None),
+            help="the cache folder (default ~/.cache/arrowsmith/envs)",
+        )
 
 
 def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:
@@ -416,6 +475,7 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         "max_batch_size": args.max_batch_size,
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "max_queue_size": args.max_queue_size,
+        "env_manager": args.env_manager,
     }
     if args.config is not None:
         if args.model_uri is not None:
@@ -453,6 +513,7 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         poll_interval=args.poll_interval,
         webhook_secret=args.webhook_secret,
         model_control_mode=args.model_control_mode,
+        env_cache=args.env_cache,
     )
 
 
@@ -464,16 +525,39 @@ def _metrics_port(args: argparse.Namespace) -> int:
     return 0 if args.uds_only else 8082
 
 
+def _serve_in_environment(config: ServerConfig) -> int:
+    """Finds or builds the models' environment, then runs the workers under its
+    interpreter (this process supervises them, as with --workers)."""
+    from arrowsmith.environments.build import EnvironmentBuildError
+    from arrowsmith.environments.serving import server_environment
+    from arrowsmith.server import configure_logging
+    from arrowsmith.workers import supervise
+
+    configure_logging(config)
+    try:
+        environment = server_environment(config)
+    except (ValueError, EnvironmentBuildError, OSError) as error:
+        print(f"arrowsmith: {error}", file=sys.stderr)
+        return 2
+    return supervise(config, str(environment.python))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "env":
+            from arrowsmith.environments.commands import run
+
+            return run(args)
         config = _serve_config(parser, args)
     except (ValueError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)
         return 2
+    if config.own_environments:
+        return _serve_in_environment(config)
     if config.workers > 1:
         from arrowsmith.workers import supervise
 

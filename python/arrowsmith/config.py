@@ -34,6 +34,9 @@ DEFAULT_DRAIN_TIMEOUT = 20.0
 #: Seconds between looks at the registry references that models follow.
 DEFAULT_POLL_INTERVAL = 30.0
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+#: Where a model's Python runs: the server's own environment, or one built for the model
+#: (MLflow's names; conda is refused with a message saying what works).
+ENV_MANAGERS = ("local", "uv", "virtualenv", "conda")
 #: Threads of the HTTP front for the work kept off its event loop.
 DEFAULT_HTTP_THREADS = 32
 
@@ -59,6 +62,9 @@ class ModelConfig:
     #: version number); entries that share a name and differ in version are served side by
     #: side, the first listed being the default.
     version: str | None = None
+    #: `local`: the server's environment; `uv` or `virtualenv`: the model's own, built
+    #: from its python_env.yaml and requirements and cached.
+    env_manager: str = "local"
 
     @property
     def version_label(self) -> str | None:
@@ -106,6 +112,11 @@ class ModelConfig:
             raise ValueError(f"versions of {self.uri} need a registry URI (models:/Name...)")
         if self.version is not None and (not isinstance(self.version, str) or not self.version):
             raise ValueError(f"the version of {self.uri} must be non-empty text")
+        if self.env_manager not in ENV_MANAGERS:
+            raise ValueError(
+                f"env_manager of {self.uri} must be one of {', '.join(ENV_MANAGERS)}, "
+                f"not {self.env_manager!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,13 @@ class ServerConfig:
     #: Whether clients may load and unload models through the repository API: `none` and
     #: `poll` refuse it (`poll` also needs polling on), `explicit` allows it.
     model_control_mode: str = "none"
+    #: The folder model environments are cached in; None: ~/.cache/arrowsmith/envs.
+    env_cache: str | None = None
+
+    @property
+    def own_environments(self) -> bool:
+        """Whether some model runs in an environment of its own."""
+        return any(model.env_manager != "local" for model in self.models)
 
     def _check_limits(self) -> None:
         for flag, count in (

@@ -28,14 +28,25 @@ _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
 KILL_MARGIN_SECONDS = 5.0
 
 
-def _spawn(index: int, config: ServerConfig, metrics_dir: str) -> subprocess.Popen[bytes]:
+#: What a worker run by another interpreter must not inherit from this one's environment.
+_OWN_ENVIRONMENT_ONLY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def _spawn(
+    index: int, config: ServerConfig, metrics_dir: str, python: str
+) -> subprocess.Popen[bytes]:
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if python == sys.executable or key not in _OWN_ENVIRONMENT_ONLY
+    }
     env = {
-        **os.environ,
+        **inherited,
         _CONFIG_ENV: json.dumps(dataclasses.asdict(config)),
         "ARROWSMITH_WORKER_INDEX": str(index),
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
-    return subprocess.Popen([sys.executable, "-m", "arrowsmith.workers"], env=env)
+    return subprocess.Popen([python, "-m", "arrowsmith.workers"], env=env)
 
 
 def _serve_metrics(config: ServerConfig, metrics_dir: str) -> None:
@@ -48,7 +59,9 @@ def _serve_metrics(config: ServerConfig, metrics_dir: str) -> None:
     logger.info("metrics of %d workers on :%d/metrics", config.workers, config.metrics_port)
 
 
-def supervise(config: ServerConfig) -> int:
+def supervise(config: ServerConfig, python: str = sys.executable) -> int:
+    """Runs `config.workers` workers under the interpreter `python` (a model environment's,
+    or this one's) until a stop signal."""
     configure_logging(config)
     stop = stop_on_signals()
     metrics_dir = tempfile.mkdtemp(prefix="arrowsmith-metrics-")
@@ -56,7 +69,7 @@ def supervise(config: ServerConfig) -> int:
     status = 0
     try:
         for index in range(config.workers):
-            workers[index] = _spawn(index, config, metrics_dir)
+            workers[index] = _spawn(index, config, metrics_dir, python)
         if config.metrics_port:
             _serve_metrics(config, metrics_dir)
         # SIGHUP reloads the TLS files: each worker does it for its own fronts (left alone,
@@ -76,7 +89,7 @@ def supervise(config: ServerConfig) -> int:
                     stop.set()
                     break
                 logger.warning("worker %d ended (exit %s); starting it again", index, code)
-                workers[index] = _spawn(index, config, metrics_dir)
+                workers[index] = _spawn(index, config, metrics_dir, python)
     finally:
         _stop_all(list(workers.values()), config.drain_timeout + KILL_MARGIN_SECONDS)
         shutil.rmtree(metrics_dir, ignore_errors=True)

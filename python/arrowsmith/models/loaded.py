@@ -11,6 +11,7 @@ from typing import Any
 
 from arrowsmith import _native
 from arrowsmith.config import ModelConfig
+from arrowsmith.environments.local import warn_differences
 from arrowsmith.models import fast_path, loader
 from arrowsmith.models.signature import (
     TensorMetadata,
@@ -85,6 +86,8 @@ def _describe(
     config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy
 ) -> LoadedModel:
     path = copy.path
+    if config.env_manager == "local":
+        warn_differences(config.name or source.default_name, path)
     pyfunc = loader.load_pyfunc(path)
     metadata = pyfunc.metadata
     input_schema = metadata.get_input_schema()

@@ -213,10 +213,12 @@ def _bytes_under(folder: Path) -> int:
 
 
 def load_pyfunc(path: Path) -> Any:
-    """Loads the model's python_function flavor from a local folder."""
+    """Loads the model's python_function flavor from a local folder. MLflow's warnings
+    about a Python or requirements mismatch are left to `environments.local`, which says
+    the same once, with the flag that fixes it."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(str(path))
+    return mlflow.pyfunc.load_model(str(path), suppress_warnings=True)
 
 
 def input_example(model: Any, path: Path) -> Any | None:

@@ -1,0 +1,3 @@
+"""Models' own Python environments (`--env-manager uv|virtualenv`): what a model asks for
+(`spec`), the interpreters here (`interpreters`), Arrowsmith as a wheel (`wheel`), the
+cache (`cache`), building (`build`), and the check of `--env-manager local` (`local`)."""
