@@ -2808,3 +2808,93 @@ fn a_peer_that_stops_answering_pings_is_dropped() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Models served by another process, on its Unix socket
+
+/// A front that serves nothing itself, routing `echo` to a server on a Unix socket: every
+/// call naming `echo` (ModelInfer, a stream's messages, ModelReady, ModelMetadata) is
+/// answered by the other server, its refusals included; ServerReady and `echo`'s health
+/// follow `set_remote_ready`; once the other server is gone, calls are UNAVAILABLE; and
+/// once the route is removed, `echo` is unknown again.
+#[test]
+fn a_routed_model_is_answered_by_the_process_serving_it() {
+    let dir = TempDir::new();
+    let path = dir.join("model.sock");
+    let backend = Server::start(Setup {
+        unix: Some(path.clone()),
+        ..Setup::default()
+    });
+    let router = Server::launch(Setup {
+        expected: vec![],
+        ..Setup::default()
+    });
+    router.front.route_to(MODEL, Some(path.clone()));
+
+    let ready = |server: &Server| -> bool {
+        let answer: ServerReadyResponse =
+            server.ask("ServerReady", &ServerReadyRequest {}).decoded();
+        answer.ready
+    };
+    assert!(!ready(&router), "not ready before the routed model is");
+    assert_eq!(router.health(MODEL).code, Code::Ok);
+    router.front.set_remote_ready(MODEL, true);
+    assert!(ready(&router));
+
+    block_on(async {
+        let client = connect(router.address).await;
+        assert_eq!(
+            client.infer(&request("far", &[4, 2])).await.echoed("far"),
+            [4, 2]
+        );
+        let refused = client.infer(&short_request("bad")).await;
+        let direct = connect(backend.address)
+            .await
+            .infer(&short_request("bad"))
+            .await;
+        assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
+        assert_eq!(refused.message, direct.message);
+        let unknown_version = ModelInferRequest {
+            model_version: "9".into(),
+            ..request("v9", &[1])
+        };
+        assert_eq!(client.infer(&unknown_version).await.code, Code::NotFound);
+
+        let requests = [
+            request("s-0", &[1]),
+            short_request("bad"),
+            request("s-2", &[2, 3]),
+        ];
+        let reply = client
+            .call_framed(STREAM_INFER, frames(&requests), &[])
+            .await;
+        let responses = reply.stream_responses();
+        assert_eq!(responses.len(), 3, "{responses:?}");
+        assert_eq!(stream_echoed(&responses[0], "s-0"), [1]);
+        assert_eq!(responses[1].error_message, direct.message);
+        assert_eq!(stream_echoed(&responses[2], "s-2"), [2, 3]);
+
+        let asked = ModelMetadataRequest {
+            name: MODEL.into(),
+            version: String::new(),
+        };
+        let metadata: ModelMetadataResponse = client.ask("ModelMetadata", &asked).await.decoded();
+        assert_eq!(metadata, echo_metadata());
+    });
+    block_on(backend.counted(MODEL, "OK", 3));
+    assert_eq!(
+        router.count(MODEL, "OK"),
+        0,
+        "the router counts nothing it forwards"
+    );
+
+    router.front.set_remote_ready(MODEL, false);
+    assert!(!ready(&router));
+    drop(backend);
+    let gone = router.infer(&request("gone", &[1]));
+    assert_eq!(gone.code, Code::Unavailable, "{gone:?}");
+
+    router.front.route_to(MODEL, None);
+    assert!(ready(&router), "nothing routed, nothing expected: ready");
+    assert_eq!(router.infer(&request("none", &[1])).code, Code::NotFound);
+}

@@ -1,7 +1,8 @@
 //! ModelInfer with no Python on the way: the message is decoded, its model found, the
 //! signature applied and the job queued in the model's batcher right here; the runner
 //! thread predicts, and the answer is encoded into the response from this thread.
-//! `Pending` is one queued job as a future; ModelStreamInfer uses it too.
+//! `Pending` is one queued job as a future; ModelStreamInfer uses it too. A model another
+//! process serves is not decoded here: its message is forwarded (`forward`).
 
 #![deny(
     clippy::indexing_slicing,
@@ -22,6 +23,7 @@ use tokio::time::Sleep;
 use tonic::Status;
 use tower_service::Service;
 
+use super::codec::WireMessage;
 use super::deadline::Deadline;
 use super::models::Entry;
 use super::service::status_of;
@@ -116,13 +118,69 @@ impl Drop for Pending {
     }
 }
 
-/// Decodes the message, finds its model, applies the signature and queues the job; a
-/// refusal is counted (under the model's name once known) and returned as its status.
+/// The path of ModelInfer, as forwarded.
+const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// A call's answer: encoded here, or the message the process serving its model answered.
+pub(super) enum InferAnswer {
+    Encoded(EncodedResponse),
+    Forwarded(Bytes),
+}
+
+impl WireMessage for InferAnswer {
+    fn encoded_len(&self) -> usize {
+        match self {
+            InferAnswer::Encoded(encoded) => encoded.encoded_len(),
+            InferAnswer::Forwarded(message) => message.len(),
+        }
+    }
+
+    fn write_to(&self, out: &mut impl bytes::BufMut) {
+        match self {
+            InferAnswer::Encoded(encoded) => encoded.write_to(out),
+            InferAnswer::Forwarded(message) => out.put_slice(message),
+        }
+    }
+}
+
+type Forwarding = Pin<Box<dyn Future<Output = Result<Bytes, Status>> + Send>>;
+
+/// An admitted call until answered: queued here, or forwarded.
+pub(super) enum Answering {
+    Queued(Pending),
+    Forwarded(Forwarding),
+}
+
+impl Future for Answering {
+    type Output = Result<InferAnswer, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answering::Queued(pending) => Pin::new(pending).poll(cx).map(|answer| {
+                answer
+                    .map(InferAnswer::Encoded)
+                    .map_err(|error| status_of(&error))
+            }),
+            Answering::Forwarded(forwarding) => forwarding
+                .as_mut()
+                .poll(cx)
+                .map(|answer| answer.map(InferAnswer::Forwarded)),
+        }
+    }
+}
+
+/// Decodes the message, finds its model, applies the signature and queues the job (or
+/// forwards the message, when another process serves its model); a refusal is counted
+/// (under the model's name once known) and returned as its status.
 pub(super) async fn admit(
     shared: &Arc<Shared>,
     message: Bytes,
     deadline: Option<Instant>,
-) -> Result<Pending, Status> {
+) -> Result<Answering, Status> {
+    if let Some(remote) = shared.routes.remote_for(&message) {
+        let forwarding = remote.unary(MODEL_INFER_PATH, message, deadline);
+        return Ok(Answering::Forwarded(Box::pin(forwarding)));
+    }
     let admitted = if message.len() > OFF_THREAD_BYTES {
         // A big body is decoded and checked on the blocking pool, so that other calls on
         // this thread keep moving meanwhile.
@@ -134,7 +192,11 @@ pub(super) async fn admit(
         queue(shared, message, deadline)
     };
     match admitted {
-        Ok((model, job)) => Ok(Pending::new(Arc::clone(shared), model, job)),
+        Ok((model, job)) => Ok(Answering::Queued(Pending::new(
+            Arc::clone(shared),
+            model,
+            job,
+        ))),
         Err((model, error)) => {
             shared.stats.count(&model, error.code_name());
             Err(status_of(&error))
@@ -178,10 +240,10 @@ pub(super) fn deadline_of<T>(request: &tonic::Request<T>) -> Option<Instant> {
 #[derive(Clone)]
 pub(super) struct Handler(pub Arc<Shared>);
 
-type Answer = std::result::Result<tonic::Response<EncodedResponse>, Status>;
+type Answer = std::result::Result<tonic::Response<InferAnswer>, Status>;
 
 impl Service<tonic::Request<Bytes>> for Handler {
-    type Response = tonic::Response<EncodedResponse>;
+    type Response = tonic::Response<InferAnswer>;
     type Error = Status;
     type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
@@ -193,11 +255,8 @@ impl Service<tonic::Request<Bytes>> for Handler {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let deadline = deadline_of(&request);
-            let pending = admit(&shared, request.into_inner(), deadline).await?;
-            match pending.await {
-                Ok(encoded) => Ok(tonic::Response::new(encoded)),
-                Err(error) => Err(status_of(&error)),
-            }
+            let answering = admit(&shared, request.into_inner(), deadline).await?;
+            answering.await.map(tonic::Response::new)
         })
     }
 }

@@ -33,6 +33,7 @@ pub mod budget;
 mod codec;
 mod connection;
 pub mod deadline;
+mod forward;
 mod infer;
 pub mod metered;
 mod models;
@@ -163,6 +164,8 @@ struct Shared {
     repository: RwLock<Option<Arc<dyn RepositoryHandler>>>,
     /// Repository calls running in Python at once; the rest wait here, holding no thread.
     repository_calls: Arc<tokio::sync::Semaphore>,
+    /// Models served by other processes, and where.
+    routes: forward::Routes,
 }
 
 impl Shared {
@@ -269,6 +272,7 @@ impl Front {
             limits,
             repository: RwLock::new(None),
             repository_calls: Arc::new(tokio::sync::Semaphore::new(repository::CALLS_AT_ONCE)),
+            routes: forward::Routes::default(),
         });
         let router = Router::new(Arc::clone(&shared))?;
         // Not serving until Python says the models are ready.
@@ -335,6 +339,28 @@ impl Front {
     /// not served is NOT_FOUND, no longer UNAVAILABLE as loading.
     pub fn set_expected(&self, names: Vec<String>) {
         self.shared.models.set_expected(names);
+    }
+
+    /// Forwards every call naming model `name` (ModelInfer, ModelStreamInfer's messages,
+    /// ModelMetadata, ModelReady, ModelConfig) to the gRPC server on the Unix socket
+    /// `socket`, from the next call on; not ready until `set_remote_ready` says so. None
+    /// stops routing it.
+    pub fn route_to(&self, name: &str, socket: Option<PathBuf>) {
+        let routed = socket.is_some();
+        self.shared.routes.set(name, socket);
+        self.shared
+            .models
+            .publish_routed_health(&self.runtime, name, routed.then_some(false));
+    }
+
+    /// Whether routed model `name` is ready (its health; ServerReady waits for every routed
+    /// model). A name not routed is not changed.
+    pub fn set_remote_ready(&self, name: &str, ready: bool) {
+        if self.shared.routes.set_ready(name, ready) {
+            self.shared
+                .models
+                .publish_routed_health(&self.runtime, name, Some(ready));
+        }
     }
 
     /// What answers RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload from now

@@ -249,6 +249,20 @@ impl ModelTable {
         runtime.block_on(self.health.set_service_status(name, status(ready)));
     }
 
+    /// Publishes the health of `name`, a model another process serves: its readiness, or
+    /// not serving once it is no longer routed (None). Waits on `runtime`.
+    pub(super) fn publish_routed_health(&self, runtime: &Handle, name: &str, ready: Option<bool>) {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ready = ready.unwrap_or(false);
+        if published.insert(name.to_owned(), ready) == Some(ready) {
+            return;
+        }
+        runtime.block_on(self.health.set_service_status(name, status(ready)));
+    }
+
     /// Publishes the server's health when it changed.
     pub(super) async fn publish_server_health(&self, serving: bool) {
         let last = self

@@ -11,10 +11,13 @@
     clippy::panic
 )]
 
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
@@ -31,6 +34,10 @@ use crate::error::Error;
 use crate::proto;
 
 pub(super) const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+/// The paths of the small calls that name a model, as forwarded.
+const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
+const MODEL_CONFIG: &str = "/inference.GRPCInferenceService/ModelConfig";
 
 /// The gRPC status code an error answers with: the table `arrowsmith.errors.STATUSES`
 /// keeps for the HTTP front.
@@ -126,6 +133,67 @@ where
     .await
 }
 
+/// A small call that names a model: forwarded as it came when another process serves the
+/// model, else answered here by `answer`.
+struct Routed<F, Req, Resp> {
+    shared: Arc<Shared>,
+    path: &'static str,
+    answer: F,
+    messages: PhantomData<fn(Req) -> Resp>,
+}
+
+type RoutedAnswer = Pin<Box<dyn Future<Output = Result<tonic::Response<Bytes>, Status>> + Send>>;
+
+impl<F, Req, Resp> Service<tonic::Request<Bytes>> for Routed<F, Req, Resp>
+where
+    F: Fn(Req) -> Result<Resp, Status>,
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+{
+    type Response = tonic::Response<Bytes>;
+    type Error = Status;
+    type Future = RoutedAnswer;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let deadline = infer::deadline_of(&request);
+        let message = request.into_inner();
+        if let Some(remote) = self.shared.routes.remote_for(&message) {
+            let forwarding = remote.unary(self.path, message, deadline);
+            return Box::pin(async move { forwarding.await.map(tonic::Response::new) });
+        }
+        let answered = Req::decode(message)
+            .map_err(|error| Status::internal(format!("failed to decode the request: {error}")))
+            .and_then(|asked| (self.answer)(asked))
+            .map(|answer| tonic::Response::new(Bytes::from(answer.encode_to_vec())));
+        Box::pin(ready(answered))
+    }
+}
+
+async fn routed<Req, Resp>(
+    shared: &Arc<Shared>,
+    request: Request<MeteredBody>,
+    method: &'static str,
+    answer: impl Fn(Req) -> Result<Resp, Status>,
+) -> Response<Body>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+{
+    let service = Routed {
+        shared: Arc::clone(shared),
+        path: method,
+        answer,
+        messages: PhantomData,
+    };
+    grpc(RawCodec::<Bytes>::default(), shared, request.headers())
+        .unary(service, request)
+        .await
+}
+
 /// A model's entry for a metadata call: NOT_FOUND, or UNAVAILABLE until it is ready.
 fn ready_model(
     shared: &Shared,
@@ -169,18 +237,23 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
         "ServerReady" => {
             small(&shared, request, |_: proto::ServerReadyRequest| {
                 Ok(proto::ServerReadyResponse {
-                    ready: models.server_ready(),
+                    ready: models.server_ready() && shared.routes.all_ready(),
                 })
             })
             .await
         }
         "ModelReady" => {
-            small(&shared, request, |asked: proto::ModelReadyRequest| {
-                let ready = models
-                    .find(&asked.name, &asked.version)
-                    .is_ok_and(|entry| entry.is_ready());
-                Ok(proto::ModelReadyResponse { ready })
-            })
+            routed(
+                &shared,
+                request,
+                MODEL_READY,
+                |asked: proto::ModelReadyRequest| {
+                    let ready = models
+                        .find(&asked.name, &asked.version)
+                        .is_ok_and(|entry| entry.is_ready());
+                    Ok(proto::ModelReadyResponse { ready })
+                },
+            )
             .await
         }
         "ServerMetadata" => {
@@ -194,17 +267,27 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
             .await
         }
         "ModelMetadata" => {
-            small(&shared, request, |asked: proto::ModelMetadataRequest| {
-                let entry = ready_model(&shared, &asked.name, &asked.version)?;
-                Ok(entry.model.metadata.clone())
-            })
+            routed(
+                &shared,
+                request,
+                MODEL_METADATA,
+                |asked: proto::ModelMetadataRequest| {
+                    let entry = ready_model(&shared, &asked.name, &asked.version)?;
+                    Ok(entry.model.metadata.clone())
+                },
+            )
             .await
         }
         "ModelConfig" => {
-            small(&shared, request, |asked: proto::ModelConfigRequest| {
-                let entry = ready_model(&shared, &asked.name, &asked.version)?;
-                Ok(entry.model.config.clone())
-            })
+            routed(
+                &shared,
+                request,
+                MODEL_CONFIG,
+                |asked: proto::ModelConfigRequest| {
+                    let entry = ready_model(&shared, &asked.name, &asked.version)?;
+                    Ok(entry.model.config.clone())
+                },
+            )
             .await
         }
         _ => match RepositoryMethod::of(method) {

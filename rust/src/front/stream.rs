@@ -30,10 +30,9 @@ use tonic::{Status, Streaming};
 use tower_service::Service;
 
 use super::codec::WireMessage;
-use super::infer::{admit, deadline_of, Pending};
+use super::infer::{admit, deadline_of, Answering, InferAnswer};
 use super::metered::CallBudget;
 use super::Shared;
-use crate::encode::EncodedResponse;
 use crate::proto::ModelStreamInferResponse;
 
 /// `ModelStreamInferResponse`'s field numbers.
@@ -42,7 +41,7 @@ const INFER_RESPONSE_FIELD: u32 = 2;
 
 /// One response on the stream: an answer, or why the request was not answered.
 pub(super) enum StreamAnswer {
-    Answer(EncodedResponse),
+    Answer(InferAnswer),
     Error(String),
 }
 
@@ -77,12 +76,12 @@ impl WireMessage for StreamAnswer {
     }
 }
 
-type Admitting = Pin<Box<dyn Future<Output = Result<Pending, Status>> + Send>>;
+type Admitting = Pin<Box<dyn Future<Output = Result<Answering, Status>> + Send>>;
 
 /// A request of the stream, in arrival order, until its response is sent.
 enum Waiting {
     Admitting(Admitting),
-    Queued(Pending),
+    Queued(Answering),
     Refused(String),
 }
 
@@ -151,8 +150,8 @@ impl Answers {
         let answer = match oldest {
             Waiting::Admitting(_) => return Poll::Pending,
             Waiting::Queued(pending) => match Pin::new(pending).poll(cx) {
-                Poll::Ready(Ok(encoded)) => StreamAnswer::Answer(encoded),
-                Poll::Ready(Err(error)) => StreamAnswer::Error(error.to_string()),
+                Poll::Ready(Ok(answer)) => StreamAnswer::Answer(answer),
+                Poll::Ready(Err(status)) => StreamAnswer::Error(status.message().to_owned()),
                 Poll::Pending => return Poll::Pending,
             },
             Waiting::Refused(message) => StreamAnswer::Error(std::mem::take(message)),

@@ -244,6 +244,21 @@ impl GrpcFront {
         py.detach(|| self.front.set_expected(names));
     }
 
+    /// Forwards every call naming model `name` (ModelInfer, ModelStreamInfer's messages,
+    /// ModelMetadata, ModelReady, ModelConfig) to the gRPC server on the Unix socket
+    /// `socket` (another process of this server), not ready until `set_remote_ready`;
+    /// None stops routing it.
+    #[pyo3(signature = (name, socket))]
+    fn route_to(&self, py: Python<'_>, name: &str, socket: Option<PathBuf>) {
+        py.detach(|| self.front.route_to(name, socket));
+    }
+
+    /// Whether routed model `name` is ready (its health service; ServerReady waits for
+    /// every routed model). A name not routed is ignored.
+    fn set_remote_ready(&self, py: Python<'_>, name: &str, ready: bool) {
+        py.detach(|| self.front.set_remote_ready(name, ready));
+    }
+
     /// What answers RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload from now
     /// on: `handler(method, request) -> response`, `method` the method's name, `request`
     /// and `response` serialized messages. It runs on a thread of its own, never on the
