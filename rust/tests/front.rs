@@ -2898,3 +2898,34 @@ fn a_routed_model_is_answered_by_the_process_serving_it() {
     assert!(ready(&router), "nothing routed, nothing expected: ready");
     assert_eq!(router.infer(&request("none", &[1])).code, Code::NotFound);
 }
+
+/// A front's Unix socket file replaced by a successor's (moved onto its path) is left
+/// alone when the front stops: the path leads to the successor from then on.
+#[test]
+fn a_successor_socket_moved_onto_the_path_survives_the_stop() {
+    let dir = TempDir::new();
+    let path = dir.join("model.sock");
+    let staged = dir.join("model.sock.next");
+    let first = Server::start(Setup {
+        unix: Some(path.clone()),
+        ..Setup::default()
+    });
+    let second = Server::start(Setup {
+        unix: Some(staged.clone()),
+        ..Setup::default()
+    });
+    std::fs::rename(&staged, &path).expect("the successor's socket takes the path");
+    first.front.stop(Duration::from_secs(5));
+    assert!(path.exists(), "the successor's socket file stays");
+    block_on(async {
+        let socket = UnixStream::connect(&path)
+            .await
+            .expect("the successor accepts on the path");
+        let (client, _) = Client::over(socket, "localhost").await;
+        assert_eq!(
+            client.infer(&request("next", &[3])).await.echoed("next"),
+            [3]
+        );
+    });
+    drop(second);
+}

@@ -89,38 +89,55 @@ impl Remote {
     }
 
     /// Calls `path` with `message`, within `deadline`; the answer's message bytes, or the
-    /// status the other process answered with.
+    /// status the other process answered with. A call its connection refused unsent (the
+    /// process is draining, or was replaced and its connection closed) is sent once more on
+    /// a new connection: a replaced process's socket then leads to its successor.
     pub(super) async fn unary(
         self: Arc<Self>,
         path: &'static str,
         message: Bytes,
         deadline: Option<Instant>,
     ) -> Result<Bytes, Status> {
-        let mut request = Request::post(format!("http://arrowsmith{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Status::deadline_exceeded("the deadline passed"));
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Status::deadline_exceeded("the deadline passed"));
+                }
+                Some(format!("{}u", left.as_micros().clamp(1, 99_999_999)))
             }
-            let micros = left.as_micros().clamp(1, 99_999_999);
-            request = request.header("grpc-timeout", format!("{micros}u"));
-        }
+            None => None,
+        };
         let length = u32::try_from(message.len())
             .map_err(|_| Status::resource_exhausted("message too large to forward"))?;
         let mut framed = BytesMut::with_capacity(message.len().saturating_add(FRAME_HEADER));
         framed.put_u8(0);
         framed.put_u32(length);
         framed.extend_from_slice(&message);
-        let request = request
-            .body(Full::new(framed.freeze()))
-            .map_err(|error| Status::internal(format!("forwarding: {error}")))?;
+        let framed = framed.freeze();
+        let request = || {
+            let mut request = Request::post(format!("http://arrowsmith{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if let Some(timeout) = &timeout {
+                request = request.header("grpc-timeout", timeout.as_str());
+            }
+            request
+                .body(Full::new(framed.clone()))
+                .map_err(|error| Status::internal(format!("forwarding: {error}")))
+        };
         let mut sender = self.sender().await?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|error| self.unreachable(error))?;
+        let response = match sender.send_request(request()?).await {
+            Ok(response) => response,
+            Err(error) if error.is_canceled() || sender.is_closed() => {
+                let mut sender = self.sender().await?;
+                sender
+                    .send_request(request()?)
+                    .await
+                    .map_err(|error| self.unreachable(error))?
+            }
+            Err(error) => return Err(self.unreachable(error)),
+        };
         let (parts, body) = response.into_parts();
         if let Some(status) = failure(parts.headers.get("grpc-status"), &parts.headers) {
             return Err(status);

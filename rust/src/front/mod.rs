@@ -46,6 +46,7 @@ pub mod tls;
 
 use std::future::poll_fn;
 use std::net::ToSocketAddrs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
@@ -216,8 +217,9 @@ pub struct Front {
     /// Set once, to the grace period in-flight calls get, when the front should stop.
     stop: watch::Sender<Option<Duration>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The Unix socket's file, removed when the front stops.
-    socket_file: Option<PathBuf>,
+    /// The Unix socket's file and its inode, removed when the front stops if it is still
+    /// this front's (a successor's socket may have been moved onto the path meanwhile).
+    socket_file: Option<(PathBuf, u64)>,
 }
 
 impl Front {
@@ -258,7 +260,8 @@ impl Front {
             let (unix, socket_file) = match listeners.unix {
                 Some((listener, path)) => {
                     listener.set_nonblocking(true)?;
-                    (Some(UnixListener::from_std(listener)?), Some(path))
+                    let inode = std::fs::metadata(&path)?.ino();
+                    (Some(UnixListener::from_std(listener)?), Some((path, inode)))
                 }
                 None => (None, None),
             };
@@ -427,8 +430,10 @@ impl Front {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
-        if let Some(path) = &self.socket_file {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, inode)) = &self.socket_file {
+            if std::fs::metadata(path).is_ok_and(|found| found.ino() == *inode) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
