@@ -123,4 +123,4 @@ def installed_versions() -> list[str]:
         found = _on_path(name.removeprefix("python"))
         if found is not None:
             versions.add(found.version)
-    return sorted(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
+    return sorted(versions, key=lambda v: tuple(int(part) for part in re.findall(r"\d+", v)))

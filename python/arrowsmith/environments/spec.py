@@ -9,6 +9,7 @@ the same environment whatever folder the model was downloaded to."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ CONDA_FILE = "conda.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
 #: Conda packages that a pip-only environment provides by itself.
 CONDA_PROVIDED = frozenset({"python", "pip", "setuptools", "wheel"})
+#: `-r file`, `--requirement=file`, `-rfile`, and the same of `-c`.
+_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:=|\s+|(?<=-[rc]))(\S.*)$")
 
 
 class EnvironmentSpecError(ValueError):
@@ -72,10 +75,11 @@ def read_spec(model_dir: Path) -> EnvironmentSpec:
 
 
 def _yaml(path: Path) -> dict[str, Any]:
+    """The file's settings, every scalar as text (`python: 3.10` stays "3.10")."""
     import yaml
 
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=yaml.BaseLoader)
     except (OSError, yaml.YAMLError) as error:
         raise EnvironmentSpecError(f"{path} cannot be read: {error}") from None
     if not isinstance(document, dict):
@@ -117,9 +121,9 @@ def _from_conda(model_dir: Path, path: Path) -> EnvironmentSpec:
         if isinstance(item, dict):
             pip_lines += _text_list(path, "pip", item.get("pip"))
             continue
-        name, _, version = item.replace(" ", "").partition("=")
+        name, version = _conda_name_version(item)
         if name == "python":
-            python = version.lstrip("=")
+            python = version
         elif name not in CONDA_PROVIDED:
             others.append(item)
     if others:
@@ -132,6 +136,14 @@ def _from_conda(model_dir: Path, path: Path) -> EnvironmentSpec:
         raise EnvironmentSpecError(f"{path} does not say which Python the model needs")
     lines_read = _expand(model_dir, pip_lines, set())
     return EnvironmentSpec(_python_version(path, python), (), *lines_read, CONDA_FILE)
+
+
+def _conda_name_version(item: str) -> tuple[str, str]:
+    """`pip<=24.0` -> ("pip", "24.0"); `python=3.11.7` -> ("python", "3.11.7")."""
+    match = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*([=<>!~]*)\s*([^\s,]*)", item)
+    if match is None:
+        return item.strip(), ""
+    return match.group(1).lower(), match.group(3)
 
 
 def _conda_items(path: Path, value: Any) -> list[str | dict[str, Any]]:
@@ -152,8 +164,9 @@ def _expand(
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
-        option, _, argument = line.partition(" ")
-        if option in ("-r", "--requirement", "-c", "--constraint"):
+        include = _INCLUDE.match(line)
+        if include is not None:
+            option, argument = include.group(1), include.group(2)
             included = (folder / argument.strip()).resolve()
             if included in seen or not included.is_file():
                 raise EnvironmentSpecError(f"{included}, named by `{line}`, cannot be read")
@@ -176,16 +189,22 @@ def _expand(
 
 
 def _local_file(folder: Path, line: str) -> Path | None:
-    """The file a requirement line names by path (a wheel or sdist shipped with the model)."""
+    """The file or folder a requirement line names by path (a wheel, an sdist or a
+    package's source shipped with the model)."""
     if not (line.startswith((".", "/")) or line.endswith((".whl", ".tar.gz", ".zip"))):
         return None
     path = (folder / line).resolve()
-    return path if path.is_file() else None
+    return path if path.exists() else None
 
 
 def _digest(path: Path) -> str:
+    """The content of a file, or of every file under a folder (with their places)."""
     sha = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            sha.update(block)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            sha.update(f"{file.relative_to(path)}\0".encode())
+        with file.open("rb") as content:
+            for block in iter(lambda: content.read(1 << 20), b""):
+                sha.update(block)
     return "sha256:" + sha.hexdigest()
