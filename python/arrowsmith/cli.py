@@ -526,20 +526,33 @@ def _metrics_port(args: argparse.Namespace) -> int:
 
 
 def _serve_in_environment(config: ServerConfig) -> int:
-    """Finds or builds the models' environment, then runs the workers under its
-    interpreter (this process supervises them, as with --workers)."""
+    """Finds or builds the models' environments, then runs the workers: those of the first
+    model's environment on the ports, one process for each other environment's models
+    behind them (this process supervises them all, as with --workers)."""
     from arrowsmith.environments.build import EnvironmentBuildError
-    from arrowsmith.environments.serving import server_environment
+    from arrowsmith.environments.serving import plan_groups
+    from arrowsmith.routing.groups import ProcessGroup
     from arrowsmith.server import configure_logging
     from arrowsmith.workers import supervise
 
+    def process_groups() -> list[ProcessGroup]:
+        return [
+            ProcessGroup(
+                sys.executable if group.environment is None else str(group.environment.python),
+                group.models,
+            )
+            for group in plan_groups(config)
+        ]
+
     configure_logging(config)
     try:
-        environment = server_environment(config)
+        groups = process_groups()
     except (ValueError, EnvironmentBuildError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)
         return 2
-    return supervise(config, str(environment.python))
+    # A followed reference that moves to a version needing another environment: planned
+    # again (and built) while the workers serve.
+    return supervise(config, groups, replan=process_groups)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

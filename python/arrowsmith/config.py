@@ -120,6 +120,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RoutedGroup:
+    """Models another process of this server serves, under its own environment's
+    interpreter: the front forwards their calls to that process's private Unix sockets."""
+
+    names: tuple[str, ...]
+    grpc_uds: str
+    #: None when the server serves no HTTP.
+    http_uds: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     models: tuple[ModelConfig, ...]
     host: str = "127.0.0.1"
@@ -173,6 +184,9 @@ class ServerConfig:
     model_control_mode: str = "none"
     #: The folder model environments are cached in; None: ~/.cache/arrowsmith/envs.
     env_cache: str | None = None
+    #: Models of other environments, served by other processes of this server, that this
+    #: one's fronts forward to (the supervisor sets them; `models` lists only its own).
+    routes: tuple[RoutedGroup, ...] = ()
 
     @property
     def own_environments(self) -> bool:

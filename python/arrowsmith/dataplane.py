@@ -17,6 +17,7 @@ from arrowsmith.errors import (
     ErrorCode,
 )
 from arrowsmith.models.loaded import LoadedModel
+from arrowsmith.routing.remote import RoutedModels
 from arrowsmith.serving.repository import ModelRepository, ServedVersion
 
 SERVER_NAME = "arrowsmith"
@@ -30,13 +31,25 @@ class ServerMetadata:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, request_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        request_timeout: float | None = None,
+        routed: RoutedModels | None = None,
+    ) -> None:
         self.repository = repository
+        #: The models other processes of the server serve, which the fronts forward to.
+        self.routed = routed if routed is not None else RoutedModels(())
         #: Seconds an HTTP request may wait for its answer (`--request-timeout`); None: no
         #: limit. gRPC calls carry their client's deadline instead.
         self.request_timeout = request_timeout
         #: Made on the event loop by the first `infer_async` (the HTTP front's one loop).
         self._loop_answers: LoopAnswers | None = None
+
+    @property
+    def ready(self) -> bool:
+        """The server is ready: the models here, and those other processes serve for it."""
+        return self.repository.ready and self.routed.ready
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, ())

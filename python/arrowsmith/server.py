@@ -24,10 +24,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from arrowsmith.config import ServerConfig
+from arrowsmith.routing.remote import RoutedModels
 
 if TYPE_CHECKING:
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.http.server import HttpFront
+    from arrowsmith.routing.watch import HealthWatch
     from arrowsmith.serving.repository import ModelRepository
     from arrowsmith.serving.repository_api import RepositoryApi
 
@@ -39,6 +41,11 @@ EXIT_LOAD_FAILED = 3
 #: ended, or a call of it never returned, or a front stopped serving (sysexits'
 #: EX_SOFTWARE). Restarting it helps.
 EXIT_MODEL_FAILED = 70
+#: A worker's exit status when the version its models resolve to needs another environment
+#: than the one it runs in: the supervisor builds that one and starts the worker in it.
+EXIT_ENVIRONMENT_CHANGED = 4
+#: Names a file a worker touches once it serves (set when it replaces another worker).
+READY_FILE_ENV = "ARROWSMITH_READY_FILE"
 #: How often the main thread checks that every front still serves.
 FRONT_CHECK_SECONDS = 0.1
 
@@ -143,11 +150,14 @@ class Lifecycle:
     """How the process ends, and gRPC health in step with readiness. A stop signal ends it
     with 0 once drained; `fatal` (a model or a front cannot answer any more) with
     EXIT_MODEL_FAILED.
-    Health follows the repository's readiness once the fronts serve (a model turns not ready
-    while a call of it overruns, say) and stays NOT_SERVING from the moment a stop begins."""
+    Health follows the repository's readiness, and the routed models', once the fronts serve
+    (a model turns not ready while a call of it overruns, say) and stays NOT_SERVING from the
+    moment a stop begins."""
 
     def __init__(self) -> None:
         self.repository: ModelRepository | None = None
+        #: The models other processes serve for this one (see `arrowsmith.routing`).
+        self.routed = RoutedModels(())
         self.stop = stop_on_signals()
         self._reload = threading.Event()
         self._look_up = threading.Event()
@@ -171,8 +181,8 @@ class Lifecycle:
 
     def _update_health(self) -> None:
         if self._fronts is not None and self.repository is not None:
-            serving = self.repository.ready and not self._stopping
-            self._fronts.grpc.publish_readiness(self.repository, serving)
+            serving = self.repository.ready and self.routed.ready and not self._stopping
+            self._fronts.grpc.publish_readiness(self.repository, self.routed, serving)
 
     def wait(self) -> None:
         """Until a stop: a signal, `fatal`, or a front whose thread ended (a dead front is
@@ -257,6 +267,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     from arrowsmith import _native
     from arrowsmith.batching.watch import RunnerWatch
     from arrowsmith.dataplane import DataPlane
+    from arrowsmith.environments.running import NeedsOtherEnvironment
     from arrowsmith.serving.follower import RegistryFollower
     from arrowsmith.serving.repository import ModelRepository
     from arrowsmith.serving.repository_api import RepositoryApi
@@ -270,16 +281,22 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         config.models, watch, config.drain_timeout, lifecycle.readiness_changed
     )
     lifecycle.repository = repository
-    follower = RegistryFollower(repository, config.poll_interval)
+    lifecycle.routed = RoutedModels(config.routes, lifecycle.readiness_changed)
+    health_watch = _watch_routed(lifecycle.routed)
+    follower = RegistryFollower(
+        repository,
+        config.poll_interval,
+        _supervisor_teller(os.getppid(), signal.SIGUSR2) if worker else None,
+    )
     lifecycle.on_look_up = follower.check_now
     repository_api = RepositoryApi(
         repository,
         follower,
         config.model_control_mode,
         config.webhook_secret,
-        on_webhook=_supervisor_teller(os.getppid()) if worker else None,
+        on_webhook=_supervisor_teller(os.getppid(), signal.SIGUSR1) if worker else None,
     )
-    dataplane = DataPlane(repository, config.request_timeout or None)
+    dataplane = DataPlane(repository, config.request_timeout or None, lifecycle.routed)
     fronts = None if worker else Fronts(config, dataplane, repository_api, worker)
     if config.metrics_port and not worker:
         from prometheus_client import start_http_server
@@ -288,6 +305,12 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         logger.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     try:
         repository.load_configured()
+    except NeedsOtherEnvironment as error:
+        logger.info("%s; exiting for the supervisor to start this worker in it", error)
+        if fronts is not None:
+            fronts.stop(0)
+        repository.stop(0)
+        return EXIT_ENVIRONMENT_CHANGED
     except Exception:
         logger.exception("loading failed; exiting")
         if fronts is not None:
@@ -304,8 +327,14 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         lifecycle.serving(fronts)
         follower.start()
         logger.info("ready: serving %s", ", ".join(repository.names()))
+        ready_file = os.environ.get(READY_FILE_ENV) if worker else None
+        if ready_file:
+            with open(ready_file, "w"):
+                pass
     lifecycle.wait()
     follower.stop()
+    if health_watch is not None:
+        health_watch.stop()
     lifecycle.begin_stop()
     busy = drain(fronts, repository, config.drain_timeout)
     watch.stop()
@@ -323,13 +352,26 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     return code
 
 
-def _supervisor_teller(supervisor: int) -> Callable[[], None]:
-    """What a worker does on a webhook: the supervisor has every worker look at the
-    registry now. Once the supervisor is gone (the worker was re-parented), nobody is told:
-    the signal must not reach whatever process adopted it."""
+def _watch_routed(routed: RoutedModels) -> HealthWatch | None:
+    """Follows the readiness of the processes serving the routed models (grpcio is
+    imported only by the processes that route some)."""
+    if not routed.groups:
+        return None
+    from arrowsmith.routing.watch import HealthWatch
+
+    health_watch = HealthWatch(routed)
+    health_watch.start()
+    return health_watch
+
+
+def _supervisor_teller(supervisor: int, signum: signal.Signals) -> Callable[[], None]:
+    """How a worker tells its supervisor something: SIGUSR1 on a webhook (every worker then
+    looks at the registry now), SIGUSR2 when a model needs another environment. Once the
+    supervisor is gone (the worker was re-parented), nobody is told: the signal must not
+    reach whatever process adopted it."""
 
     def tell() -> None:
         if os.getppid() == supervisor:
-            os.kill(supervisor, signal.SIGUSR1)
+            os.kill(supervisor, signum)
 
     return tell

@@ -1,9 +1,18 @@
-"""Several server processes on the same ports (SO_REUSEPORT lets the kernel spread the
-connections): a supervisor starts N workers, restarts one that crashes, serves their
-combined metrics, passes SIGHUP and SIGUSR1 on to them, and on SIGTERM stops them all, each
-draining its in-flight requests.
+"""Several server processes under one supervisor: N workers on the same ports (SO_REUSEPORT
+lets the kernel spread the connections) and, when models need different environments, one
+process per other environment on private Unix sockets, which the workers on the ports
+forward to (`arrowsmith.routing`). The supervisor restarts a process that crashes, serves
+their combined metrics, passes SIGHUP and SIGUSR1 on to them, and on SIGTERM stops them,
+each draining its in-flight requests: the workers on the ports first, since they drain
+what they forward.
 A worker whose models fail to load (EXIT_LOAD_FAILED) stops the whole server: restarting
-it would only fail again."""
+it would only fail again.
+
+When a model's reference moves to a version that needs another environment, a worker says
+so (SIGUSR2, or exiting with EXIT_ENVIRONMENT_CHANGED when it starts): the supervisor plans
+the environments again in the background (building the new one while the old workers
+serve), starts the group's workers under the new interpreter, and once each is ready (it
+touches its ready file) stops its predecessor, which drains: no request goes unanswered."""
 
 from __future__ import annotations
 
@@ -16,10 +25,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
-from arrowsmith.config import ModelConfig, ServerConfig
-from arrowsmith.server import EXIT_LOAD_FAILED, configure_logging, stop_on_signals
+from arrowsmith.config import ModelConfig, RoutedGroup, ServerConfig
+from arrowsmith.routing.groups import GroupConfig, ProcessGroup, group_configs
+from arrowsmith.server import (
+    EXIT_ENVIRONMENT_CHANGED,
+    EXIT_LOAD_FAILED,
+    READY_FILE_ENV,
+    configure_logging,
+    stop_on_signals,
+)
 
 logger = logging.getLogger("arrowsmith.workers")
 
@@ -33,8 +52,14 @@ _OWN_ENVIRONMENT_ONLY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 
 
 def _spawn(
-    index: int, config: ServerConfig, metrics_dir: str, python: str
+    slot: _Slot,
+    metrics_dir: str,
+    config: ServerConfig | None = None,
+    ready_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Starts the slot's worker (with `config` in place of its group's, and a file to touch
+    once ready, when it replaces one)."""
+    python = slot.group.python
     inherited = {
         key: value
         for key, value in os.environ.items()
@@ -42,58 +67,316 @@ def _spawn(
     }
     env = {
         **inherited,
-        _CONFIG_ENV: json.dumps(dataclasses.asdict(config)),
-        "ARROWSMITH_WORKER_INDEX": str(index),
+        _CONFIG_ENV: json.dumps(dataclasses.asdict(config or slot.group.config)),
+        "ARROWSMITH_WORKER_INDEX": str(slot.index),
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
+    if ready_file is not None:
+        env[READY_FILE_ENV] = ready_file
     return subprocess.Popen([python, "-m", "arrowsmith.workers"], env=env)
 
 
-def _serve_metrics(config: ServerConfig, metrics_dir: str) -> None:
+def _serve_metrics(config: ServerConfig, metrics_dir: str, processes: int) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
     start_http_server(config.metrics_port, addr=config.host, registry=registry)
-    logger.info("metrics of %d workers on :%d/metrics", config.workers, config.metrics_port)
+    logger.info("metrics of %d processes on :%d/metrics", processes, config.metrics_port)
 
 
-def supervise(config: ServerConfig, python: str = sys.executable) -> int:
-    """Runs `config.workers` workers under the interpreter `python` (a model environment's,
-    or this one's) until a stop signal."""
+@dataclass(frozen=True)
+class _Slot:
+    """One worker: its index (its metrics' `worker` label), what it serves under which
+    interpreter, and whether it owns the ports (the front group) or serves a model group."""
+
+    index: int
+    group: GroupConfig
+    front: bool
+
+    def describe(self) -> str:
+        if self.front:
+            return f"worker {self.index}"
+        names = dict.fromkeys(model.served_name for model in self.group.config.models)
+        return f"worker {self.index} (serving {', '.join(names)})"
+
+
+def _slots(config: ServerConfig, groups: Sequence[ProcessGroup], runtime_dir: str) -> list[_Slot]:
+    """`config.workers` workers of the front group, then one per model group."""
+    if len(groups) == 1:
+        front, model_groups = GroupConfig(groups[0].python, config), []
+    else:
+        front, *model_groups = group_configs(config, list(groups), runtime_dir)
+    slots = [_Slot(index, front, True) for index in range(config.workers)]
+    return slots + [
+        _Slot(config.workers + number, group, False) for number, group in enumerate(model_groups)
+    ]
+
+
+def supervise(
+    config: ServerConfig,
+    groups: Sequence[ProcessGroup] = (),
+    replan: Callable[[], Sequence[ProcessGroup]] | None = None,
+) -> int:
+    """Runs the workers until a stop signal: `config.workers` under this interpreter; or,
+    given the models by interpreter (`groups`, the first model's first), as many under the
+    first group's, serving its models on the ports, and one process for each other group,
+    which they forward to. `replan` plans the groups again when a worker needs another
+    environment (None: nobody can). Exits 2 when the groups cannot be set up."""
     configure_logging(config)
-    stop = stop_on_signals()
-    metrics_dir = tempfile.mkdtemp(prefix="arrowsmith-metrics-")
-    workers: dict[int, subprocess.Popen[bytes]] = {}
-    status = 0
+    groups = groups or [ProcessGroup(sys.executable, config.models)]
+    # Private: only this user's processes reach the sockets, which serve without TLS.
+    runtime_dir = tempfile.mkdtemp(prefix="arrowsmith-")
     try:
-        for index in range(config.workers):
-            workers[index] = _spawn(index, config, metrics_dir, python)
-        if config.metrics_port:
-            _serve_metrics(config, metrics_dir)
-        # SIGHUP reloads the TLS files: each worker does it for its own fronts (left alone,
-        # the signal would end the supervisor and orphan its workers). SIGUSR1, from a worker
-        # that received an MLflow webhook, has every worker look at the registry at once.
-        for forwarded in (signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(forwarded, lambda signum, frame: _forward(signum, workers))
-        while not stop.wait(0.5):
-            for index, process in list(workers.items()):
-                code = process.poll()
-                if code is None:
-                    continue
-                _mark_dead(process.pid, metrics_dir)
-                if code == EXIT_LOAD_FAILED:
-                    logger.error("worker %d could not load its models; stopping", index)
-                    status = 1
-                    stop.set()
-                    break
-                logger.warning("worker %d ended (exit %s); starting it again", index, code)
-                workers[index] = _spawn(index, config, metrics_dir, python)
+        slots = _slots(config, groups, runtime_dir)
+    except ValueError as error:
+        logger.error("cannot serve these models together: %s", error)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        return 2
+    supervisor = _Supervisor(config, slots, runtime_dir, replan)
+    try:
+        return supervisor.run()
     finally:
-        _stop_all(list(workers.values()), config.drain_timeout + KILL_MARGIN_SECONDS)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return status
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+@dataclass
+class _Incoming:
+    """A worker started under a new environment's interpreter, until it is ready."""
+
+    slot: _Slot
+    process: subprocess.Popen[bytes]
+    ready_file: str
+    #: Its sockets as started (model groups), and where they go once it is ready.
+    moves: list[tuple[str, str]]
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        config: ServerConfig,
+        slots: list[_Slot],
+        runtime_dir: str,
+        replan: Callable[[], Sequence[ProcessGroup]] | None,
+    ) -> None:
+        self.config = config
+        self.slots = {slot.index: slot for slot in slots}
+        self.runtime_dir = runtime_dir
+        self.metrics_dir = tempfile.mkdtemp(prefix="arrowsmith-metrics-")
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        #: Slots whose worker exited for another environment, until the plan is redone.
+        self.waiting: set[int] = set()
+        self.incoming: dict[int, _Incoming] = {}
+        #: Predecessors draining, and when they will be killed.
+        self.retiring: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.replanner = _Replanner(replan) if replan is not None else None
+        self.patience = config.drain_timeout + KILL_MARGIN_SECONDS
+        self.stop = stop_on_signals()
+        self.status = 0
+
+    def run(self) -> int:
+        try:
+            for slot in self.slots.values():
+                self.processes[slot.index] = _spawn(slot, self.metrics_dir)
+            if self.config.metrics_port:
+                _serve_metrics(self.config, self.metrics_dir, len(self.slots))
+            # SIGHUP reloads the TLS files: each worker does it for its own fronts (left
+            # alone, the signal would end the supervisor and orphan its workers). SIGUSR1,
+            # from a worker that received an MLflow webhook, has every worker look at the
+            # registry at once. SIGUSR2: a worker found a version needing another environment.
+            for forwarded in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(forwarded, lambda signum, frame: _forward(signum, self.processes))
+            signal.signal(signal.SIGUSR2, lambda signum, frame: self._environment_wanted())
+            while not self.stop.wait(0.5):
+                self._watch_workers()
+                self._take_plan()
+                self._watch_incoming()
+                self._watch_retiring(kill_late=True)
+        finally:
+            everyone = list(self.processes.values())
+            everyone += [incoming.process for incoming in self.incoming.values()]
+            front = {i for i, slot in self.slots.items() if slot.front}
+            _stop_all([p for i, p in self.processes.items() if i in front], self.patience)
+            _stop_all([p for p in everyone if p.poll() is None], self.patience)
+            self._watch_retiring(kill_late=False)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        return self.status
+
+    def _environment_wanted(self) -> None:
+        if self.replanner is not None:
+            self.replanner.want()
+
+    def _watch_workers(self) -> None:
+        for index, slot in self.slots.items():
+            process = self.processes.get(index)
+            if process is None or index in self.waiting:
+                continue
+            code = process.poll()
+            if code is None:
+                continue
+            _mark_dead(process.pid, self.metrics_dir)
+            if code == EXIT_LOAD_FAILED:
+                logger.error("%s could not load its models; stopping", slot.describe())
+                self.status = 1
+                self.stop.set()
+                return
+            if code == EXIT_ENVIRONMENT_CHANGED and self.replanner is not None:
+                logger.info("%s needs another environment; planning again", slot.describe())
+                self.waiting.add(index)
+                self.replanner.want()
+                continue
+            logger.warning("%s ended (exit %s); starting it again", slot.describe(), code)
+            self.processes[index] = _spawn(slot, self.metrics_dir)
+
+    def _take_plan(self) -> None:
+        """Applies a plan the replanner finished: each group whose interpreter changed gets
+        new workers (a worker waiting for it starts at once). A plan that would arrange the
+        models in other groups is not applied: the workers stay as they are."""
+        if self.replanner is None:
+            return
+        plan = self.replanner.take()
+        if plan is None:
+            return
+        by_group = _group_slots(self.slots.values())
+        if [_names(group.models) for group in plan] != [
+            _names(slots[0].group.config.models) for slots in by_group
+        ]:
+            logger.error(
+                "the models now need their environments arranged in other groups, which "
+                "takes a restart of the server; until then the workers stay as they are"
+            )
+            return
+        for group, slots in zip(plan, by_group, strict=True):
+            for slot in slots:
+                if slot.index in self.waiting:
+                    self.waiting.discard(slot.index)
+                    self.slots[slot.index] = replace(
+                        slot, group=GroupConfig(group.python, slot.group.config)
+                    )
+                    self.processes[slot.index] = _spawn(self.slots[slot.index], self.metrics_dir)
+                elif group.python != slot.group.python and slot.index not in self.incoming:
+                    self._start_successor(slot, group.python)
+
+    def _start_successor(self, slot: _Slot, python: str) -> None:
+        successor = replace(slot, group=GroupConfig(python, slot.group.config))
+        config = slot.group.config
+        moves = []
+        if not slot.front:
+            staged = {path: f"{path}.next" for path in (config.grpc_uds, config.http_uds) if path}
+            moves = [(new, old) for old, new in staged.items()]
+            config = dataclasses.replace(
+                config,
+                grpc_uds=staged.get(config.grpc_uds or "", config.grpc_uds),
+                http_uds=staged.get(config.http_uds or "", config.http_uds),
+            )
+        ready_file = os.path.join(self.runtime_dir, f"ready-{slot.index}-{time.monotonic_ns()}")
+        logger.info("%s: starting its successor under %s", slot.describe(), python)
+        process = _spawn(successor, self.metrics_dir, config, ready_file)
+        self.incoming[slot.index] = _Incoming(successor, process, ready_file, moves)
+
+    def _watch_incoming(self) -> None:
+        for index, incoming in list(self.incoming.items()):
+            code = incoming.process.poll()
+            if code is not None:
+                _mark_dead(incoming.process.pid, self.metrics_dir)
+                logger.error(
+                    "%s: its successor ended before it was ready (exit %s); the worker stays",
+                    incoming.slot.describe(),
+                    code,
+                )
+                del self.incoming[index]
+                continue
+            if not os.path.exists(incoming.ready_file):
+                continue
+            # The successor serves: it takes the sockets, and its predecessor drains.
+            for staged, final in incoming.moves:
+                os.replace(staged, final)
+            predecessor = self.processes.get(index)
+            if predecessor is not None and predecessor.poll() is None:
+                predecessor.send_signal(signal.SIGTERM)
+                self.retiring.append((predecessor, time.monotonic() + self.patience))
+            self.slots[index] = incoming.slot
+            self.processes[index] = incoming.process
+            del self.incoming[index]
+            logger.info(
+                "%s now runs under %s", incoming.slot.describe(), incoming.slot.group.python
+            )
+
+    def _watch_retiring(self, kill_late: bool) -> None:
+        """Predecessors that finished draining leave the list; one past its time is
+        killed (all of them are waited for when `kill_late` is False)."""
+        still = []
+        for process, deadline in self.retiring:
+            if not kill_late:
+                try:
+                    process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            elif process.poll() is None:
+                if time.monotonic() < deadline:
+                    still.append((process, deadline))
+                    continue
+                logger.error("worker %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.wait()
+            _mark_dead(process.pid, self.metrics_dir)
+        self.retiring = still
+
+
+def _group_slots(slots: Iterable[_Slot]) -> list[list[_Slot]]:
+    """The slots by group, in the plan's order: the front group's first (they share one
+    configuration), then each model group's."""
+    ordered: dict[int, list[_Slot]] = {}
+    for slot in sorted(slots, key=lambda s: s.index):
+        ordered.setdefault(-1 if slot.front else slot.index, []).append(slot)
+    return list(ordered.values())
+
+
+def _names(models: Iterable[ModelConfig]) -> frozenset[str]:
+    return frozenset(model.served_name for model in models)
+
+
+class _Replanner:
+    """Plans the groups again on a thread of its own (building environments takes a while,
+    and the supervisor keeps watching its workers meanwhile). A want while planning is
+    remembered and planned after."""
+
+    def __init__(self, plan: Callable[[], Sequence[ProcessGroup]]) -> None:
+        self._plan = plan
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+        self._result: list[ProcessGroup] | None = None
+
+    def want(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+            self._running = True
+        threading.Thread(target=self._work, name="environments", daemon=True).start()
+
+    def take(self) -> list[ProcessGroup] | None:
+        with self._lock:
+            result, self._result = self._result, None
+            return result
+
+    def _work(self) -> None:
+        while True:
+            try:
+                result: list[ProcessGroup] | None = list(self._plan())
+            except Exception:
+                logger.exception("planning the environments again failed; the workers stay")
+                result = None
+            with self._lock:
+                if result is not None:
+                    self._result = result
+                if not self._again:
+                    self._running = False
+                    return
+                self._again = False
 
 
 def _forward(signum: int, workers: dict[int, subprocess.Popen[bytes]]) -> None:
@@ -125,16 +408,21 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], patience: float) -> None
             process.wait()
 
 
+def config_from_json(text: str) -> ServerConfig:
+    """A worker's configuration, as the supervisor wrote it (`dataclasses.asdict`, JSON)."""
+    raw = json.loads(text)
+    models = tuple(
+        ModelConfig(**{**m, "versions": tuple(m["versions"])}) for m in raw.pop("models")
+    )
+    routes = tuple(RoutedGroup(**{**r, "names": tuple(r["names"])}) for r in raw.pop("routes"))
+    return ServerConfig(models=models, routes=routes, **{**raw, "workers": 1})
+
+
 def worker_main() -> int:
     """Entry point of a worker process: the supervisor's configuration, one server."""
     from arrowsmith.server import serve
 
-    raw = json.loads(os.environ[_CONFIG_ENV])
-    models = tuple(
-        ModelConfig(**{**m, "versions": tuple(m["versions"])}) for m in raw.pop("models")
-    )
-    config = ServerConfig(models=models, **{**raw, "workers": 1})
-    return serve(config, worker=True)
+    return serve(config_from_json(os.environ[_CONFIG_ENV]), worker=True)
 
 
 if __name__ == "__main__":

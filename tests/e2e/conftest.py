@@ -1,5 +1,6 @@
 """Fixtures the end-to-end tests share: a few wine rows and MLflow's answer (TLS and
-Unix-socket tests), and the MLflow registry deployment (tests that follow the registry)."""
+Unix-socket tests), the MLflow registry deployment (tests that follow the registry), and a
+model made under another scikit-learn (tests of model environments)."""
 
 from collections.abc import Iterator
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.pyfunc import PyFuncModel
+from support.foreign_model import ForeignModel, build_foreign_model
 from support.registry_stack import RegistryStack, running_registry_stack
 
 #: Rows sent by the tests that only check that a transport carries a prediction.
@@ -33,3 +35,10 @@ def registry_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     back, so every test starts from that state."""
     with running_registry_stack(tmp_path_factory.mktemp("registry-stack")) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def foreign_model(tmp_path_factory: pytest.TempPathFactory) -> ForeignModel:
+    """A random forest saved by scikit-learn 1.7.2 in an environment of its own, with its
+    answers for 50 wine rows there; tests must not change its files."""
+    return build_foreign_model(tmp_path_factory.mktemp("foreign-model"))

@@ -77,10 +77,11 @@ def ensure_environment(
         interpreter = interpreters.find(spec.python)
     except interpreters.MissingInterpreter:
         raise ValueError(missing_python_message(uri, spec)) from None
+    fingerprint = wheel.fingerprint()
     identity = {
         "manager": manager,
         "python": interpreter.version,
-        "arrowsmith": wheel.fingerprint(),
+        "arrowsmith": fingerprint,
         **spec.identity(),
     }
     key = environment_key(identity)
@@ -107,7 +108,7 @@ def ensure_environment(
                 spec.python,
                 interpreter.version,
             )
-        return _build(key, spec, manager, cache, interpreter, uri, compile_bytecode)
+        return _build(key, spec, manager, cache, interpreter, uri, fingerprint, compile_bytecode)
 
 
 def _build(
@@ -117,6 +118,7 @@ def _build(
     cache: EnvironmentCache,
     interpreter: interpreters.Interpreter,
     uri: str,
+    fingerprint: str,
     compile_bytecode: bool,
 ) -> Environment:
     started = time.monotonic()
@@ -145,7 +147,8 @@ def _build(
             "requirements": list(spec.requirements),
             "constraints": list(spec.constraints),
             "build_requirements": list(spec.build_requirements),
-            "arrowsmith": wheel.fingerprint(),
+            "identity": spec.identity(),
+            "arrowsmith": fingerprint,
             "models": [uri],
             "created": time.time(),
         }

@@ -1,13 +1,15 @@
-"""The environment a server's models run in, found or built before any worker starts: each
+"""The environments a server's models run in, found or built before any worker starts: each
 model's files are read where they lie (a local folder) or fetched (its environment files
-alone when they suffice, else the whole model), and every model of one server must come to
-the same environment, whose interpreter then runs the workers."""
+alone when they suffice, else the whole model), and the models are grouped by environment,
+each group's processes running under its interpreter."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,24 +86,55 @@ def model_environment(model: ModelConfig, cache: EnvironmentCache) -> Environmen
     return ensure_environment(spec, model.env_manager, cache, resolved)
 
 
-def server_environment(config: ServerConfig) -> Environment:
-    """The one environment every model of `config` runs in. Raises ValueError when a model
-    cannot have one (conda, a missing Python) or when models need different ones."""
+#: The group of the models that run in the server's own environment (env_manager local).
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class EnvironmentGroup:
+    """Models that run in one environment: a built one, or the server's own (None)."""
+
+    environment: Environment | None
+    models: tuple[ModelConfig, ...]
+
+    @property
+    def key(self) -> str:
+        return LOCAL if self.environment is None else self.environment.key
+
+
+def plan_groups(config: ServerConfig) -> list[EnvironmentGroup]:
+    """The models of `config` by the environment each runs in, every environment found or
+    built now. Raises ValueError when a model cannot have one (conda, a missing Python)."""
     cache = cache_of(config)
-    found: dict[str, tuple[Environment, str]] = {}
-    for model in config.models:
-        if model.env_manager == "local":
-            raise ValueError(
-                f"{model.uri} runs in the server's environment (--env-manager local) while "
-                "others have their own: give every model of one server the same env_manager"
-            )
-        environment = model_environment(model, cache)
-        found.setdefault(environment.key, (environment, model.uri))
-    if len(found) > 1:
-        (first, first_uri), (second, second_uri) = list(found.values())[:2]
-        raise ValueError(
-            f"{first_uri} and {second_uri} need different environments ({first.key}, "
-            f"{second.key}); serve them from separate servers"
+    groups = group_by_environment(config.models, lambda model: model_environment(model, cache))
+    for number, group in enumerate(groups if len(groups) > 1 else []):
+        names = ", ".join(dict.fromkeys(model.served_name for model in group.models))
+        where = (
+            "the server's environment" if group.environment is None else f"environment {group.key}"
         )
-    environment, _ = next(iter(found.values()))
-    return environment
+        role = "on the ports" if number == 0 else "behind the ports, in a process of its own"
+        logger.info("%s: in %s, %s", names, where, role)
+    return groups
+
+
+def group_by_environment(
+    models: tuple[ModelConfig, ...], environment_of: Callable[[ModelConfig], Environment]
+) -> list[EnvironmentGroup]:
+    """`models` grouped by environment (`environment_of` a model whose env_manager is not
+    local), each group in the order of its first model, so the first model's group comes
+    first: it serves the ports. Calls are forwarded by model name, so the versions of one
+    name must share an environment (ValueError otherwise)."""
+    groups: dict[str, EnvironmentGroup] = {}
+    key_of_name: dict[str, str] = {}
+    for model in models:
+        environment = None if model.env_manager == LOCAL else environment_of(model)
+        group = EnvironmentGroup(environment, ())
+        group = groups.get(group.key, group)
+        name = model.served_name
+        if key_of_name.setdefault(name, group.key) != group.key:
+            raise ValueError(
+                f"the versions of model '{name}' need different environments "
+                f"({key_of_name[name]}, {group.key}): versions of one model must share one"
+            )
+        groups[group.key] = replace(group, models=(*group.models, model))
+    return list(groups.values())

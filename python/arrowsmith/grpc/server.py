@@ -1,8 +1,9 @@
 """The gRPC front: the native module's one gRPC server (tonic) serves every call on the
-gRPC port or socket without the interpreter. The model repository tells it which model
-versions it serves, with their metadata and config, which version is each model's default,
-and how ready they are; the repository API's calls come back to Python. It collects the
-front's request counts into the Prometheus metrics."""
+gRPC port or socket without the interpreter, or forwards it as it came when another
+process of the server serves its model (`ServerConfig.routes`). The model repository tells
+it which model versions it serves, with their metadata and config, which version is each
+model's default, and how ready they are; the repository API's calls come back to Python.
+It collects the front's request counts into the Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from arrowsmith import _native, metrics
 from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.grpc.messages import model_config_response, model_metadata
+from arrowsmith.routing.remote import RoutedModels
 from arrowsmith.serving.repository import ModelRepository, ServedVersion
 from arrowsmith.serving.repository_api import RepositoryApi
 from arrowsmith.unix_socket import clear_stale_socket
@@ -59,6 +61,9 @@ class GrpcFront:
             idle_timeout=config.idle_timeout,
         )
         self.port = self.native.port
+        for group in config.routes:
+            for name in group.names:
+                self.native.route_to(name, group.grpc_uds)
         if repository_api is not None:
             self.native.set_repository_handler(repository_api.grpc)
         metrics.before_scrape(self._flush_stats)
@@ -96,11 +101,15 @@ class GrpcFront:
         """False once the native front's thread has ended."""
         return bool(self.native.running)
 
-    def publish_readiness(self, repository: ModelRepository, serving: bool) -> None:
-        """Each version's readiness as the repository has it; the server's health
-        `serving`."""
+    def publish_readiness(
+        self, repository: ModelRepository, routed: RoutedModels, serving: bool
+    ) -> None:
+        """Each version's readiness as the repository has it, each routed model's as its
+        process's health says; the server's health `serving`."""
         for served in repository.versions():
             self.native.set_model_ready(served.name, served.version, served.ready)
+        for name, ready in routed.readiness():
+            self.native.set_remote_ready(name, ready)
         self.native.set_serving(serving)
 
     def reload_tls(self) -> None:

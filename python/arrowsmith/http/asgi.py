@@ -60,6 +60,9 @@ class Request:
     headers: dict[str, str]
     body: bytes
     disconnect: Disconnect = field(default_factory=Disconnect, compare=False, repr=False)
+    #: The path as sent (percent-encoded) and the query, for forwarding the request.
+    raw_path: bytes = b""
+    query: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,14 @@ class AsgiApp:
             if body is None:
                 return
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            request = Request(scope["method"], scope["path"], headers, body)
+            request = Request(
+                scope["method"],
+                scope["path"],
+                headers,
+                body,
+                raw_path=scope.get("raw_path") or scope["path"].encode(),
+                query=scope.get("query_string", b""),
+            )
             if endpoint.blocking:
                 loop = asyncio.get_running_loop()
                 answered = await loop.run_in_executor(self._executor, endpoint.handler, request)

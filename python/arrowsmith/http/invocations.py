@@ -117,7 +117,7 @@ class MlflowScoring:
         self._split_columns: dict[str, tuple[LoadedModel, dict[str, Any] | None]] = {}
 
     def ping(self, request: Request) -> Response:
-        ready = self.dataplane.repository.ready
+        ready = self.dataplane.ready
         return Response(200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY], b"\n")
 
     def version(self, request: Request) -> Response:

@@ -12,11 +12,14 @@ import orjson
 
 from arrowsmith.http import invocations, v2_rest
 from arrowsmith.http.asgi import Endpoint, Request, Response
+from arrowsmith.http.forward import Forwarder
 from arrowsmith.http.invocations import MlflowScoring
 from arrowsmith.http.repository_rest import RepositoryRest
 from arrowsmith.http.v2_rest import V2Rest
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
+#: The method a route takes, its handler, and whether the handler blocks.
+Route = tuple[str, Handler, bool]
 
 
 def _routing_failure(status: HTTPStatus, v2: bool) -> Endpoint:
@@ -34,22 +37,26 @@ class Routes:
         scoring: MlflowScoring,
         metrics_page: Handler,
         repository: RepositoryRest | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.v2 = v2
         self.scoring = scoring
         self.metrics_page = metrics_page
         self.repository = repository
+        #: Answers the requests for models other processes of the server serve.
+        self.forwarder = forwarder
 
     def __call__(self, method: str, path: str) -> Endpoint:
         parts = path.strip("/").split("/")
         if parts[0] == "v2":
             return self._v2(method, parts[1:])
         scoring = self.scoring
-        route: tuple[str, Handler, bool] | None = None
+        route: Route | None = None
         if parts == ["invocations"]:
             route = ("POST", partial(scoring.invocations, name=None), False)
         elif len(parts) == 3 and parts[0] == "models" and parts[2] == "invocations":
             route = ("POST", partial(scoring.invocations, name=parts[1]), False)
+            route = self._forwarded(route, parts[1], invocations.PROTOCOL)
         elif parts in (["ping"], ["health"]):
             route = ("GET", scoring.ping, False)
         elif parts == ["version"]:
@@ -60,7 +67,7 @@ class Routes:
 
     def _v2(self, method: str, parts: list[str]) -> Endpoint:
         v2 = self.v2
-        route: tuple[str, Handler, bool] | None = None
+        route: Route | None = None
         if parts == []:
             route = ("GET", v2.server_metadata, False)
         elif parts == ["health", "live"]:
@@ -79,14 +86,19 @@ class Routes:
                 route = ("GET", partial(v2.model_ready, name=name, version=version), False)
             elif rest == ["infer"]:
                 route = ("POST", partial(v2.infer, name=name, version=version), False)
+            if route is not None:
+                route = self._forwarded(route, name, v2_rest.PROTOCOL)
         elif parts[:1] == ["repository"] and self.repository is not None:
             route = self._repository(parts[1:], self.repository)
         return self._endpoint(method, route, v2=True)
 
+    def _forwarded(self, route: Route, model: str, protocol: str) -> Route:
+        """`route`, answered by the process serving `model` when that is another one."""
+        handler = None if self.forwarder is None else self.forwarder.handler(model, protocol)
+        return route if handler is None else (route[0], handler, False)
+
     @staticmethod
-    def _repository(
-        parts: list[str], repository: RepositoryRest
-    ) -> tuple[str, Handler, bool] | None:
+    def _repository(parts: list[str], repository: RepositoryRest) -> Route | None:
         if parts == ["index"]:
             return ("POST", repository.index, True)
         if parts == ["webhooks", "mlflow"]:
@@ -96,7 +108,7 @@ class Routes:
             return ("POST", partial(action, name=parts[1]), True)
         return None
 
-    def _endpoint(self, method: str, route: tuple[str, Handler, bool] | None, v2: bool) -> Endpoint:
+    def _endpoint(self, method: str, route: Route | None, v2: bool) -> Endpoint:
         if route is None:
             return _routing_failure(HTTPStatus.NOT_FOUND, v2)
         allowed, handler, blocking = route

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from arrowsmith.config import ServerConfig
 from arrowsmith.dataplane import DataPlane
 from arrowsmith.http.asgi import AsgiApp, Request, Response, SharedBudget
+from arrowsmith.http.forward import Forwarder
 from arrowsmith.http.invocations import MlflowScoring
 from arrowsmith.http.repository_rest import RepositoryRest
 from arrowsmith.http.routes import Routes
@@ -105,6 +106,7 @@ class HttpFront:
             MlflowScoring(dataplane, config.models[0].served_name, self._executor),
             MetricsPage(),
             RepositoryRest(repository_api) if repository_api is not None else None,
+            Forwarder(dataplane.routed, config.request_timeout or None) if config.routes else None,
         )
         self._app = AsgiApp(
             routes,

@@ -91,7 +91,7 @@ class V2Rest:
         return json_response({"live": True})
 
     def ready(self, request: Request) -> Response:
-        ready = self.dataplane.repository.ready
+        ready = self.dataplane.ready
         status = 200 if ready else HTTP_STATUS[ErrorCode.MODEL_NOT_READY]
         return json_response({"ready": ready}, status)
 

@@ -12,6 +12,7 @@ from typing import Any
 from arrowsmith import _native
 from arrowsmith.config import ModelConfig
 from arrowsmith.environments.local import warn_differences
+from arrowsmith.environments.running import check_fits
 from arrowsmith.models import fast_path, loader
 from arrowsmith.models.signature import (
     TensorMetadata,
@@ -88,6 +89,8 @@ def _describe(
     path = copy.path
     if config.env_manager == "local":
         warn_differences(config.name or source.default_name, path)
+    else:
+        check_fits(config.name or source.default_name, source.version, path)
     pyfunc = loader.load_pyfunc(path)
     metadata = pyfunc.metadata
     input_schema = metadata.get_input_schema()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
+from arrowsmith.environments.running import NeedsOtherEnvironment
 from arrowsmith.errors import ArrowsmithError
 from arrowsmith.models import loader
 from arrowsmith.serving.repository import ModelRepository
@@ -21,8 +23,19 @@ class RegistryFollower:
     """One thread per process; `check_now` wakes it. References are looked up with the
     repository's `resolve`."""
 
-    def __init__(self, repository: ModelRepository, poll_interval: float) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        poll_interval: float,
+        on_environment_needed: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_environment_needed`: called when a reference moved to a version whose
+        environment is not this process's (the supervisor then builds it and replaces the
+        workers); None: such a version is only logged."""
         self._repository = repository
+        self._on_environment_needed = on_environment_needed
+        #: Versions already reported as needing another environment, by model.
+        self._reported: dict[str, str] = {}
         self._poll_interval = poll_interval
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -93,7 +106,18 @@ class RegistryFollower:
             logger.info("model %s: %s now points to version %s", name, uri, source.version)
             try:
                 self._repository.follow(name, source, seen)
+            except NeedsOtherEnvironment as error:
+                self._environment_needed(name, source.version, error)
             except ArrowsmithError as error:
                 logger.error("model %s keeps its version: %s", name, error.message)
             except Exception:
                 logger.exception("model %s keeps its version: swapping failed", name)
+
+    def _environment_needed(self, name: str, version: str, error: NeedsOtherEnvironment) -> None:
+        """Says once per version that it needs another environment, and asks for one at
+        every look until workers run in it."""
+        if self._reported.get(name) != version:
+            self._reported[name] = version
+            logger.info("%s; this version is served once workers run in it", error)
+        if self._on_environment_needed is not None:
+            self._on_environment_needed()

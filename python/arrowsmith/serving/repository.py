@@ -22,6 +22,7 @@ from arrowsmith import _native, metrics
 from arrowsmith.batching.runner import BatchRunner
 from arrowsmith.batching.watch import RunnerWatch
 from arrowsmith.config import ModelConfig
+from arrowsmith.environments.running import NeedsOtherEnvironment
 from arrowsmith.errors import InternalError, ModelNotFoundError, ModelNotReadyError
 from arrowsmith.models import loader
 from arrowsmith.models.loaded import LoadedModel, load_model
@@ -369,6 +370,10 @@ class ModelRepository:
         self._notes.loading[name] = source.version
         try:
             model = load_model(config, source)
+        except NeedsOtherEnvironment as error:
+            # Not a failure: this version runs once workers run in its environment.
+            self._notes.failed[name] = (source.version, str(error))
+            raise
         except BaseException as error:
             # Loading runs the model's code (unpickling, load_context, the warm-up): whatever
             # it raises, `SystemExit` included, fails this load and nothing else.

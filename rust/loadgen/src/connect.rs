@@ -21,7 +21,7 @@ async fn tcp(target: &str) -> Result<TcpStream, String> {
 
 /// An HTTP/2 connection to `target` (`HOST:PORT` or `unix:PATH`) whose requests carry
 /// bodies of type `B`.
-async fn http2<B>(target: &str) -> Result<http2::SendRequest<B>, String>
+pub async fn http2<B>(target: &str) -> Result<http2::SendRequest<B>, String>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -105,7 +105,7 @@ async fn bench(options: &args::Options) -> Result<Vec<run::Stats>, String> {
         } else {
             let uri = grpc::uri(&options.target, unary::PATH)?;
             let clients = connect::http2_each(&options.target, connections).await?;
-            let unary = unary::Unary::new(clients, uri, body, checks);
+            let unary = unary::Unary::new(clients, options.target.clone(), uri, body, checks);
             run::Protocol::Unary(unary)
         }
     };
