@@ -20,7 +20,6 @@ import pathlib
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import yaml
 from support import server as server_support
 from support import v2
 from support.foreign_model import ForeignModel
+from support.processes import Seen, children, wait_gone
 from support.server import (
     ServerHandle,
     free_port,
@@ -50,7 +50,6 @@ TEST_TIMEOUT_S = 1500
 #: A start-up that must fail, or warn, before any model is loaded.
 QUICK_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.1
 #: A Python no machine running these tests has, nor can uv build an environment for.
 MISSING_PYTHON = "3.5.10"
@@ -137,51 +136,15 @@ def cached_environment(log: str, cache: pathlib.Path) -> pathlib.Path:
     return cache / cached["key"]
 
 
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid`, whichever of its threads started them."""
-    found = []
-    for children_file in pathlib.Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in children_file.read_text().split()]
-    return found
-
-
-def command_line(pid: int) -> list[str]:
-    with contextlib.suppress(OSError):
-        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    return []
-
-
-def start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of stat), which tells it from a later one that
-    reuses its pid; None once it is gone or a zombie."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-@dataclasses.dataclass(frozen=True)
-class Worker:
-    pid: int
-    started: str | None
-    command: list[str]
-
-
-def the_worker(server: ServerHandle) -> Worker:
+def the_worker(server: ServerHandle) -> Seen:
     """The server's one worker process: a child of `arrowsmith serve`."""
-    commands = {pid: command_line(pid) for pid in children(server.process.pid)}
-    workers = [
-        Worker(pid, start_time(pid), command)
-        for pid, command in commands.items()
-        if "arrowsmith.workers" in command
-    ]
-    assert len(workers) == 1, f"children of the server: {commands}"
+    seen = [Seen.of(pid) for pid in children(server.process.pid)]
+    workers = [process for process in seen if "arrowsmith.workers" in process.command]
+    assert len(workers) == 1, f"children of the server: {seen}"
     return workers[0]
 
 
-def assert_runs_in(worker: Worker, environment: pathlib.Path) -> None:
+def assert_runs_in(worker: Seen, environment: pathlib.Path) -> None:
     """The worker is `<environment>/bin/python -m arrowsmith.workers`, and the scikit-learn
     it has loaded is the environment's."""
     interpreter = pathlib.Path(worker.command[0])
@@ -195,21 +158,16 @@ def assert_runs_in(worker: Worker, environment: pathlib.Path) -> None:
     assert all(path.startswith(site) for path in mapped), sorted(mapped)
 
 
-def assert_gone(worker: Worker) -> None:
+def assert_gone(worker: Seen) -> None:
     """The worker did not outlive its server; if it did, it is killed and the test fails."""
-    deadline = time.monotonic() + EXIT_TIMEOUT_S
-    while start_time(worker.pid) == worker.started:
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-            pytest.fail(f"worker {worker.pid} outlived its server: {worker.command}")
-        time.sleep(POLL_INTERVAL_S)
+    if not wait_gone(worker):
+        pytest.fail(f"worker {worker.pid} outlived its server: {worker.command}")
 
 
 @contextlib.contextmanager
 def serving(
     model_dir: pathlib.Path | None, *args: str, log_dir: pathlib.Path
-) -> Iterator[tuple[ServerHandle, Worker]]:
+) -> Iterator[tuple[ServerHandle, Seen]]:
     """A ready server for the foreign model and its worker; the worker must be gone once
     the server is stopped."""
     name_args = ("--name", MODEL_NAME) if model_dir is not None else ()

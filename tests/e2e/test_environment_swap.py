@@ -22,8 +22,10 @@ from arrowsmith.bench import find_binary
 from mlflow.models import infer_signature
 from sklearn.linear_model import ElasticNet
 from support import model_builders
+from support.processes import children, command_line
 from support.registry_stack import RegistryStack, tracking
 from support.server import StartServer
+from support.v2 import columns_request, model_infer
 from tritonclient.grpc import service_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -67,30 +69,14 @@ def two_environments(registry_stack: RegistryStack) -> Iterator[dict[int, Elasti
     yield models
 
 
-def request(row: pd.DataFrame) -> bytes:
-    message = pb.ModelInferRequest(model_name=NAME)
-    for column in row.columns:
-        tensor = message.inputs.add(name=str(column), datatype="FP64", shape=[1, 1])
-        assert tensor is not None
-        message.raw_input_contents.append(row[column].to_numpy("<f8").tobytes())
-    return message.SerializeToString()
-
-
 def answering(channel: grpc.Channel, body: bytes) -> str:
-    call = channel.unary_unary(
-        "/inference.GRPCInferenceService/ModelInfer",
-        request_serializer=lambda b: b,
-        response_deserializer=pb.ModelInferResponse.FromString,
-    )
-    return str(call(body, timeout=5).model_version)
+    """The version that answers `body` now."""
+    request = pb.ModelInferRequest.FromString(body)
+    return str(model_infer(channel)(request, timeout=5).model_version)
 
 
 def worker_interpreters(pid: int) -> list[str]:
-    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [
-        pathlib.Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode()
-        for child in children
-    ]
+    return [command_line(child)[0] for child in children(pid)]
 
 
 def test_a_version_with_new_requirements_goes_live_without_a_failed_request(
@@ -114,7 +100,7 @@ def test_a_version_with_new_requirements_goes_live_without_a_failed_request(
     assert first_python.startswith(str(cache)), first_python
 
     row = model_builders.read_wine_features().iloc[:1]
-    body = request(row)
+    body = columns_request(NAME, row, "FP64", typed=False).SerializeToString()
     (tmp_path / "request.pb").write_bytes(body)
     expect = []
     for version, model in two_environments.items():

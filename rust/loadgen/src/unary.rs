@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use prost::Message;
 
+use arrowsmith_native::front::unsent::never_taken;
 use arrowsmith_native::proto::ModelInferResponse;
 
 use crate::connect;
@@ -97,17 +98,6 @@ enum Failed {
     /// The server never took it: its connection refused it or was going away.
     Unsent(String),
     Broken(String),
-}
-
-/// Whether hyper failed a request the server never took: cancelled before it was sent,
-/// refused (REFUSED_STREAM), or beyond the last stream a closing connection serves (GOAWAY).
-fn never_taken(error: &hyper::Error) -> bool {
-    let h2 = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>());
-    error.is_canceled()
-        || h2.is_some_and(|e| {
-            e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR))
-        })
 }
 
 /// The call's gRPC status and the messages its answer held.

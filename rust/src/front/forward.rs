@@ -28,6 +28,8 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::unsent::never_taken;
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -153,18 +155,6 @@ impl Remote {
         }
         unframe(collected.to_bytes())
     }
-}
-
-/// Whether hyper failed a request the other process never took: cancelled before it was
-/// sent, refused (REFUSED_STREAM), or beyond the last stream a closing connection serves
-/// (GOAWAY): sending it again cannot run it twice.
-fn never_taken(error: &hyper::Error) -> bool {
-    let h2 = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>());
-    error.is_canceled()
-        || h2.is_some_and(|e| {
-            e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR))
-        })
 }
 
 /// The status a non-OK `grpc-status` stands for (None for OK or none).

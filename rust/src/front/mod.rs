@@ -43,6 +43,7 @@ mod service;
 pub mod stats;
 mod stream;
 pub mod tls;
+pub mod unsent;
 
 use std::future::poll_fn;
 use std::net::ToSocketAddrs;
