@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-soak fuzz
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -105,6 +105,12 @@ SWAP_DIR ?= benchmarks/results/swap
 bench-swap: build loadgen postgres ## the swap timeline: 20 alias moves under load, by poll and by webhook (PNG + table)
 	ARROWSMITH_SWAP_TIMELINE_DIR=$(SWAP_DIR) PYTHONHASHSEED=0 $(PY) -m pytest -q tests/e2e/test_swaps_under_load.py
 	$(PY) benchmarks/swap_timeline.py $(SWAP_DIR) --png benchmarks/swap-timeline.png
+
+bench-env: build example-model ## model environments: cold uv build vs mlflow's virtualenv, warm start vs local
+	$(PY) benchmarks/environments.py
+
+bench-routing: build example-model loadgen ## W1 to a model in an environment of its own behind the ports vs served directly
+	$(PY) benchmarks/routing.py
 
 SOAK_ARGS ?=
 bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, hostile requests, SIGKILL every 5 min (SOAK_ARGS="--duration 120")

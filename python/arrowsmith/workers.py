@@ -47,8 +47,11 @@ _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
 KILL_MARGIN_SECONDS = 5.0
 
 
-#: What a worker run by another interpreter must not inherit from this one's environment.
-_OWN_ENVIRONMENT_ONLY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+#: What a worker run by another interpreter (a model environment's) must not inherit from
+#: this one's environment. PYTHONDONTWRITEBYTECODE too: an environment is built without its
+#: bytecode, which its first start writes for what it imports (without it, every start of
+#: MLflow's dependencies compiles them again, ~6 s here).
+_OWN_ENVIRONMENT_ONLY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
 
 
 def _spawn(
