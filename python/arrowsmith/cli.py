@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         default=_env("config", None),
         help="a YAML file with `models:`, a list of {uri, name, max_batch_size, "
-        "max_batch_delay_ms, max_queue_size}, to serve several models",
+        "max_batch_delay_ms, max_queue_size, versions, version, env_manager}, to serve "
+        "several models",
     )
     serve.add_argument("--name", default=_env("name", None), help="the name clients use")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
