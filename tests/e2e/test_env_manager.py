@@ -52,7 +52,6 @@ QUICK_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.1
 #: A Python no machine running these tests has, nor can uv build an environment for.
-MISSING_PYTHON = "3.5.10"
 
 BUILDING = re.compile(r"environment (?P<key>[^\s:]+): building with (?P<manager>\S+) for ")
 BUILT = re.compile(r"environment (?P<key>[^\s:]+): built in [\d.]+ s at (?P<path>\S+)")
@@ -366,19 +365,28 @@ def test_local_warns_that_the_requirements_differ(
     assert f"numpy=={np.__version__} (installed" not in warning, warning[:3000]
 
 
+def missing_python_minor() -> str:
+    """A Python minor version no interpreter on this machine has (3.5 where it is absent,
+    else an older one)."""
+    from arrowsmith.environments.interpreters import installed_versions
+
+    present = {".".join(version.split(".")[:2]) for version in installed_versions()}
+    candidates = [f"3.{minor}" for minor in range(5, -1, -1)] + ["2.5", "2.4"]
+    return next(minor for minor in candidates if minor not in present)
+
+
 def test_a_python_no_interpreter_has_stops_the_server(
     foreign_model: ForeignModel, server_logs: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    """python_env.yaml asks for Python 3.5: exit status 2 before serving, naming what was
-    asked for, the versions found and `--env-manager local`."""
-    minor = ".".join(MISSING_PYTHON.split(".")[:2])
-    if shutil.which(f"python{minor}") is not None:
-        pytest.skip(f"python{minor} is installed here")
+    """python_env.yaml asks for a Python minor version no interpreter here has: exit
+    status 2 before serving, naming what was asked for, the versions found and
+    `--env-manager local`."""
+    minor = missing_python_minor()
     model_dir = tmp_path / "needs-old-python"
     shutil.copytree(foreign_model.model_dir, model_dir)
     python_env = model_dir / "python_env.yaml"
     spec = yaml.safe_load(python_env.read_text())
-    spec["python"] = MISSING_PYTHON
+    spec["python"] = f"{minor}.0"
     python_env.write_text(yaml.safe_dump(spec))
     cache = tmp_path / "env-cache"
     command = serve_command(model_dir, *serve_args(cache))
