@@ -35,6 +35,7 @@ from arrowsmith.routing.groups import GroupConfig, ProcessGroup, group_configs
 from arrowsmith.server import (
     EXIT_ENVIRONMENT_CHANGED,
     EXIT_LOAD_FAILED,
+    EXIT_MODEL_FAILED,
     READY_FILE_ENV,
     configure_logging,
     stop_on_signals,
@@ -45,6 +46,9 @@ logger = logging.getLogger("arrowsmith.workers")
 _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
 #: Seconds a stopping worker gets beyond its --drain-timeout before it is killed.
 KILL_MARGIN_SECONDS = 5.0
+#: Seconds a worker started under a new environment has to load its models and serve
+#: (downloads included) before it is given up and its predecessor kept.
+SUCCESSOR_READY_SECONDS = 600.0
 
 
 #: What a worker run by another interpreter (a model environment's) must not inherit from
@@ -153,6 +157,8 @@ class _Incoming:
     ready_file: str
     #: Its sockets as started (model groups), and where they go once it is ready.
     moves: list[tuple[str, str]]
+    #: When it is given up (killed) if not ready by then; its predecessor stays.
+    deadline: float
 
 
 class _Supervisor:
@@ -245,6 +251,16 @@ class _Supervisor:
         if [_names(group.models) for group in plan] != [
             _names(slots[0].group.config.models) for slots in by_group
         ]:
+            if self.waiting:
+                # A worker is down and cannot start as its group stands: the server stops,
+                # to be started again (a new start plans the groups afresh).
+                logger.error(
+                    "the models now need their environments arranged in other groups; "
+                    "stopping, to be started again"
+                )
+                self.status = EXIT_MODEL_FAILED
+                self.stop.set()
+                return
             logger.error(
                 "the models now need their environments arranged in other groups, which "
                 "takes a restart of the server; until then the workers stay as they are"
@@ -267,7 +283,7 @@ class _Supervisor:
         moves = []
         if not slot.front:
             staged = {path: f"{path}.next" for path in (config.grpc_uds, config.http_uds) if path}
-            moves = [(new, old) for old, new in staged.items()]
+            moves = [(staged_path, path) for path, staged_path in staged.items()]
             config = dataclasses.replace(
                 config,
                 grpc_uds=staged.get(config.grpc_uds or "", config.grpc_uds),
@@ -276,7 +292,8 @@ class _Supervisor:
         ready_file = os.path.join(self.runtime_dir, f"ready-{slot.index}-{time.monotonic_ns()}")
         logger.info("%s: starting its successor under %s", slot.describe(), python)
         process = _spawn(successor, self.metrics_dir, config, ready_file)
-        self.incoming[slot.index] = _Incoming(successor, process, ready_file, moves)
+        deadline = time.monotonic() + SUCCESSOR_READY_SECONDS
+        self.incoming[slot.index] = _Incoming(successor, process, ready_file, moves, deadline)
 
     def _watch_incoming(self) -> None:
         for index, incoming in list(self.incoming.items()):
@@ -291,6 +308,16 @@ class _Supervisor:
                 del self.incoming[index]
                 continue
             if not os.path.exists(incoming.ready_file):
+                if time.monotonic() > incoming.deadline:
+                    logger.error(
+                        "%s: its successor was not ready within %g s; killing it, the worker stays",
+                        incoming.slot.describe(),
+                        SUCCESSOR_READY_SECONDS,
+                    )
+                    incoming.process.kill()
+                    incoming.process.wait()
+                    _mark_dead(incoming.process.pid, self.metrics_dir)
+                    del self.incoming[index]
                 continue
             # The successor serves: it takes the sockets, and its predecessor drains.
             for staged, final in incoming.moves:

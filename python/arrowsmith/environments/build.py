@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arrowsmith.config import ENV_MANAGERS
 from arrowsmith.environments import interpreters, wheel
 from arrowsmith.environments.cache import (
     Environment,
@@ -24,7 +25,6 @@ from arrowsmith.environments.cache import (
 )
 from arrowsmith.environments.spec import EnvironmentSpec
 
-MANAGERS = ("local", "uv", "virtualenv", "conda")
 #: Seconds between "still building" lines while a build prints nothing.
 PROGRESS_SECONDS = 5.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -45,7 +45,7 @@ def check_manager(manager: str) -> None:
             "which builds the model's environment from its python_env.yaml and "
             "requirements.txt, or --env-manager local to serve it in the server's environment"
         )
-    if manager not in MANAGERS:
+    if manager not in ENV_MANAGERS:
         raise ValueError(f"--env-manager {manager!r} is not one of local, uv, virtualenv")
 
 

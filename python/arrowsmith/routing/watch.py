@@ -33,7 +33,15 @@ RETRY_SECONDS = 0.5
 STOP_SECONDS = 2.0
 #: grpc-core's default authority on a `unix:` target (the socket's percent-encoded path) is
 #: refused by h2, which the native front is built on.
-CHANNEL_OPTIONS = [("grpc.default_authority", "localhost")]
+#: A process that stops answering (stopped, or stuck below Python) breaks the Watch within
+#: about 2 s through HTTP/2 PINGs, and its models turn not ready.
+CHANNEL_OPTIONS = [
+    ("grpc.default_authority", "localhost"),
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class HealthWatch:

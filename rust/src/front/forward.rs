@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::unsent::never_taken;
 use prost::Message;
@@ -49,6 +49,13 @@ pub(super) fn target_of(message: &[u8]) -> Option<String> {
 
 /// The gRPC frame header: uncompressed, then the length.
 const FRAME_HEADER: usize = 5;
+/// How long the other process has to take a new connection (it is local: a process that
+/// takes longer is stuck).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PINGs on a connection to the other process, and how long one may wait for its answer: a
+/// process that stops answering fails its calls in flight (UNAVAILABLE) within ~2 s
+/// instead of holding them for ever.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// One process models are routed to.
 pub(super) struct Remote {
@@ -78,13 +85,22 @@ impl Remote {
         if let Some(sender) = connection.as_ref().filter(|sender| !sender.is_closed()) {
             return Ok(sender.clone());
         }
-        let stream = tokio::net::UnixStream::connect(&self.socket)
+        let opening = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|error| self.unreachable(error))?;
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEPALIVE)
+                .keep_alive_timeout(KEEPALIVE)
+                .keep_alive_while_idle(true)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|error| self.unreachable(error))
+        };
+        let (sender, driver) = tokio::time::timeout(CONNECT_TIMEOUT, opening)
             .await
-            .map_err(|error| self.unreachable(error))?;
-        let (sender, driver) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| self.unreachable(error))?;
+            .map_err(|_| self.unreachable("it did not take the connection in time"))??;
         tokio::spawn(driver);
         *connection = Some(sender.clone());
         Ok(sender)
