@@ -13,6 +13,7 @@ from typing import Any
 
 from arrowsmith import __version__
 from arrowsmith.config import (
+    ACCESS_LOG_FORMATS,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HTTP_THREADS,
     DEFAULT_IDLE_TIMEOUT,
@@ -31,6 +32,7 @@ from arrowsmith.config import (
     ModelConfig,
     ServerConfig,
 )
+from arrowsmith.tracing import PROTOCOLS, SAMPLERS, TracingFlags, resolve
 
 #: Per-model settings a config file may give for each model (the flags give defaults).
 MODEL_KEYS = (
@@ -242,9 +244,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_lifecycle_flags(serve)
     _add_environment_flags(serve)
+    _add_observability_flags(serve)
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
     _add_env_parser(commands)
+    _add_health_parser(commands)
     return parser
 
 
@@ -303,6 +307,30 @@ def _add_env_parser(commands: Any) -> None:
         )
 
 
+def _add_health_parser(commands: Any) -> None:
+    health = commands.add_parser(
+        "health",
+        help="ask a running server's gRPC health (exit 0 when SERVING), e.g. as a HEALTHCHECK",
+    )
+    health.add_argument(
+        "--service",
+        default="",
+        help='the health service: "" (default) the whole server, serving once every model is '
+        "loaded; a model's name, that model",
+    )
+    health.add_argument(
+        "--target",
+        default=f"127.0.0.1:{_env('grpc-port', 8081, int)}",
+        help="the server's gRPC address (default 127.0.0.1 at $ARROWSMITH_GRPC_PORT, else 8081)",
+    )
+    health.add_argument(
+        "--uds", metavar="PATH", help="ask over this gRPC Unix socket instead of --target"
+    )
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)"
+    )
+
+
 def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:
     """Following registry references, webhooks, and the repository API's control mode."""
     _number(
@@ -327,6 +355,42 @@ def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:
         help="whether clients may load and unload models through the repository API: none "
         "(default) and poll refuse, explicit allows",
     )
+
+
+def _add_observability_flags(serve: argparse.ArgumentParser) -> None:
+    """The access log, and OpenTelemetry tracing (each --otel-* flag overrides the standard
+    OTEL_* variable named in its help)."""
+    serve.add_argument(
+        "--access-log",
+        choices=ACCESS_LOG_FORMATS,
+        default=_env("access-log", "off"),
+        help="one line per request on standard output: json, text or off (default off)",
+    )
+    for flag, variable, help in (
+        (
+            "otel-endpoint",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "the OTLP URL spans are sent to; tracing is off without it (or "
+            "OTEL_EXPORTER_OTLP_ENDPOINT, to which http/protobuf adds /v1/traces)",
+        ),
+        (
+            "otel-protocol",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            f"how spans are sent: {' or '.join(PROTOCOLS)} (default http/protobuf)",
+        ),
+        ("otel-service-name", "OTEL_SERVICE_NAME", "the spans' service.name (default arrowsmith)"),
+        (
+            "otel-sampler",
+            "OTEL_TRACES_SAMPLER",
+            f"{', '.join(SAMPLERS)} (default parentbased_always_on)",
+        ),
+        (
+            "otel-sampler-arg",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "the traceidratio samplers' ratio, 0 to 1 (default 1)",
+        ),
+    ):
+        serve.add_argument(f"--{flag}", default=None, help=f"{help}; env {variable}")
 
 
 def _add_listener_flags(serve: argparse.ArgumentParser) -> None:
@@ -515,6 +579,17 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         webhook_secret=args.webhook_secret,
         model_control_mode=args.model_control_mode,
         env_cache=args.env_cache,
+        access_log=args.access_log,
+        tracing=resolve(
+            TracingFlags(
+                endpoint=args.otel_endpoint,
+                protocol=args.otel_protocol,
+                service_name=args.otel_service_name,
+                sampler=args.otel_sampler,
+                sampler_arg=args.otel_sampler_arg,
+            ),
+            os.environ,
+        ),
     )
 
 
@@ -566,6 +641,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from arrowsmith.environments.commands import run
 
             return run(args)
+        if args.command == "health":
+            from arrowsmith.health_check import run as check_health
+
+            return check_health(args)
         config = _serve_config(parser, args)
     except (ValueError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from arrowsmith.tracing import TracingConfig
+
 #: gRPC's own default (4 MiB) is the most reported limit in peers' issue trackers.
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
@@ -39,6 +41,9 @@ MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 ENV_MANAGERS = ("local", "uv", "virtualenv", "conda")
 #: Threads of the HTTP front for the work kept off its event loop.
 DEFAULT_HTTP_THREADS = 32
+
+#: What each request's access-log line looks like, or off.
+ACCESS_LOG_FORMATS = ("json", "text", "off")
 
 #: Bytes a Unix socket's path may take (sockaddr_un's sun_path, less its NUL on Linux).
 MAX_UNIX_SOCKET_PATH = 107
@@ -187,6 +192,10 @@ class ServerConfig:
     #: Models of other environments, served by other processes of this server, that this
     #: one's fronts forward to (the supervisor sets them; `models` lists only its own).
     routes: tuple[RoutedGroup, ...] = ()
+    #: One line per request on standard output (json or text), or off.
+    access_log: str = "off"
+    #: OpenTelemetry tracing: None is off (no spans are made).
+    tracing: TracingConfig | None = None
 
     @property
     def own_environments(self) -> bool:
@@ -330,6 +339,10 @@ class ServerConfig:
             )
         if self.model_control_mode == "poll" and seconds == 0:
             raise ValueError("--model-control-mode poll needs a --poll-interval above 0")
+        if self.access_log not in ACCESS_LOG_FORMATS:
+            raise ValueError(
+                f"--access-log {self.access_log!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}"
+            )
         if self.webhook_secret is not None and not self.webhook_secret:
             raise ValueError("--webhook-secret must not be empty")
 

@@ -17,6 +17,7 @@ from arrowsmith.errors import (
     ErrorCode,
 )
 from arrowsmith.models.loaded import LoadedModel
+from arrowsmith.observing import CURRENT
 from arrowsmith.routing.remote import RoutedModels
 from arrowsmith.serving.repository import ModelRepository, ServedVersion
 
@@ -64,9 +65,14 @@ class DataPlane:
         applied)."""
         started = time.perf_counter()
         request = _native.decode_request(request_bytes)
+        exchange = CURRENT.get()
+        if exchange is not None:
+            exchange.observation.decoded()
         served = self.repository.get(request.model_name, request.model_version)
         counted.model = served.name
         job = request.job(served.model.signature, timeout)
+        if exchange is not None:
+            exchange.follow(job, served.name, served.version)
         metrics.observe_stage(
             served.name, counted.protocol, "decode", time.perf_counter() - started
         )

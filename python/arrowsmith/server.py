@@ -264,7 +264,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
     models are loaded, so the kernel never hands it a connection it cannot answer. Exits
     with EXIT_LOAD_FAILED when a model does not load."""
     configure_logging(config)
-    from arrowsmith import _native
+    from arrowsmith import _native, observing
     from arrowsmith.batching.watch import RunnerWatch
     from arrowsmith.dataplane import DataPlane
     from arrowsmith.environments.running import NeedsOtherEnvironment
@@ -274,6 +274,12 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
 
     if _native.build_profile == "debug":
         logger.warning("the native extension is a debug build: expect it to be slow")
+    try:
+        observing.configure(config)
+    except ValueError as error:
+        # Not a fault a restart would mend.
+        logger.error("%s", error)
+        return EXIT_LOAD_FAILED
     lifecycle = Lifecycle()
     stop = lifecycle.stop
     watch = RunnerWatch(config.predict_timeout, lifecycle.readiness_changed, lifecycle.fatal)
@@ -347,6 +353,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         )
     else:
         logger.info("stopped")
+    observing.flush(config)
     if busy or code != 0:
         _exit_now(code)
     return code

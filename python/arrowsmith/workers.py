@@ -40,6 +40,7 @@ from arrowsmith.server import (
     configure_logging,
     stop_on_signals,
 )
+from arrowsmith.tracing import TracingConfig
 
 logger = logging.getLogger("arrowsmith.workers")
 
@@ -445,7 +446,10 @@ def config_from_json(text: str) -> ServerConfig:
         ModelConfig(**{**m, "versions": tuple(m["versions"])}) for m in raw.pop("models")
     )
     routes = tuple(RoutedGroup(**{**r, "names": tuple(r["names"])}) for r in raw.pop("routes"))
-    return ServerConfig(models=models, routes=routes, **{**raw, "workers": 1})
+    tracing = raw.pop("tracing")
+    if tracing is not None:
+        tracing = TracingConfig(**tracing)
+    return ServerConfig(models=models, routes=routes, tracing=tracing, **{**raw, "workers": 1})
 
 
 def worker_main() -> int:

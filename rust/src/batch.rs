@@ -22,15 +22,17 @@
 )]
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, ArrayRef};
+use opentelemetry::trace::SpanContext;
 
 use crate::batch_key::BatchKey;
 use crate::encode::{prepare_response, EncodedResponse, InferResponse, OutputTensor};
 use crate::error::{Error, Result};
+use crate::telemetry::BatchTrace;
 use crate::tensor::{shape_text, Parameters, Tensor};
 
 /// Limits of one model's batcher.
@@ -66,6 +68,22 @@ pub struct Job {
     waker: Mutex<Option<Waker>>,
     /// Called once when the job settles (answered, failed or abandoned).
     on_settled: Mutex<Option<Notify>>,
+    /// The request's server span, when it is traced: its batch links to it.
+    trace: OnceLock<SpanContext>,
+    /// When the batch that answered the job started and ended.
+    ran: Mutex<Option<(Instant, Instant)>>,
+}
+
+/// Where a settled job's time went.
+#[derive(Debug, Clone, Copy)]
+pub struct JobTiming {
+    /// From joining the queue to its batch's start.
+    pub queue_wait: Duration,
+    /// Its batch's run: building the model's input and the model's call.
+    pub predict: Duration,
+    /// When its batch started and ended.
+    pub batch_started: Instant,
+    pub batch_ended: Instant,
 }
 
 /// A callback for when a job settles.
@@ -123,7 +141,32 @@ impl Job {
             done: Condvar::new(),
             waker: Mutex::new(None),
             on_settled: Mutex::new(None),
+            trace: OnceLock::new(),
+            ran: Mutex::new(None),
         }
+    }
+
+    /// Names the request's server span, for its batch to link to (before it is queued).
+    pub fn set_trace(&self, context: SpanContext) {
+        // Set once, before submission; a second call keeps the first.
+        let _ = self.trace.set(context);
+    }
+
+    /// When the job joined its model's queue.
+    pub fn enqueued_at(&self) -> Option<Instant> {
+        *lock(&self.enqueued)
+    }
+
+    /// Its queue wait and its batch's run, once a batch answered it.
+    pub fn timing(&self) -> Option<JobTiming> {
+        let (batch_started, batch_ended) = (*lock(&self.ran))?;
+        let queued = self.enqueued_at().unwrap_or(batch_started);
+        Some(JobTiming {
+            queue_wait: batch_started.saturating_duration_since(queued),
+            predict: batch_ended.saturating_duration_since(batch_started),
+            batch_started,
+            batch_ended,
+        })
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -435,12 +478,21 @@ impl Batcher {
                 *state = JobState::Running;
             }
         }
+        let started = Instant::now();
+        let trace = BatchTrace::start(
+            jobs.iter().filter_map(|job| job.trace.get()),
+            &self.model_name,
+            &self.model_version,
+            rows,
+            started,
+        );
         Batch {
             lead: Arc::clone(first),
             jobs,
-            started: Instant::now(),
+            started,
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
+            trace: Mutex::new(trace),
         }
     }
 }
@@ -456,6 +508,8 @@ pub struct Batch {
     started: Instant,
     model_name: String,
     model_version: String,
+    /// The batch's span, while it runs (when one of its requests is traced).
+    trace: Mutex<Option<BatchTrace>>,
 }
 
 /// `values` of `tensor`, checked to fill its shape and to have the key's type: the batch's
@@ -496,18 +550,41 @@ impl Batch {
             started: Instant::now(),
             model_name: String::new(),
             model_version: String::new(),
+            trace: Mutex::new(None),
         }
     }
 
     /// A batch of exactly this job (used to retry a failed batch request by request).
     fn single(&self, job: Arc<Job>) -> Batch {
+        let started = Instant::now();
+        let trace = BatchTrace::start(
+            job.trace.get().into_iter(),
+            &self.model_name,
+            &self.model_version,
+            job.rows.unwrap_or(0),
+            started,
+        );
         Batch {
             jobs: vec![Arc::clone(&job)],
             lead: job,
-            started: self.started,
+            started,
             model_name: self.model_name.clone(),
             model_version: self.model_version.clone(),
+            trace: Mutex::new(trace),
         }
+    }
+
+    /// Ends the batch's span, if it has one and it is still open.
+    fn end_trace(&self, error: Option<&str>, at: Instant) {
+        if let Some(trace) = lock(&self.trace).take() {
+            trace.end(error, at);
+        }
+    }
+
+    /// Settles `job` with `result`, noting the batch's run on it.
+    fn settle(&self, job: &Job, result: Result<EncodedResponse>, ended: Instant) {
+        *lock(&job.ran) = Some((self.started, ended));
+        job.finish(result);
     }
 
     pub fn len(&self) -> usize {
@@ -635,14 +712,26 @@ impl Batch {
     /// every output must have exactly the batch's rows; otherwise all of them get INTERNAL.
     /// `parameters` go into every response (e.g. the kind of object the model returned).
     pub fn complete(&self, outputs: Vec<OutputTensor>, parameters: &Parameters) {
+        // The model's part ends here; splitting and encoding are each request's.
+        let ended = Instant::now();
         if let [job] = self.jobs.as_slice() {
-            job.finish(prepare_response(self.response(job, outputs, parameters)));
+            self.end_trace(None, ended);
+            self.settle(
+                job,
+                prepare_response(self.response(job, outputs, parameters)),
+                ended,
+            );
             return;
         }
         match self.split(&outputs) {
             Ok(parts) => {
+                self.end_trace(None, ended);
                 for (job, part) in self.jobs.iter().zip(parts) {
-                    job.finish(prepare_response(self.response(job, part, parameters)));
+                    self.settle(
+                        job,
+                        prepare_response(self.response(job, part, parameters)),
+                        ended,
+                    );
                 }
             }
             Err(error) => self.fail(&error),
@@ -720,13 +809,19 @@ impl Batch {
 
     /// Answers every request of the batch with the same error.
     pub fn fail(&self, error: &Error) {
+        let ended = Instant::now();
+        self.end_trace(Some(&error.to_string()), ended);
         for job in &self.jobs {
-            job.finish(Err(error.clone()));
+            self.settle(job, Err(error.clone()), ended);
         }
     }
 
-    /// The batch as one batch per request.
+    /// The batch as one batch per request (its own span ends here, failed).
     pub fn singles(&self) -> Vec<Batch> {
+        self.end_trace(
+            Some("the batch failed; its requests are retried one by one"),
+            Instant::now(),
+        );
         self.jobs
             .iter()
             .map(|j| self.single(Arc::clone(j)))

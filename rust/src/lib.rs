@@ -4,6 +4,7 @@
 //! The core is plain Rust (testable with `cargo test --no-default-features`); the PyO3
 //! binding lives in `py/` behind the `python` feature.
 
+pub mod access_log;
 pub mod admit;
 pub mod batch;
 pub mod batch_key;
@@ -13,7 +14,9 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod front;
+pub mod observe;
 pub mod signature;
+pub mod telemetry;
 pub mod tensor;
 
 /// The V2 protocol's messages, generated from `protos/grpc_service.proto` at build time.

@@ -5,16 +5,19 @@ batcher) run on the front's thread pool, so the event loop only moves bytes."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from arrowsmith import metrics
+from arrowsmith import _native, metrics
 from arrowsmith.errors import ArrowsmithError, InternalError, InvalidInputError, QueueFullError
+from arrowsmith.observing import CURRENT, Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +142,39 @@ def _protocol(path: str) -> str:
     return "rest" if path.startswith("/v2") else "mlflow"
 
 
+def _span_name(method: str, path: str) -> str | None:
+    """The server span's name of an inference request (its route, without the model's
+    name); None for the other requests, which are logged but not traced."""
+    if method != "POST":
+        return None
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        if "/versions/" in path:
+            return "POST /v2/models/{model}/versions/{version}/infer"
+        return "POST /v2/models/{model}/infer"
+    if path == "/invocations":
+        return "POST /invocations"
+    if path.endswith("/invocations"):
+        return "POST /models/{model}/invocations"
+    return None
+
+
+def _exchange(scope: Scope, arrived: float) -> Exchange | None:
+    """The request's exchange, when requests are observed."""
+    method, path = scope["method"], scope["path"]
+    headers = dict(scope["headers"])
+    traceparent = headers.get(b"traceparent")
+    tracestate = headers.get(b"tracestate")
+    observation = _native.Observation.start(
+        _protocol(path),
+        f"{method} {path}",
+        time.perf_counter() - arrived,
+        span=_span_name(method, path),
+        traceparent=traceparent.decode("latin-1") if traceparent is not None else None,
+        tracestate=tracestate.decode("latin-1") if tracestate is not None else None,
+    )
+    return None if observation is None else Exchange(observation)
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -253,18 +289,30 @@ class AsgiApp:
         self._max_body_size = max_body_size
         #: Bytes of request bodies held until their requests are answered.
         self.inflight = InflightBytes(max_inflight_bytes, shared_budget)
+        #: Whether requests are logged or traced (set up before the front starts).
+        self._observing = _native.observing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan events are off; websockets are not served
         held = _Held(self.inflight)
+        exchange = None
+        if self._observing:
+            exchange = _exchange(scope, time.perf_counter())
+            CURRENT.set(exchange)
         try:
-            await self._answer(scope, receive, send, held)
+            await self._answer(scope, receive, send, held, exchange)
         finally:
             held.release()
+            if exchange is not None:
+                # Still open when the client went away first, or the send failed.
+                exchange.observation.finish("499", exchange.model, exchange.version)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send, held: _Held) -> None:
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, held: _Held, exchange: Exchange | None
+    ) -> None:
         endpoint = self._router(scope["method"], scope["path"])
+        failure: str | None = None
         try:
             body = await _read_body(scope, receive, self._max_body_size, held)
             if body is None:
@@ -280,7 +328,10 @@ class AsgiApp:
             )
             if endpoint.blocking:
                 loop = asyncio.get_running_loop()
-                answered = await loop.run_in_executor(self._executor, endpoint.handler, request)
+                # The handler thread sees this request's exchange.
+                answered = await loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, endpoint.handler, request
+                )
             else:
                 answered = endpoint.handler(request)
             if inspect.isawaitable(answered):
@@ -291,19 +342,27 @@ class AsgiApp:
             else:
                 response = answered
         except ArrowsmithError as error:
+            failure = str(error)
             response = endpoint.errors(error)
         except Exception as error:
             logger.exception("%s %s failed", scope["method"], scope["path"])
-            response = endpoint.errors(InternalError(f"internal error: {error}"))
+            failure = f"internal error: {error}"
+            response = endpoint.errors(InternalError(failure))
+        response_headers = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+            *((k.encode(), v.encode()) for k, v in response.headers),
+        ]
+        traceparent = None if exchange is None else exchange.observation.traceparent
+        if traceparent is not None:
+            response_headers.append((b"traceparent", traceparent.encode()))
         await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [
-                    (b"content-type", response.content_type.encode()),
-                    (b"content-length", str(len(response.body)).encode()),
-                    *((k.encode(), v.encode()) for k, v in response.headers),
-                ],
-            }
+            {"type": "http.response.start", "status": response.status, "headers": response_headers}
         )
         await send({"type": "http.response.body", "body": response.body})
+        if exchange is not None:
+            if failure is None and response.status >= 400:
+                failure = f"HTTP {response.status}"
+            exchange.observation.finish(
+                str(response.status), exchange.model, exchange.version, failure
+            )

@@ -19,20 +19,23 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use opentelemetry::trace::SpanContext;
 use tokio::time::Sleep;
-use tonic::Status;
+use tonic::{Code, Status};
 use tower_service::Service;
 
 use super::codec::WireMessage;
 use super::deadline::Deadline;
 use super::models::Entry;
-use super::service::status_of;
+use super::observe::{code_name, observe_call, Arrived};
+use super::service::{grpc_code, status_of};
 use super::Shared;
 use crate::admit::job_for;
 use crate::batch::Job;
 use crate::decode::decode_request;
 use crate::encode::EncodedResponse;
 use crate::error::{Error, Result};
+use crate::observe::{Observed, Outcome};
 
 /// Messages bigger than this are decoded off the front's thread.
 const OFF_THREAD_BYTES: usize = 1 << 20;
@@ -50,10 +53,17 @@ pub(super) struct Pending {
     job: Arc<Job>,
     expiry: Option<Pin<Box<Sleep>>>,
     settled: bool,
+    /// Boxed: most servers observe nothing, and a queued call stays small.
+    observed: Option<Box<Observed>>,
 }
 
 impl Pending {
-    fn new(shared: Arc<Shared>, model: Arc<Entry>, job: Arc<Job>) -> Pending {
+    fn new(
+        shared: Arc<Shared>,
+        model: Arc<Entry>,
+        job: Arc<Job>,
+        observed: Option<Observed>,
+    ) -> Pending {
         let expiry = job
             .deadline()
             .map(|deadline| Box::pin(tokio::time::sleep_until(deadline.into())));
@@ -63,6 +73,7 @@ impl Pending {
             job,
             expiry,
             settled: false,
+            observed: observed.map(Box::new),
         }
     }
 
@@ -73,7 +84,24 @@ impl Pending {
             Err(error) => error.code_name(),
         };
         self.shared.stats.count(&self.model.model.name, status);
+        match &answer {
+            Ok(_) => self.observe(Code::Ok, None),
+            Err(error) => self.observe(grpc_code(error), Some(&error.to_string())),
+        }
         answer
+    }
+
+    /// Ends the call's observation, if it has one.
+    fn observe(&mut self, code: Code, error: Option<&str>) {
+        if let Some(observed) = self.observed.take() {
+            observed.finish(&Outcome {
+                model: &self.model.model.name,
+                version: &self.model.model.version,
+                job: Some(&self.job),
+                status: code_name(code),
+                error,
+            });
+        }
     }
 }
 
@@ -108,13 +136,16 @@ impl Drop for Pending {
             .job
             .deadline()
             .is_some_and(|deadline| near.is_none_or(|near| deadline <= near));
-        let status = if at_deadline {
-            self.model.model.batcher.expire(&self.job).code_name()
+        let (status, code, error) = if at_deadline {
+            let error = self.model.model.batcher.expire(&self.job);
+            (error.code_name(), grpc_code(&error), error.to_string())
         } else {
             self.job.abandon();
-            "CANCELLED"
+            let error = "the client cancelled the call".to_owned();
+            ("CANCELLED", Code::Cancelled, error)
         };
         self.shared.stats.count(&self.model.model.name, status);
+        self.observe(code, Some(&error));
     }
 }
 
@@ -172,54 +203,88 @@ impl Future for Answering {
 /// Decodes the message, finds its model, applies the signature and queues the job (or
 /// forwards the message, when another process serves its model); a refusal is counted
 /// (under the model's name once known) and returned as its status.
+///
+/// `observed` follows the call when the access log or tracing is on; a forwarded call is
+/// observed by the process that answers it.
 pub(super) async fn admit(
     shared: &Arc<Shared>,
     message: Bytes,
     deadline: Option<Instant>,
+    mut observed: Option<Observed>,
 ) -> Result<Answering, Status> {
     if let Some(remote) = shared.routes.remote_for(&message) {
         let forwarding = remote.unary(MODEL_INFER_PATH, message, deadline);
         return Ok(Answering::Forwarded(Box::pin(forwarding)));
     }
+    let trace = observed.as_ref().and_then(Observed::trace_context);
     let admitted = if message.len() > OFF_THREAD_BYTES {
         // A big body is decoded and checked on the blocking pool, so that other calls on
         // this thread keep moving meanwhile.
         let admitting = Arc::clone(shared);
-        tokio::task::spawn_blocking(move || queue(&admitting, message, deadline))
+        tokio::task::spawn_blocking(move || queue(&admitting, message, deadline, trace))
             .await
             .unwrap_or_else(|_| Err((String::new(), Error::Internal("decoding failed".into()))))
     } else {
-        queue(shared, message, deadline)
+        queue(shared, message, deadline, trace)
     };
     match admitted {
-        Ok((model, job)) => Ok(Answering::Queued(Pending::new(
-            Arc::clone(shared),
-            model,
-            job,
-        ))),
+        Ok(queued) => {
+            if let Some(observed) = &mut observed {
+                observed.decoded(queued.decoded);
+            }
+            Ok(Answering::Queued(Pending::new(
+                Arc::clone(shared),
+                queued.model,
+                queued.job,
+                observed,
+            )))
+        }
         Err((model, error)) => {
             shared.stats.count(&model, error.code_name());
+            if let Some(observed) = observed {
+                observed.finish(&Outcome {
+                    model: &model,
+                    version: "",
+                    job: None,
+                    status: code_name(grpc_code(&error)),
+                    error: Some(&error.to_string()),
+                });
+            }
             Err(status_of(&error))
         }
     }
 }
 
+/// A job in its model's queue.
+struct Queued {
+    model: Arc<Entry>,
+    job: Arc<Job>,
+    /// When the message was decoded (the signature was applied after).
+    decoded: Instant,
+}
+
 /// The queued job and its model, or the refusal and the model's name ("" when unknown).
+/// `trace`: the call's server span, for the job's batch to link to.
 fn queue(
     shared: &Shared,
     message: Bytes,
     deadline: Option<Instant>,
-) -> Result<(Arc<Entry>, Arc<Job>), (String, Error)> {
+    trace: Option<SpanContext>,
+) -> Result<Queued, (String, Error)> {
     let started = Instant::now();
     let request = decode_request(message).map_err(|error| (String::new(), error))?;
+    let decoded = Instant::now();
     let model = shared
         .models
         .find(&request.model_name, &request.model_version)
         .map_err(|error| (String::new(), error))?;
     let name = &model.model.name;
     let job = job_for(request, model.model.signature.as_ref(), deadline)
-        .map(Arc::new)
         .map_err(|error| (name.clone(), error))?;
+    if let Some(trace) = trace {
+        job.set_trace(trace);
+    }
+    let job = Arc::new(job);
     shared
         .stats
         .observe_decode(name, started.elapsed().as_secs_f64());
@@ -228,7 +293,20 @@ fn queue(
         .batcher
         .submit(&job)
         .map_err(|error| (name.clone(), error))?;
-    Ok((model, job))
+    Ok(Queued {
+        model,
+        job,
+        decoded,
+    })
+}
+
+/// The call's observation, when the access log or tracing is on.
+pub(super) fn observe<T>(request: &tonic::Request<T>, path: &'static str) -> Option<Observed> {
+    let arrived = request
+        .extensions()
+        .get::<Arrived>()
+        .map_or_else(Instant::now, |arrived| arrived.0);
+    observe_call(request.metadata().as_ref(), arrived, path)
 }
 
 /// The deadline a call arrived with.
@@ -255,8 +333,33 @@ impl Service<tonic::Request<Bytes>> for Handler {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let deadline = deadline_of(&request);
-            let answering = admit(&shared, request.into_inner(), deadline).await?;
-            answering.await.map(tonic::Response::new)
+            let observed = observe(&request, MODEL_INFER_PATH);
+            let traceparent = observed.as_ref().and_then(Observed::traceparent);
+            let answered = match admit(&shared, request.into_inner(), deadline, observed).await {
+                Ok(answering) => answering.await.map(tonic::Response::new),
+                Err(status) => Err(status),
+            };
+            match traceparent.and_then(|value| value.parse().ok()) {
+                Some(value) => with_traceparent(answered, value),
+                None => answered,
+            }
         })
+    }
+}
+
+/// The answer (or its status) carrying the call's `traceparent`.
+fn with_traceparent(
+    answered: Answer,
+    value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> Answer {
+    match answered {
+        Ok(mut response) => {
+            response.metadata_mut().insert("traceparent", value);
+            Ok(response)
+        }
+        Err(mut status) => {
+            status.metadata_mut().insert("traceparent", value);
+            Err(status)
+        }
     }
 }

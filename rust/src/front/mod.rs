@@ -37,6 +37,7 @@ mod forward;
 mod infer;
 pub mod metered;
 mod models;
+mod observe;
 mod repository;
 mod router;
 mod service;
@@ -281,6 +282,7 @@ impl Front {
         let router = Router::new(Arc::clone(&shared))?;
         // Not serving until Python says the models are ready.
         runtime.block_on(shared.models.publish_server_health(false));
+        runtime.block_on(shared.models.publish_liveness());
         let (stop, stopped) = watch::channel(None);
         let handle = runtime.handle().clone();
         let serving_tls = tls.clone();

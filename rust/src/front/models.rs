@@ -26,6 +26,10 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 use super::service::SERVICE_NAME;
+
+/// The health service name that is serving while the process answers: for liveness
+/// probes. A model of this name keeps it (its own readiness is not published under it).
+pub const LIVENESS_SERVICE: &str = "liveness";
 use super::ServedModel;
 use crate::error::Error;
 
@@ -230,6 +234,9 @@ impl ModelTable {
     /// Publishes the health of `name` (its default version's readiness; not serving
     /// without one) when it changed. Waits on `runtime`: call it from outside any runtime.
     pub(super) fn publish_model_health(&self, runtime: &Handle, name: &str) {
+        if name == LIVENESS_SERVICE {
+            return;
+        }
         let mut published = self
             .published
             .lock()
@@ -252,6 +259,9 @@ impl ModelTable {
     /// Publishes the health of `name`, a model another process serves: its readiness, or
     /// not serving once it is no longer routed (None). Waits on `runtime`.
     pub(super) fn publish_routed_health(&self, runtime: &Handle, name: &str, ready: Option<bool>) {
+        if name == LIVENESS_SERVICE {
+            return;
+        }
         let mut published = self
             .published
             .lock()
@@ -261,6 +271,15 @@ impl ModelTable {
             return;
         }
         runtime.block_on(self.health.set_service_status(name, status(ready)));
+    }
+
+    /// Publishes the health of LIVENESS_SERVICE: serving for as long as the front answers,
+    /// whether or not the models are ready (a liveness probe must not restart a server
+    /// that is still loading, or one whose model is briefly unavailable).
+    pub(super) async fn publish_liveness(&self) {
+        self.health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
     }
 
     /// Publishes the server's health when it changed.

@@ -24,6 +24,7 @@ use tower_service::Service;
 
 use super::deadline::Deadline;
 use super::metered::{CallBudget, MeteredBody};
+use super::observe::Arrived;
 use super::service::{self, SERVICE_NAME};
 use super::{Limits, Shared, CONNECTION_REFUSED};
 
@@ -107,6 +108,7 @@ impl Router {
         if let Some(deadline) = Deadline::of(&parts.headers, arrived) {
             parts.extensions.insert(deadline);
         }
+        parts.extensions.insert(Arrived(arrived));
         let budget = CallBudget::new(Arc::clone(&self.shared.inflight));
         parts.extensions.insert(Arc::clone(&budget));
         let body = MeteredBody::new(body, budget, Arc::clone(&self.shared));

@@ -5,6 +5,7 @@ mod batching;
 mod buffers;
 mod errors;
 mod front;
+mod observe;
 
 use std::sync::Arc;
 
@@ -188,6 +189,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batching::Job>()?;
     m.add_class::<batching::Completions>()?;
     m.add_class::<front::GrpcFront>()?;
+    m.add_class::<observe::Observation>()?;
+    m.add_function(wrap_pyfunction!(observe::configure_tracing, m)?)?;
+    m.add_function(wrap_pyfunction!(observe::shutdown_tracing, m)?)?;
+    m.add_function(wrap_pyfunction!(observe::configure_access_log, m)?)?;
+    m.add_function(wrap_pyfunction!(observe::observing, m)?)?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_statuses, m)?)?;
     m.add_function(wrap_pyfunction!(errors::native_error_code, m)?)?;

@@ -1,0 +1,65 @@
+//! The observation of a gRPC inference call (`crate::observe`): its arrival, read from the
+//! router's stamp and the call's W3C headers, and its status by gRPC's names.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::time::Instant;
+
+use http::HeaderMap;
+use tonic::Code;
+
+use crate::observe::{Arrival, Observed};
+
+/// When a call arrived (set by the router as its headers come in).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Arrived(pub Instant);
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The observation of a call to `path` that arrived at `arrived`, when requests are
+/// observed.
+pub(super) fn observe_call(
+    headers: &HeaderMap,
+    arrived: Instant,
+    path: &'static str,
+) -> Option<Observed> {
+    Observed::start(Arrival {
+        traceparent: header(headers, "traceparent"),
+        tracestate: header(headers, "tracestate"),
+        span: Some(path.strip_prefix('/').unwrap_or(path)),
+        protocol: "grpc",
+        call: path.rsplit('/').next().unwrap_or(path).to_owned(),
+        arrived,
+    })
+}
+
+/// gRPC's name for `code`.
+pub(super) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
