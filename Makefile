@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-soak fuzz
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint lint-deploy image fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ test-python: build loadgen perf-analyzer postgres ## Python tests, against real 
 
 test: test-rust test-python ## every test
 
-lint: $(INSTALLED) ## formatters in check mode, linters, type checks
+lint: $(INSTALLED) lint-deploy ## formatters in check mode, linters, type checks
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 	$(VENV)/bin/mypy
@@ -50,7 +50,16 @@ lint: $(INSTALLED) ## formatters in check mode, linters, type checks
 	cd rust && cargo fmt --all --check \
 		&& cargo clippy --workspace --all-targets --no-default-features -- -D warnings \
 		&& cargo clippy --all-targets -- -D warnings
-	$(VENV)/bin/hadolint Dockerfile
+
+lint-deploy: $(INSTALLED) ## deploy/ against the Kubernetes and KServe schemas and the CLI; hadolint
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_manifests.py
+	$(VENV)/bin/hadolint Dockerfile deploy/image/Dockerfile.model
+
+IMAGE ?= arrowsmith:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image: ## the container image arrowsmith:VERSION, with docker or else podman (fails without either)
+	@tool=$$(command -v docker || command -v podman) \
+		|| { echo "make image: neither docker nor podman is installed" >&2; exit 1; }; \
+		echo "$$tool build -t $(IMAGE) ."; "$$tool" build -t $(IMAGE) .
 
 fmt: $(INSTALLED) ## format Python and Rust
 	$(VENV)/bin/ruff format python tests benchmarks examples

@@ -1,6 +1,6 @@
 """Start-up: seconds from process start to ServerReady for the example wine model (one
-worker, server pinned to core 0), next to what the imports alone cost: a sidecar restarts
-often, so this is a figure like any other.
+worker, server pinned to core 0), and the worker's resident memory then, next to what the
+imports alone cost: a sidecar restarts often, so these are figures like any other.
 
     .venv/bin/python benchmarks/startup.py [--runs 5]
 """
@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "wine" / "model"
 
 
-def seconds_to_ready() -> float:
+def resident_mb(pid: int) -> float:
+    """The process's resident set (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmRSS for process {pid}")
+
+
+def ready_server() -> tuple[float, float]:
+    """Seconds to ServerReady, and the server's RSS in MB once ready."""
     port = free_port()
     command = [
         "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", str(MODEL),
@@ -41,7 +50,7 @@ def seconds_to_ready() -> float:
             while time.monotonic() - started < 60:
                 try:
                     if ready(pb.ServerReadyRequest(), timeout=0.5).ready:
-                        return time.monotonic() - started
+                        return time.monotonic() - started, resident_mb(process.pid)
                 except grpc.RpcError:
                     pass
                 time.sleep(0.01)
@@ -65,11 +74,12 @@ def main() -> None:
         subprocess.run(
             [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
         )
+    servers = [ready_server() for _ in range(args.runs)]
     rows = {
         "python, no import": [seconds_to_import("sys") for _ in range(args.runs)],
         "import mlflow.pyfunc": [seconds_to_import("mlflow.pyfunc") for _ in range(args.runs)],
         "import skops.io": [seconds_to_import("skops.io") for _ in range(args.runs)],
-        "arrowsmith serve: ready": [seconds_to_ready() for _ in range(args.runs)],
+        "arrowsmith serve: ready": [seconds for seconds, _ in servers],
     }
     print("| what | median s | min s | max s |")
     print("|---|---:|---:|---:|")
@@ -77,6 +87,11 @@ def main() -> None:
         print(
             f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |"
         )
+    resident = [mb for _, mb in servers]
+    print(
+        f"RSS of the worker at ready: median {statistics.median(resident):.0f} MB "
+        f"(min {min(resident):.0f}, max {max(resident):.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -358,8 +358,8 @@ def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:
 
 
 def _add_observability_flags(serve: argparse.ArgumentParser) -> None:
-    """The access log, and OpenTelemetry tracing (each --otel-* flag overrides the standard
-    OTEL_* variable named in its help)."""
+    """The access log, and OpenTelemetry tracing (each --otel-* flag, or its ARROWSMITH_OTEL_*
+    variable, overrides the standard OTEL_* variable named in its help)."""
     serve.add_argument(
         "--access-log",
         choices=ACCESS_LOG_FORMATS,
@@ -390,7 +390,7 @@ def _add_observability_flags(serve: argparse.ArgumentParser) -> None:
             "the traceidratio samplers' ratio, 0 to 1 (default 1)",
         ),
     ):
-        serve.add_argument(f"--{flag}", default=None, help=f"{help}; env {variable}")
+        serve.add_argument(f"--{flag}", default=_env(flag, None), help=f"{help}; or {variable}")
 
 
 def _add_listener_flags(serve: argparse.ArgumentParser) -> None:

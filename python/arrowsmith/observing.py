@@ -40,7 +40,10 @@ def configure(config: ServerConfig) -> None:
 
 
 def flush(config: ServerConfig) -> None:
-    """Exports the spans still queued (bounded), at the end of the process."""
+    """Writes the access-log lines still buffered and exports the spans still queued
+    (bounded), at the end of the process."""
+    if config.access_log != "off":
+        _native.flush_access_log()
     if config.tracing is not None:
         _native.shutdown_tracing(EXPORT_AT_STOP_SECONDS)
 

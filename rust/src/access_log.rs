@@ -1,16 +1,15 @@
 //! The access log: one line per request on standard output, as JSON or as `key=value`
 //! text. Both fronts write through here. A line is formatted on the request's thread and
-//! handed to a writer thread, which writes whatever has queued meanwhile at once, in chunks
-//! of whole lines no larger than a pipe writes atomically, so that the lines of several
-//! worker processes sharing one stdout never interleave. A request never waits for the
-//! log: when the queue is full its line is dropped, and the count of dropped lines is
-//! written as soon as there is room.
+//! appended to a shared buffer; a writer thread takes the buffer within FLUSH_EVERY of its
+//! first line (at once past FLUSH_AT bytes) and writes it in chunks of whole lines no
+//! larger than a pipe writes atomically, so that the lines of several worker processes
+//! sharing one stdout never interleave. A request never waits for a write and wakes the
+//! writer at most once per flush; when the buffer is full (stdout blocked) lines are
+//! dropped, and their count is written with the next flush.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How lines look (`--access-log`).
@@ -52,37 +51,51 @@ pub struct Entry<'a> {
     pub total: Duration,
 }
 
-/// Lines waiting for the writer at most.
-const QUEUE_LINES: usize = 65_536;
+/// How long the first line of a flush waits for company.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered bytes that make the writer flush at once.
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes past which lines are dropped (stdout does not keep up).
+const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 /// What one write(2) to a pipe may carry and still never interleave with other writers'.
 const ATOMIC_WRITE: usize = 4096;
 /// A client's request id is logged up to this many bytes.
 const MAX_ID_BYTES: usize = 256;
 
+#[derive(Default)]
+struct Buffered {
+    lines: String,
+    dropped: u64,
+}
+
 struct AccessLog {
     format: Format,
-    lines: SyncSender<String>,
-    dropped: AtomicU64,
+    buffered: Mutex<Buffered>,
+    wake: Condvar,
+    /// Held while writing, so that a flush from another thread keeps whole chunks.
+    writing: Mutex<()>,
 }
 
 static LOG: OnceLock<AccessLog> = OnceLock::new();
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Turns the access log on for the rest of the process.
 pub fn init(format: Format) -> Result<(), String> {
-    if LOG.get().is_some() {
-        return Err("the access log is already set up in this process".to_owned());
-    }
-    let (lines, queued) = sync_channel(QUEUE_LINES);
-    std::thread::Builder::new()
-        .name("arrowsmith-access-log".to_owned())
-        .spawn(move || write_lines(&queued))
-        .map_err(|error| format!("cannot start the access log's writer: {error}"))?;
     LOG.set(AccessLog {
         format,
-        lines,
-        dropped: AtomicU64::new(0),
+        buffered: Mutex::default(),
+        wake: Condvar::new(),
+        writing: Mutex::new(()),
     })
-    .map_err(|_| "the access log is already set up in this process".to_owned())
+    .map_err(|_| "the access log is already set up in this process".to_owned())?;
+    std::thread::Builder::new()
+        .name("arrowsmith-access-log".to_owned())
+        .spawn(write_lines)
+        .map(drop)
+        .map_err(|error| format!("cannot start the access log's writer: {error}"))
 }
 
 /// Whether lines are being written.
@@ -95,21 +108,38 @@ pub fn write(entry: &Entry<'_>) {
     let Some(log) = LOG.get() else {
         return;
     };
-    let mut line = match log.format {
+    let line = match log.format {
         Format::Json => json_line(entry),
         Format::Text => text_line(entry),
     };
-    let dropped = log.dropped.swap(0, Ordering::Relaxed);
+    let mut buffered = lock(&log.buffered);
+    let before = buffered.lines.len();
+    if before.saturating_add(line.len()) > MAX_BUFFERED {
+        buffered.dropped = buffered.dropped.saturating_add(1);
+        return;
+    }
+    buffered.lines.push_str(&line);
+    if before == 0 || (before < FLUSH_AT && buffered.lines.len() >= FLUSH_AT) {
+        log.wake.notify_one();
+    }
+}
+
+/// Writes what is buffered now (for the end of the process).
+pub fn flush() {
+    if let Some(log) = LOG.get() {
+        let taken = take(log, &mut lock(&log.buffered));
+        write_out(log, &taken);
+    }
+}
+
+/// The buffered lines, preceded by the count of dropped ones if any.
+fn take(log: &AccessLog, buffered: &mut Buffered) -> String {
+    let mut taken = std::mem::take(&mut buffered.lines);
+    let dropped = std::mem::take(&mut buffered.dropped);
     if dropped > 0 {
-        line.insert_str(0, &dropped_line(log.format, dropped));
+        taken.insert_str(0, &dropped_line(log.format, dropped));
     }
-    match log.lines.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            log.dropped
-                .fetch_add(dropped.saturating_add(1), Ordering::Relaxed);
-        }
-    }
+    taken
 }
 
 fn dropped_line(format: Format, dropped: u64) -> String {
@@ -119,27 +149,68 @@ fn dropped_line(format: Format, dropped: u64) -> String {
     }
 }
 
-/// The writer: blocks for a line, then writes it with every line queued behind it.
-fn write_lines(queued: &Receiver<String>) {
-    let mut chunk = String::with_capacity(ATOMIC_WRITE);
-    while let Ok(first) = queued.recv() {
-        let mut next = Some(first);
-        while let Some(line) = next.take() {
-            if !chunk.is_empty() && chunk.len().saturating_add(line.len()) > ATOMIC_WRITE {
-                flush(&mut chunk);
-            }
-            chunk.push_str(&line);
-            next = queued.try_recv().ok();
+/// The writer: waits for a first line, gives it FLUSH_EVERY for company (less when the
+/// buffer fills), and writes what gathered.
+fn write_lines() {
+    let Some(log) = LOG.get() else {
+        return;
+    };
+    loop {
+        let mut buffered = lock(&log.buffered);
+        while buffered.lines.is_empty() && buffered.dropped == 0 {
+            buffered = log
+                .wake
+                .wait(buffered)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        flush(&mut chunk);
+        if buffered.lines.len() < FLUSH_AT {
+            buffered = log
+                .wake
+                .wait_timeout(buffered, FLUSH_EVERY)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let taken = take(log, &mut buffered);
+        drop(buffered);
+        write_out(log, &taken);
     }
 }
 
-fn flush(chunk: &mut String) {
+/// Writes `lines` in `chunks`.
+fn write_out(log: &AccessLog, lines: &str) {
+    if lines.is_empty() {
+        return;
+    }
+    let _writing = lock(&log.writing);
     let mut out = std::io::stdout().lock();
-    // Nowhere to report a closed stdout: the lines are lost, serving goes on.
-    let _ = out.write_all(chunk.as_bytes()).and_then(|()| out.flush());
-    chunk.clear();
+    for chunk in chunks(lines.as_bytes()) {
+        // Nowhere to report a closed stdout: the lines are lost, serving goes on.
+        let _ = out.write_all(chunk);
+    }
+    let _ = out.flush();
+}
+
+/// `lines` cut into chunks of whole lines of at most ATOMIC_WRITE bytes (a longer line
+/// alone).
+fn chunks(lines: &[u8]) -> Vec<&[u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = lines;
+    while !rest.is_empty() {
+        let window = rest.get(..ATOMIC_WRITE.min(rest.len())).unwrap_or(rest);
+        let end = if window.len() == rest.len() {
+            rest.len()
+        } else {
+            window
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .or_else(|| rest.iter().position(|&b| b == b'\n'))
+                .map_or(rest.len(), |newline| newline.saturating_add(1))
+        };
+        let (chunk, after) = rest.split_at(end);
+        chunks.push(chunk);
+        rest = after;
+    }
+    chunks
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -349,6 +420,23 @@ mod tests {
              version=1 request_id=\"x y=z\" trace_id=0af7651916cd43dd8448eb211c80319c rows=3 \
              queue_ms=1.5 predict_ms=- total_ms=4\n"
         );
+    }
+
+    #[test]
+    fn chunks_are_whole_lines_that_a_pipe_writes_at_once() {
+        let line = format!("{}\n", "x".repeat(999));
+        let lines = line.repeat(10);
+        let cut = chunks(lines.as_bytes());
+        assert_eq!(cut.len(), 3);
+        assert!(cut
+            .iter()
+            .all(|c| c.len() <= ATOMIC_WRITE && c.ends_with(b"\n")));
+        assert_eq!(cut.concat(), lines.as_bytes());
+        let long = format!("{}\nshort\n", "y".repeat(3 * ATOMIC_WRITE));
+        let cut = chunks(long.as_bytes());
+        assert_eq!(cut.len(), 2);
+        assert_eq!(cut[1], b"short\n");
+        assert_eq!(chunks(b"no newline at the end").len(), 1);
     }
 
     #[test]

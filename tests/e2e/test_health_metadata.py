@@ -91,9 +91,10 @@ def test_string_metadata_from_string_columns(string_server: ServerHandle) -> Non
     assert tensors(metadata.outputs) == [("upper", "BYTES", [-1, 1])]
 
 
-@pytest.mark.parametrize("service", ["", INFERENCE_SERVICE])
+@pytest.mark.parametrize("service", ["", INFERENCE_SERVICE, "liveness"])
 def test_grpc_health_check_serving(wine_server: ServerHandle, service: str) -> None:
-    """Kubernetes gRPC probes ask grpc.health.v1 for the server and for the V2 service."""
+    """Kubernetes gRPC probes ask grpc.health.v1 for the server and for the V2 service
+    (readiness), and for `liveness`."""
     with grpc.insecure_channel(wine_server.url) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)

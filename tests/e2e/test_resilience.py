@@ -156,6 +156,8 @@ def assert_not_ready(server: ServerHandle) -> None:
     assert not model_ready(server)
     assert health(server) == NOT_SERVING
     assert health(server, "inference.GRPCInferenceService") == NOT_SERVING
+    # Liveness probes keep passing: a restart would not mend what readiness reports.
+    assert health(server, "liveness") == health_pb2.HealthCheckResponse.SERVING
     status, body = get(server, "/v2/health/ready")
     assert (status, json.loads(body)) == (503, {"ready": False})
     status, body = get(server, f"/v2/models/{MODEL}/ready")

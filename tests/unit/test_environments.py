@@ -689,6 +689,25 @@ def test_ensure_environment_builds_once_and_again_when_damaged(
     assert "lib/x.so" in damaged[0].getMessage()
 
 
+def test_a_whole_environment_is_used_without_the_lock(
+    cache: EnvironmentCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache baked into a read-only image layer: no lock file can be made there, and none
+    is needed to use what is already whole."""
+    spec = EnvironmentSpec(PYTHON, (), ("numpy",), (), (), "python_env.yaml")
+    monkeypatch.setattr(
+        build, "_build", lambda key, *rest: fake_environment(cache, key, models=("/m",))
+    )
+    built = build.ensure_environment(spec, "uv", cache, "/m")
+
+    def read_only(key: str) -> Any:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(cache, "locked", read_only)
+    monkeypatch.setattr(build, "_build", lambda *args: pytest.fail("built again"))
+    assert build.ensure_environment(spec, "uv", cache, "/m") == built
+
+
 # --- commands: arrowsmith env list|prune ----------------------------------------------------
 
 

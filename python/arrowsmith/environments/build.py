@@ -59,6 +59,14 @@ def missing_python_message(uri: str, spec: EnvironmentSpec) -> str:
     )
 
 
+def _cached(environment: Environment, key: str, uri: str) -> Environment:
+    """`environment`, found whole in the cache: noted as used (where the cache is writable)."""
+    logger.info("environment %s: cached at %s", key, environment.path)
+    environment.mark_used()
+    environment.note_model(uri)
+    return environment
+
+
 def ensure_environment(
     spec: EnvironmentSpec,
     manager: str,
@@ -86,14 +94,15 @@ def ensure_environment(
     }
     key = environment_key(identity)
     environment = cache.environment(key)
+    # A whole environment is used without the lock (environments are renamed into place
+    # complete), so a cache baked into a read-only image layer serves as it is.
+    if environment.path.exists() and damage(environment) is None:
+        return _cached(environment, key, uri)
     with cache.locked(key):
         if environment.path.exists():
             problem = damage(environment)
             if problem is None:
-                logger.info("environment %s: cached at %s", key, environment.path)
-                environment.mark_used()
-                environment.note_model(uri)
-                return environment
+                return _cached(environment, key, uri)
             logger.warning(
                 "environment %s at %s is damaged (%s); building it again",
                 key,

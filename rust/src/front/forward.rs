@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::observe::TraceHeaders;
 use super::unsent::never_taken;
 use prost::Message;
 use tonic::{Code, Status};
@@ -115,6 +116,7 @@ impl Remote {
         path: &'static str,
         message: Bytes,
         deadline: Option<Instant>,
+        trace: TraceHeaders,
     ) -> Result<Bytes, Status> {
         let timeout = match deadline {
             Some(deadline) => {
@@ -139,6 +141,14 @@ impl Remote {
                 .header("te", "trailers");
             if let Some(timeout) = &timeout {
                 request = request.header("grpc-timeout", timeout.as_str());
+            }
+            for (name, value) in [
+                ("traceparent", &trace.traceparent),
+                ("tracestate", &trace.tracestate),
+            ] {
+                if let Some(value) = value {
+                    request = request.header(name, value.clone());
+                }
             }
             request
                 .body(Full::new(framed.clone()))

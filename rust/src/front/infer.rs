@@ -27,7 +27,7 @@ use tower_service::Service;
 use super::codec::WireMessage;
 use super::deadline::Deadline;
 use super::models::Entry;
-use super::observe::{code_name, observe_call, Arrived};
+use super::observe::{code_name, observe_call, Arrived, TraceHeaders};
 use super::service::{grpc_code, status_of};
 use super::Shared;
 use crate::admit::job_for;
@@ -210,10 +210,11 @@ pub(super) async fn admit(
     shared: &Arc<Shared>,
     message: Bytes,
     deadline: Option<Instant>,
+    trace: &TraceHeaders,
     mut observed: Option<Observed>,
 ) -> Result<Answering, Status> {
     if let Some(remote) = shared.routes.remote_for(&message) {
-        let forwarding = remote.unary(MODEL_INFER_PATH, message, deadline);
+        let forwarding = remote.unary(MODEL_INFER_PATH, message, deadline, trace.clone());
         return Ok(Answering::Forwarded(Box::pin(forwarding)));
     }
     let trace = observed.as_ref().and_then(Observed::trace_context);
@@ -301,12 +302,16 @@ fn queue(
 }
 
 /// The call's observation, when the access log or tracing is on.
-pub(super) fn observe<T>(request: &tonic::Request<T>, path: &'static str) -> Option<Observed> {
+fn observe<T>(
+    request: &tonic::Request<T>,
+    trace: &TraceHeaders,
+    path: &'static str,
+) -> Option<Observed> {
     let arrived = request
         .extensions()
         .get::<Arrived>()
         .map_or_else(Instant::now, |arrived| arrived.0);
-    observe_call(request.metadata().as_ref(), arrived, path)
+    observe_call(trace, arrived, path)
 }
 
 /// The deadline a call arrived with.
@@ -333,9 +338,11 @@ impl Service<tonic::Request<Bytes>> for Handler {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let deadline = deadline_of(&request);
-            let observed = observe(&request, MODEL_INFER_PATH);
+            let trace = TraceHeaders::of(request.metadata().as_ref());
+            let observed = observe(&request, &trace, MODEL_INFER_PATH);
             let traceparent = observed.as_ref().and_then(Observed::traceparent);
-            let answered = match admit(&shared, request.into_inner(), deadline, observed).await {
+            let message = request.into_inner();
+            let answered = match admit(&shared, message, deadline, &trace, observed).await {
                 Ok(answering) => answering.await.map(tonic::Response::new),
                 Err(status) => Err(status),
             };

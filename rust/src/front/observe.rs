@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use tonic::Code;
 
 use crate::observe::{Arrival, Observed};
@@ -20,20 +20,37 @@ use crate::observe::{Arrival, Observed};
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Arrived(pub Instant);
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|value| value.to_str().ok())
+/// A call's W3C trace context as it came: continued by its spans here, and passed on
+/// with the call when another process answers it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TraceHeaders {
+    pub traceparent: Option<HeaderValue>,
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl TraceHeaders {
+    pub(super) fn of(headers: &HeaderMap) -> TraceHeaders {
+        TraceHeaders {
+            traceparent: headers.get("traceparent").cloned(),
+            tracestate: headers.get("tracestate").cloned(),
+        }
+    }
+}
+
+fn text(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|value| value.to_str().ok())
 }
 
 /// The observation of a call to `path` that arrived at `arrived`, when requests are
 /// observed.
 pub(super) fn observe_call(
-    headers: &HeaderMap,
+    trace: &TraceHeaders,
     arrived: Instant,
     path: &'static str,
 ) -> Option<Observed> {
     Observed::start(Arrival {
-        traceparent: header(headers, "traceparent"),
-        tracestate: header(headers, "tracestate"),
+        traceparent: text(trace.traceparent.as_ref()),
+        tracestate: text(trace.tracestate.as_ref()),
         span: Some(path.strip_prefix('/').unwrap_or(path)),
         protocol: "grpc",
         call: path.rsplit('/').next().unwrap_or(path).to_owned(),

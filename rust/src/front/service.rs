@@ -28,6 +28,7 @@ use tower_service::Service;
 
 use super::codec::RawCodec;
 use super::metered::MeteredBody;
+use super::observe::TraceHeaders;
 use super::repository::{self, RepositoryMethod};
 use super::{infer, stream, Shared};
 use crate::error::Error;
@@ -160,9 +161,10 @@ where
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let deadline = infer::deadline_of(&request);
+        let trace = TraceHeaders::of(request.metadata().as_ref());
         let message = request.into_inner();
         if let Some(remote) = self.shared.routes.remote_for(&message) {
-            let forwarding = remote.unary(self.path, message, deadline);
+            let forwarding = remote.unary(self.path, message, deadline, trace);
             return Box::pin(async move { forwarding.await.map(tonic::Response::new) });
         }
         let answered = Req::decode(message)

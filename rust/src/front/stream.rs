@@ -32,9 +32,8 @@ use tower_service::Service;
 use super::codec::WireMessage;
 use super::infer::{admit, deadline_of, Answering, InferAnswer};
 use super::metered::CallBudget;
-use super::observe::observe_call;
+use super::observe::{observe_call, TraceHeaders};
 use super::Shared;
-use crate::observe::observing;
 use crate::proto::ModelStreamInferResponse;
 
 const STREAM_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
@@ -95,8 +94,8 @@ pub(super) struct Answers {
     incoming: Streaming<Bytes>,
     call: Option<Arc<CallBudget>>,
     deadline: Option<Instant>,
-    /// The stream's headers: each message's trace continues the caller's context.
-    headers: http::HeaderMap,
+    /// The caller's trace context: each message's trace continues it.
+    trace: TraceHeaders,
     waiting: VecDeque<Waiting>,
     /// How far the request stream has got.
     requests: Requests,
@@ -121,9 +120,11 @@ impl Answers {
                 Poll::Ready(Some(Ok(message))) => {
                     let shared = Arc::clone(&self.shared);
                     let deadline = self.deadline;
-                    let observed = observe_call(&self.headers, Instant::now(), STREAM_PATH);
-                    let admitting =
-                        Box::pin(async move { admit(&shared, message, deadline, observed).await });
+                    let observed = observe_call(&self.trace, Instant::now(), STREAM_PATH);
+                    let trace = self.trace.clone();
+                    let admitting = Box::pin(async move {
+                        admit(&shared, message, deadline, &trace, observed).await
+                    });
                     self.waiting.push_back(Waiting::Admitting(admitting));
                 }
                 Poll::Ready(Some(Err(status))) => self.requests = Requests::Failed(status),
@@ -211,17 +212,13 @@ impl Service<tonic::Request<Streaming<Bytes>>> for Handler {
     fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
         let deadline = deadline_of(&request);
         let call = request.extensions().get::<Arc<CallBudget>>().cloned();
-        let headers = if observing() {
-            request.metadata().as_ref().clone()
-        } else {
-            http::HeaderMap::new()
-        };
+        let trace = TraceHeaders::of(request.metadata().as_ref());
         std::future::ready(Ok(tonic::Response::new(Answers {
             shared: Arc::clone(&self.0),
             incoming: request.into_inner(),
             call,
             deadline,
-            headers,
+            trace,
             waiting: VecDeque::new(),
             requests: Requests::Open,
         })))

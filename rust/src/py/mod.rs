@@ -193,6 +193,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(observe::configure_tracing, m)?)?;
     m.add_function(wrap_pyfunction!(observe::shutdown_tracing, m)?)?;
     m.add_function(wrap_pyfunction!(observe::configure_access_log, m)?)?;
+    m.add_function(wrap_pyfunction!(observe::flush_access_log, m)?)?;
     m.add_function(wrap_pyfunction!(observe::observing, m)?)?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_statuses, m)?)?;

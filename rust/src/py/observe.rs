@@ -50,6 +50,12 @@ pub fn configure_access_log(format: &str) -> PyResult<()> {
     access_log::init(format).map_err(PyValueError::new_err)
 }
 
+/// Writes the access-log lines still buffered (at the end of the process).
+#[pyfunction]
+pub fn flush_access_log(py: Python<'_>) {
+    py.detach(access_log::flush);
+}
+
 /// Whether requests are observed (the access log or tracing is on).
 #[pyfunction]
 pub fn observing() -> bool {
