@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint lint-deploy image fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-soak fuzz
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint lint-deploy image fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-observability bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ bench-env: build example-model ## model environments: cold uv build vs mlflow's 
 
 bench-routing: build example-model loadgen ## W1 to a model in an environment of its own behind the ports vs served directly
 	$(PY) benchmarks/routing.py
+
+bench-observability: build example-model loadgen ## W1 with the access log and with tracing at 10% and 100% vs neither
+	$(PY) benchmarks/observability.py
 
 SOAK_ARGS ?=
 bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, hostile requests, SIGKILL every 5 min (SOAK_ARGS="--duration 120")

@@ -5,7 +5,7 @@ that counts what it gets and discards it). The load generator runs on core 1, W1
 of 11 FP32 features per request) closed loop at 32 in flight; the settings alternate,
 `--rounds` times each, in a shuffled order each round.
 
-    .venv/bin/python benchmarks/observability.py [--rounds 2] [--duration 15]
+    .venv/bin/python benchmarks/observability.py [--rounds 6] [--duration 10]
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import grpc
-from http_compare import free_port
-from routing import MODEL, READY_SECONDS, ROOT, measure, stop
-from tritonclient.grpc import service_pb2 as pb
+from routing import MODEL, ROOT, measure, serve, stop
 
 
 class Receiver:
@@ -69,40 +65,14 @@ def settings(receiver: Receiver) -> dict[str, list[str]]:
 
 
 def start(extra: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    command = [
-        "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", str(MODEL),
-        "--name", "wine", "--grpc-port", str(port), "--http-port", "0",
-        "--metrics-port", "0", "--workers", "1", *extra,
-    ]  # fmt: skip
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-    started = time.monotonic()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        ready = channel.unary_unary(
-            "/inference.GRPCInferenceService/ServerReady",
-            request_serializer=pb.ServerReadyRequest.SerializeToString,
-            response_deserializer=pb.ServerReadyResponse.FromString,
-        )
-        while time.monotonic() - started < READY_SECONDS:
-            try:
-                if ready(pb.ServerReadyRequest(), timeout=0.5).ready:
-                    return process, port
-            except grpc.RpcError:
-                pass
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-    stop(process)
-    raise SystemExit(f"the server with {extra} did not get ready")
+        return serve([str(MODEL), "--name", "wine", *extra], out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
     if not MODEL.exists():
         subprocess.run(

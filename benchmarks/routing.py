@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import grpc
 from http_compare import free_port
@@ -46,15 +47,16 @@ def write_config(folder: Path, routed: bool) -> Path:
     return path
 
 
-def start(config: Path, cache: Path) -> tuple[subprocess.Popen[bytes], int]:
+def serve(arguments: list[str], output: IO[bytes] | int) -> tuple[subprocess.Popen[bytes], int]:
+    """`arrowsmith serve *arguments` on core 0, one worker, gRPC on a free port and no other,
+    its output to `output`; returned once ServerReady says true."""
     port = free_port()
     command = [
-        "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve",
-        "--config", str(config), "--grpc-port", str(port), "--http-port", "0",
-        "--metrics-port", "0", "--workers", "1", "--env-cache", str(cache),
+        "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", *arguments,
+        "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0", "--workers", "1",
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, stdout=output, stderr=subprocess.DEVNULL, start_new_session=True
     )
     started = time.monotonic()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -73,7 +75,11 @@ def start(config: Path, cache: Path) -> tuple[subprocess.Popen[bytes], int]:
                 break
             time.sleep(0.1)
     stop(process)
-    raise SystemExit(f"the server of {config.name} did not get ready")
+    raise SystemExit(f"the server of {arguments} did not get ready")
+
+
+def start(config: Path, cache: Path) -> tuple[subprocess.Popen[bytes], int]:
+    return serve(["--config", str(config), "--env-cache", str(cache)], subprocess.DEVNULL)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -12,11 +12,17 @@ __all__ = [
     "GrpcFront",
     "InferRequest",
     "Job",
+    "Observation",
     "Signature",
     "build_profile",
+    "configure_access_log",
+    "configure_tracing",
     "decode_request",
     "error_statuses",
+    "flush_access_log",
     "native_error_code",
+    "observing",
+    "shutdown_tracing",
 ]
 
 build_profile: Final[str]

@@ -8,27 +8,40 @@ use std::time::Duration;
 
 use opentelemetry_otlp::{SpanExporter as OtlpExporter, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
 use opentelemetry_sdk::Resource;
 use tokio::runtime::Runtime;
 
-use super::Settings;
+use super::{sampler, Protocol, Settings};
 
-/// How spans are sent (`OTEL_EXPORTER_OTLP_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
+/// Spans at most waiting for export; past it, new ones are dropped (and counted by the SDK).
+const MAX_QUEUED_SPANS: usize = 65_536;
+const MAX_EXPORT_BATCH: usize = 2_048;
+const EXPORT_EVERY: Duration = Duration::from_millis(500);
 
-impl Protocol {
-    pub fn parse(name: &str) -> Option<Protocol> {
-        match name {
-            "grpc" => Some(Protocol::Grpc),
-            "http/protobuf" => Some(Protocol::HttpProtobuf),
-            _ => None,
-        }
-    }
+/// The tracer provider: the settings' sampler and service name, spans exported in batches
+/// from the SDK's own thread.
+pub(super) fn provider(settings: &Settings) -> Result<SdkTracerProvider, String> {
+    let processor = BatchSpanProcessor::builder(exporter(settings)?)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(MAX_QUEUED_SPANS)
+                .with_max_export_batch_size(MAX_EXPORT_BATCH)
+                .with_scheduled_delay(EXPORT_EVERY)
+                .build(),
+        )
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler::sampler(settings.sampler, settings.ratio))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build())
 }
 
 /// The OTLP exporter and the runtime its exports run on.
@@ -45,7 +58,7 @@ impl fmt::Debug for OnRuntime {
     }
 }
 
-pub(super) fn exporter(settings: &Settings) -> Result<OnRuntime, String> {
+fn exporter(settings: &Settings) -> Result<OnRuntime, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("arrowsmith-otlp")

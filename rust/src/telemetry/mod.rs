@@ -6,22 +6,61 @@
 //! Spans are handed to the SDK's batch processor, which exports them from its own thread:
 //! a request never waits for an export, and a full queue drops spans, not requests.
 
+#[cfg(feature = "otlp")]
 mod export;
 pub mod request;
+#[cfg(feature = "otlp")]
 mod sampler;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
-};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-pub use export::Protocol;
 pub use request::{BatchTrace, RequestTrace};
-pub use sampler::SamplerChoice;
+
+/// The standard samplers (OpenTelemetry's SDK configuration names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerChoice {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio,
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio,
+}
+
+impl SamplerChoice {
+    /// The sampler named `name` (`always_on`, `parentbased_traceidratio`, ...).
+    pub fn parse(name: &str) -> Option<SamplerChoice> {
+        Some(match name {
+            "always_on" => SamplerChoice::AlwaysOn,
+            "always_off" => SamplerChoice::AlwaysOff,
+            "traceidratio" => SamplerChoice::TraceIdRatio,
+            "parentbased_always_on" => SamplerChoice::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerChoice::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => SamplerChoice::ParentBasedTraceIdRatio,
+            _ => return None,
+        })
+    }
+}
+
+/// How spans are sent (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn parse(name: &str) -> Option<Protocol> {
+        match name {
+            "grpc" => Some(Protocol::Grpc),
+            "http/protobuf" => Some(Protocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
 
 /// What `init` needs: resolved already (the `OTEL_*` variables and flags are read by the
 /// server; OTLP headers and timeouts the exporter reads from the environment itself).
@@ -43,39 +82,25 @@ struct Tracing {
 
 static TRACING: OnceLock<Tracing> = OnceLock::new();
 
-/// Spans at most waiting for export; past it, new ones are dropped (and counted by the SDK).
-const MAX_QUEUED_SPANS: usize = 65_536;
-const MAX_EXPORT_BATCH: usize = 2_048;
-const EXPORT_EVERY: Duration = Duration::from_millis(500);
-
 /// Turns tracing on for the rest of the process. A second call changes nothing and says so.
+#[cfg(feature = "otlp")]
 pub fn init(settings: &Settings) -> Result<(), String> {
+    use opentelemetry::trace::TracerProvider as _;
+
     if TRACING.get().is_some() {
         return Err("tracing is already set up in this process".to_owned());
     }
-    let exporter = export::exporter(settings)?;
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(MAX_QUEUED_SPANS)
-                .with_max_export_batch_size(MAX_EXPORT_BATCH)
-                .with_scheduled_delay(EXPORT_EVERY)
-                .build(),
-        )
-        .build();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(sampler::sampler(settings.sampler, settings.ratio))
-        .with_resource(
-            Resource::builder()
-                .with_service_name(settings.service_name.clone())
-                .build(),
-        )
-        .build();
+    let provider = export::provider(settings)?;
     let tracer = provider.tracer("arrowsmith");
     TRACING
         .set(Tracing { provider, tracer })
         .map_err(|_| "tracing is already set up in this process".to_owned())
+}
+
+/// Without the `otlp` feature there is nowhere to send spans.
+#[cfg(not(feature = "otlp"))]
+pub fn init(_settings: &Settings) -> Result<(), String> {
+    Err("this build has no OTLP exporter (the `otlp` feature)".to_owned())
 }
 
 /// The tracer, once tracing is on.

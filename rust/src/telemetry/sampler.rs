@@ -8,31 +8,7 @@ use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TraceState}
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SamplingResult, ShouldSample};
 
-/// The standard samplers (OpenTelemetry's SDK configuration names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SamplerChoice {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio,
-    ParentBasedAlwaysOn,
-    ParentBasedAlwaysOff,
-    ParentBasedTraceIdRatio,
-}
-
-impl SamplerChoice {
-    /// The sampler named `name` (`always_on`, `parentbased_traceidratio`, ...).
-    pub fn parse(name: &str) -> Option<SamplerChoice> {
-        Some(match name {
-            "always_on" => SamplerChoice::AlwaysOn,
-            "always_off" => SamplerChoice::AlwaysOff,
-            "traceidratio" => SamplerChoice::TraceIdRatio,
-            "parentbased_always_on" => SamplerChoice::ParentBasedAlwaysOn,
-            "parentbased_always_off" => SamplerChoice::ParentBasedAlwaysOff,
-            "parentbased_traceidratio" => SamplerChoice::ParentBasedTraceIdRatio,
-            _ => return None,
-        })
-    }
-}
+use super::SamplerChoice;
 
 pub(super) fn sampler(choice: SamplerChoice, ratio: f64) -> LinkAware {
     let standard = match choice {
