@@ -269,25 +269,28 @@ pub(crate) fn json_line(entry: &Entry<'_>) -> String {
             None => out.push_str("null"),
         }
     }
-    out.push_str(",\"rows\":");
-    match entry.rows {
-        Some(rows) => {
-            let _ = write!(out, "{rows}");
-        }
-        None => out.push_str("null"),
-    }
-    for (key, value) in [
-        ("queue_ms", entry.queue_wait),
-        ("predict_ms", entry.predict),
-        ("total_ms", Some(entry.total)),
-    ] {
-        let _ = match value {
-            Some(duration) => write!(out, ",\"{key}\":{}", millis(duration)),
-            None => write!(out, ",\"{key}\":null"),
-        };
-    }
+    numbers(&mut out, entry, Format::Json);
     out.push_str("}\n");
     out
+}
+
+/// The rows and the times (in milliseconds), as the format writes a field; absent ones as
+/// `null` or `-`.
+fn numbers(out: &mut String, entry: &Entry<'_>, format: Format) {
+    let ms = |duration: Option<Duration>| duration.map(|d| millis(d).to_string());
+    for (key, value) in [
+        ("rows", entry.rows.map(|rows| rows.to_string())),
+        ("queue_ms", ms(entry.queue_wait)),
+        ("predict_ms", ms(entry.predict)),
+        ("total_ms", ms(Some(entry.total))),
+    ] {
+        let _ = match (format, value) {
+            (Format::Json, value) => {
+                write!(out, ",\"{key}\":{}", value.as_deref().unwrap_or("null"))
+            }
+            (Format::Text, value) => write!(out, " {key}={}", value.as_deref().unwrap_or("-")),
+        };
+    }
 }
 
 /// A text value: bare when it is a plain word, else quoted with escapes ("" when empty).
@@ -318,22 +321,7 @@ pub(crate) fn text_line(entry: &Entry<'_>) -> String {
         let _ = write!(out, " {key}=");
         text_value(&mut out, value);
     }
-    match entry.rows {
-        Some(rows) => {
-            let _ = write!(out, " rows={rows}");
-        }
-        None => out.push_str(" rows=-"),
-    }
-    for (key, value) in [
-        ("queue_ms", entry.queue_wait),
-        ("predict_ms", entry.predict),
-        ("total_ms", Some(entry.total)),
-    ] {
-        let _ = match value {
-            Some(duration) => write!(out, " {key}={}", millis(duration)),
-            None => write!(out, " {key}=-"),
-        };
-    }
+    numbers(&mut out, entry, Format::Text);
     out.push('\n');
     out
 }

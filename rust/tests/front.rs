@@ -2929,3 +2929,86 @@ fn a_successor_socket_moved_onto_the_path_survives_the_stop() {
     });
     drop(second);
 }
+
+/// A stand-in for the process serving a routed model: records the W3C headers of every call
+/// on the first connection made to `path`, and answers each UNAVAILABLE.
+fn recording_model_process(path: PathBuf) -> Arc<Mutex<Vec<(String, String)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&seen);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("the socket binds");
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        block_on(async move {
+            let listener = tokio::net::UnixListener::from_std(listener).expect("a listener");
+            let (stream, _) = listener.accept().await.expect("the router connects");
+            let mut connection = h2::server::handshake(stream).await.expect("HTTP/2");
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                let header = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                recorded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((header("traceparent"), header("tracestate")));
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "14")
+                    .header("grpc-message", "stand-in")
+                    .body(())
+                    .expect("a response");
+                respond
+                    .send_response(response, true)
+                    .expect("the answer is sent");
+            }
+        });
+    });
+    seen
+}
+
+#[test]
+fn a_routed_call_carries_the_callers_trace_context() {
+    let dir = TempDir::new();
+    let path = dir.join("model.sock");
+    let seen = recording_model_process(path.clone());
+    let router = Server::launch(Setup {
+        expected: vec![],
+        ..Setup::default()
+    });
+    router.front.route_to(MODEL, Some(path));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let context = [("traceparent", traceparent), ("tracestate", "vendor=1")];
+    block_on(async {
+        let client = connect(router.address).await;
+        let unary = client
+            .call_framed(
+                INFER,
+                frame(&request("far", &[1]).encode_to_vec()),
+                &context,
+            )
+            .await;
+        assert_eq!(unary.code, Code::Unavailable, "{unary:?}");
+        let streamed = client
+            .call_framed(STREAM_INFER, frames(&[request("s-0", &[1])]), &context)
+            .await;
+        assert_eq!(streamed.stream_responses().len(), 1, "{streamed:?}");
+        let metadata = ModelMetadataRequest {
+            name: MODEL.into(),
+            version: String::new(),
+        };
+        let path = format!("/{SERVICE}/ModelMetadata");
+        let asked = client
+            .call_framed(&path, frame(&metadata.encode_to_vec()), &[])
+            .await;
+        assert_eq!(asked.code, Code::Unavailable, "{asked:?}");
+    });
+    let expected = (traceparent.to_owned(), "vendor=1".to_owned());
+    assert_eq!(
+        *seen.lock().unwrap_or_else(PoisonError::into_inner),
+        [expected.clone(), expected, (String::new(), String::new())]
+    );
+}
