@@ -2932,10 +2932,10 @@ fn a_successor_socket_moved_onto_the_path_survives_the_stop() {
 
 /// A stand-in for the process serving a routed model: records the W3C headers of every call
 /// on the first connection made to `path`, and answers each UNAVAILABLE.
-fn recording_model_process(path: PathBuf) -> Arc<Mutex<Vec<(String, String)>>> {
+fn recording_model_process(path: &std::path::Path) -> Arc<Mutex<Vec<(String, String)>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&seen);
-    let listener = std::os::unix::net::UnixListener::bind(&path).expect("the socket binds");
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("the socket binds");
     listener.set_nonblocking(true).expect("non-blocking");
     std::thread::spawn(move || {
         block_on(async move {
@@ -2974,7 +2974,7 @@ fn recording_model_process(path: PathBuf) -> Arc<Mutex<Vec<(String, String)>>> {
 fn a_routed_call_carries_the_callers_trace_context() {
     let dir = TempDir::new();
     let path = dir.join("model.sock");
-    let seen = recording_model_process(path.clone());
+    let seen = recording_model_process(&path);
     let router = Server::launch(Setup {
         expected: vec![],
         ..Setup::default()
