@@ -329,6 +329,18 @@ def _add_health_parser(commands: Any) -> None:
     health.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)"
     )
+    # Not the server's own --tls-* variables: a container that sets those for the server
+    # sets these for its health check.
+    for flag, help in (
+        ("tls-ca", "ask over TLS, trusting the CAs of this PEM bundle"),
+        ("tls-client-cert", "the client certificate (PEM) a mutual-TLS server asks for"),
+        ("tls-client-key", "the private key of --tls-client-cert"),
+        ("tls-server-name", "the name the server's certificate must carry (default: the host)"),
+    ):
+        variable = "ARROWSMITH_HEALTH_" + flag.upper().replace("-", "_")
+        health.add_argument(
+            f"--{flag}", default=os.environ.get(variable), help=f"{help}; or {variable}"
+        )
 
 
 def _add_lifecycle_flags(serve: argparse.ArgumentParser) -> None:

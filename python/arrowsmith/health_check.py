@@ -1,7 +1,8 @@
 """`arrowsmith health`: one grpc.health.v1.Health/Check call to a running server, exit status 0
 when the answer is SERVING and 1 otherwise (not serving, an unknown service name, nothing
 listening, no answer in time). It is what a container's HEALTHCHECK or an exec probe runs;
-Kubernetes' own gRPC probe needs no command, but cannot reach a Unix socket.
+Kubernetes' own gRPC probe needs no command, but cannot reach a Unix socket. A server that
+serves TLS is asked over TLS with `--tls-ca` (and a client certificate under mutual TLS).
 
 The server answers "" (the whole server) SERVING once every model is loaded and warmed up,
 and each model's name while its default version is ready. The two messages are one optional
@@ -10,6 +11,8 @@ field each, written and read here as bytes: grpcio-health-checking is not a depe
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -75,12 +78,39 @@ def decode_status(message: bytes) -> int:
     return status
 
 
-def check(target: str, service: str, timeout: float) -> int:
+@dataclass(frozen=True)
+class Tls:
+    """How to reach a server that serves TLS: the CAs to trust, a client certificate for
+    mutual TLS, and the name its certificate must carry (default: the target's host)."""
+
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.client_key.read_bytes() if self.client_key else None,
+            certificate_chain=self.client_cert.read_bytes() if self.client_cert else None,
+        )
+
+
+def _channel(target: str, tls: Tls | None) -> grpc.Channel:
+    options = list(UNIX_OPTIONS) if target.startswith("unix:") else []
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, tls.credentials(), options=options)
+
+
+def check(target: str, service: str, timeout: float, tls: Tls | None = None) -> int:
     """The status the server at `target` (host:port, or unix:PATH) gives `service`; raises
     grpc.RpcError when the call fails (NOT_FOUND: a service name the server does not know;
-    INTERNAL: an answer that is no HealthCheckResponse)."""
-    options = UNIX_OPTIONS if target.startswith("unix:") else []
-    with grpc.insecure_channel(target, options=options) as channel:
+    INTERNAL: an answer that is no HealthCheckResponse; UNAVAILABLE: no connection, a TLS
+    handshake included)."""
+    with _channel(target, tls) as channel:
         call: Any = channel.unary_unary(
             CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_status
         )
@@ -91,8 +121,25 @@ def check(target: str, service: str, timeout: float) -> int:
 def run(args: argparse.Namespace) -> int:
     """Prints the status (or why there is none); 0 when SERVING, else 1."""
     target = f"unix:{args.uds}" if args.uds else args.target
+    tls = None
+    if args.tls_ca:
+        tls = Tls(
+            Path(args.tls_ca),
+            Path(args.tls_client_cert) if args.tls_client_cert else None,
+            Path(args.tls_client_key) if args.tls_client_key else None,
+            args.tls_server_name,
+        )
+    elif args.tls_client_cert or args.tls_client_key or args.tls_server_name:
+        print("--tls-client-cert, --tls-client-key and --tls-server-name need --tls-ca")
+        return 2
+    if (args.tls_client_cert is None) != (args.tls_client_key is None):
+        print("--tls-client-cert and --tls-client-key go together")
+        return 2
     try:
-        status = check(target, args.service, args.timeout)
+        status = check(target, args.service, args.timeout, tls)
+    except OSError as error:
+        print(f"{target}: {error}")
+        return 1
     except grpc.RpcError as error:
         print(f"{target}: {error.code().name}: {error.details()}")
         return 1

@@ -14,8 +14,9 @@ import grpc
 import pytest
 from arrowsmith.health_check import decode_status, encode_request
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from support.certs import TlsFiles
 from support.model_builders import WINE_MODEL_NAME
-from support.server import ServerHandle, free_port
+from support.server import Listening, ServerHandle, free_port, running_server
 
 
 def health_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -104,3 +105,64 @@ def test_unix_socket_and_not_serving(grpcio_health):
     assert health_command("--uds", str(socket)) == (0, "SERVING\n")
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert health_command("--uds", str(socket)) == (1, "NOT_SERVING\n")
+
+
+@pytest.fixture(scope="module")
+def mtls_server(
+    wine_model_dir: pathlib.Path, server_logs: pathlib.Path, tls_files: TlsFiles
+) -> Iterator[ServerHandle]:
+    with running_server(
+        wine_model_dir,
+        name=WINE_MODEL_NAME,
+        log_dir=server_logs,
+        listening=Listening(tls=tls_files, mutual_tls=True),
+    ) as server:
+        yield server
+
+
+def test_a_mutual_tls_server_is_asked_over_tls(mtls_server: ServerHandle, tls_files: TlsFiles):
+    """The CA and the client certificate as the container's variables (the server's own
+    ARROWSMITH_TLS_* variables are the server's, and are left alone)."""
+    target = f"127.0.0.1:{mtls_server.port}"
+    env = {
+        "ARROWSMITH_HEALTH_TLS_CA": str(tls_files.ca),
+        "ARROWSMITH_HEALTH_TLS_CLIENT_CERT": str(tls_files.client_cert),
+        "ARROWSMITH_HEALTH_TLS_CLIENT_KEY": str(tls_files.client_key),
+        "ARROWSMITH_TLS_CERT": str(tls_files.server_cert),
+    }
+    assert health_command("--target", target, env=env) == (0, "SERVING\n")
+    assert health_command(
+        "--target", f"localhost:{mtls_server.port}", "--tls-server-name", "localhost", env=env
+    ) == (0, "SERVING\n")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--tls-ca", "CA"],
+        ["--tls-ca", "OTHER_CA", "--tls-client-cert", "CERT", "--tls-client-key", "KEY"],
+    ],
+    ids=["plaintext", "no client certificate", "a CA that did not sign the server's"],
+)
+def test_a_tls_server_refuses_what_it_cannot_trust(
+    mtls_server: ServerHandle, tls_files: TlsFiles, flags: list[str]
+):
+    files = {
+        "CA": tls_files.ca,
+        "OTHER_CA": tls_files.other_ca,
+        "CERT": tls_files.client_cert,
+        "KEY": tls_files.client_key,
+    }
+    args = [str(files.get(flag, flag)) for flag in flags]
+    code, output = health_command(
+        "--target", f"127.0.0.1:{mtls_server.port}", "--timeout", "2", *args
+    )
+    assert code == 1
+    assert "UNAVAILABLE" in output
+
+
+def test_tls_flags_without_a_ca_are_refused():
+    code, output = health_command("--tls-client-cert", "c.pem", "--tls-client-key", "k.pem")
+    assert code == 2
+    assert "--tls-ca" in output
