@@ -53,6 +53,8 @@ VOLUME ["/tmp", "/var/cache/arrowsmith"]
 USER 10001:10001
 EXPOSE 8081 8080 8082
 # Health "" is SERVING once every model is loaded and warmed up, and not while draining.
+# A server given --tls-cert is asked over TLS once ARROWSMITH_HEALTH_TLS_CA names its CA
+# (and, under mutual TLS, ARROWSMITH_HEALTH_TLS_CLIENT_CERT and _CLIENT_KEY a client pair).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["arrowsmith", "health"]
 ENTRYPOINT ["arrowsmith", "serve"]
