@@ -17,12 +17,11 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from routing import MODEL, ROOT, measure, serve, stop
+from routing import MODEL, example_model, measure, serve, stop
 
 
 class Receiver:
@@ -74,10 +73,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
-    if not MODEL.exists():
-        subprocess.run(
-            [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
-        )
+    example_model()
     # The receiver's threads stay off the server's core.
     os.sched_setaffinity(0, {1})
     receiver = Receiver()

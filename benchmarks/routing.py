@@ -47,6 +47,15 @@ def write_config(folder: Path, routed: bool) -> Path:
     return path
 
 
+def example_model() -> Path:
+    """The example wine model, trained first when it is missing."""
+    if not MODEL.exists():
+        subprocess.run(
+            [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
+        )
+    return MODEL
+
+
 def serve(arguments: list[str], output: IO[bytes] | int) -> tuple[subprocess.Popen[bytes], int]:
     """`arrowsmith serve *arguments` on core 0, one worker, gRPC on a free port and no other,
     its output to `output`; returned once ServerReady says true."""
@@ -115,10 +124,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=15.0)
     args = parser.parse_args()
-    if not MODEL.exists():
-        subprocess.run(
-            [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
-        )
+    example_model()
     folder = Path(tempfile.mkdtemp(prefix="arrowsmith-routing-"))
     results: dict[str, list[dict[str, float]]] = {"direct": [], "routed": []}
     try:

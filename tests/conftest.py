@@ -142,3 +142,18 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A test CA with a server certificate (localhost, 127.0.0.1) and a client certificate,
     and an unrelated CA with a client certificate; tests must not change these files."""
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def mtls_server(
+    wine_model_dir: pathlib.Path, server_logs: pathlib.Path, tls_files: TlsFiles
+) -> Iterator[ServerHandle]:
+    """The wine model under mutual TLS (the test CA's server certificate, clients of that CA
+    only); readiness is polled over gRPC with TLS and the CA's client certificate."""
+    with running_server(
+        wine_model_dir,
+        name=model_builders.WINE_MODEL_NAME,
+        log_dir=server_logs,
+        listening=Listening(tls=tls_files, mutual_tls=True),
+    ) as server:
+        yield server

@@ -13,8 +13,10 @@ from arrowsmith.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the spans still queued at stop may take to export.
+#: Seconds the spans still queued at stop may take to export, and the access-log lines still
+#: buffered to be written.
 EXPORT_AT_STOP_SECONDS = 5.0
+WRITE_AT_STOP_SECONDS = 2.0
 
 
 def configure(config: ServerConfig) -> None:
@@ -42,8 +44,8 @@ def configure(config: ServerConfig) -> None:
 def flush(config: ServerConfig) -> None:
     """Writes the access-log lines still buffered and exports the spans still queued
     (bounded), at the end of the process."""
-    if config.access_log != "off":
-        _native.flush_access_log()
+    if config.access_log != "off" and not _native.flush_access_log(WRITE_AT_STOP_SECONDS):
+        logger.warning("access-log lines not written within %g s at stop", WRITE_AT_STOP_SECONDS)
     if config.tracing is not None:
         _native.shutdown_tracing(EXPORT_AT_STOP_SECONDS)
 

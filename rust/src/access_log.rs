@@ -29,7 +29,7 @@ impl Format {
     }
 }
 
-/// One request, as logged.
+/// One request, as logged (what the client sent already cut to size by `observe`).
 #[derive(Debug, Clone, Default)]
 pub struct Entry<'a> {
     /// When the request arrived.
@@ -59,8 +59,6 @@ const FLUSH_AT: usize = 64 * 1024;
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 /// What one write(2) to a pipe may carry and still never interleave with other writers'.
 const ATOMIC_WRITE: usize = 4096;
-/// A client's request id is logged up to this many bytes.
-const MAX_ID_BYTES: usize = 256;
 
 #[derive(Default)]
 struct Buffered {
@@ -124,12 +122,21 @@ pub fn write(entry: &Entry<'_>) {
     }
 }
 
-/// Writes what is buffered now (for the end of the process).
-pub fn flush() {
-    if let Some(log) = LOG.get() {
-        let taken = take(log, &mut lock(&log.buffered));
-        write_out(log, &taken);
-    }
+/// Writes what is buffered now, for the end of the process: waits at most `timeout` (a
+/// stdout nobody reads must not hold the process), and says whether it was written.
+pub fn flush(timeout: Duration) -> bool {
+    let Some(log) = LOG.get() else {
+        return true;
+    };
+    let (written, done) = std::sync::mpsc::channel();
+    let flushing = std::thread::Builder::new()
+        .name("arrowsmith-access-log-flush".to_owned())
+        .spawn(move || {
+            let taken = take(log, &mut lock(&log.buffered));
+            write_out(log, &taken);
+            let _ = written.send(());
+        });
+    flushing.is_ok() && done.recv_timeout(timeout).is_ok()
 }
 
 /// The buffered lines, preceded by the count of dropped ones if any.
@@ -217,18 +224,6 @@ fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// `id` cut to MAX_ID_BYTES at a character boundary.
-fn clipped(id: &str) -> &str {
-    if id.len() <= MAX_ID_BYTES {
-        return id;
-    }
-    let mut end = MAX_ID_BYTES;
-    while !id.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    id.get(..end).unwrap_or("")
-}
-
 fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
@@ -255,7 +250,7 @@ pub(crate) fn json_line(entry: &Entry<'_>) -> String {
         &rfc3339(entry.time.unwrap_or_else(SystemTime::now)),
     );
     for (key, value) in [
-        ("request_id", Some(clipped(entry.request_id))),
+        ("request_id", Some(entry.request_id)),
         ("trace_id", entry.trace_id),
         ("model", Some(entry.model)),
         ("version", Some(entry.version)),
@@ -315,7 +310,7 @@ pub(crate) fn text_line(entry: &Entry<'_>) -> String {
         ("status", entry.status),
         ("model", entry.model),
         ("version", entry.version),
-        ("request_id", clipped(entry.request_id)),
+        ("request_id", entry.request_id),
         ("trace_id", entry.trace_id.unwrap_or("-")),
     ] {
         let _ = write!(out, " {key}=");
@@ -425,13 +420,5 @@ mod tests {
         assert_eq!(cut.len(), 2);
         assert_eq!(cut[1], b"short\n");
         assert_eq!(chunks(b"no newline at the end").len(), 1);
-    }
-
-    #[test]
-    fn long_ids_are_clipped_at_a_character_boundary() {
-        let id = "é".repeat(200);
-        let clipped = clipped(&id);
-        assert!(clipped.len() <= MAX_ID_BYTES);
-        assert!(id.starts_with(clipped));
     }
 }

@@ -70,8 +70,8 @@ pub struct Job {
     on_settled: Mutex<Option<Notify>>,
     /// The request's server span, when it is traced: its batch links to it.
     trace: OnceLock<SpanContext>,
-    /// When the batch that answered the job started and ended.
-    ran: Mutex<Option<(Instant, Instant)>>,
+    /// When the batch that answered the job started and ended (set once, as it settles).
+    ran: OnceLock<(Instant, Instant)>,
 }
 
 /// Where a settled job's time went.
@@ -142,7 +142,7 @@ impl Job {
             waker: Mutex::new(None),
             on_settled: Mutex::new(None),
             trace: OnceLock::new(),
-            ran: Mutex::new(None),
+            ran: OnceLock::new(),
         }
     }
 
@@ -159,7 +159,7 @@ impl Job {
 
     /// Its queue wait and its batch's run, once a batch answered it.
     pub fn timing(&self) -> Option<JobTiming> {
-        let (batch_started, batch_ended) = (*lock(&self.ran))?;
+        let &(batch_started, batch_ended) = self.ran.get()?;
         let queued = self.enqueued_at().unwrap_or(batch_started);
         Some(JobTiming {
             queue_wait: batch_started.saturating_duration_since(queued),
@@ -574,16 +574,18 @@ impl Batch {
         }
     }
 
-    /// Ends the batch's span, if it has one and it is still open.
-    fn end_trace(&self, error: Option<&str>, at: Instant) {
+    /// Ends the batch's span, if it has one and it is still open (the error's words are
+    /// made only then).
+    fn end_trace(&self, error: Option<&dyn std::fmt::Display>, at: Instant) {
         if let Some(trace) = lock(&self.trace).take() {
-            trace.end(error, at);
+            trace.end(error.map(ToString::to_string).as_deref(), at);
         }
     }
 
     /// Settles `job` with `result`, noting the batch's run on it.
     fn settle(&self, job: &Job, result: Result<EncodedResponse>, ended: Instant) {
-        *lock(&job.ran) = Some((self.started, ended));
+        // A job is settled once; a later batch of it (none is made) would keep the first.
+        let _ = job.ran.set((self.started, ended));
         job.finish(result);
     }
 
@@ -810,7 +812,7 @@ impl Batch {
     /// Answers every request of the batch with the same error.
     pub fn fail(&self, error: &Error) {
         let ended = Instant::now();
-        self.end_trace(Some(&error.to_string()), ended);
+        self.end_trace(Some(error), ended);
         for job in &self.jobs {
             self.settle(job, Err(error.clone()), ended);
         }
@@ -819,7 +821,7 @@ impl Batch {
     /// The batch as one batch per request (its own span ends here, failed).
     pub fn singles(&self) -> Vec<Batch> {
         self.end_trace(
-            Some("the batch failed; its requests are retried one by one"),
+            Some(&"the batch failed; its requests are retried one by one"),
             Instant::now(),
         );
         self.jobs

@@ -11,13 +11,32 @@
     clippy::panic
 )]
 
+use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::trace::SpanContext;
 
 use crate::access_log;
-use crate::batch::Job;
+use crate::batch::{Job, JobTiming};
 use crate::telemetry::{self, request::Ending, RequestTrace};
+
+/// What a client sends is logged and traced up to these many bytes: its request id, the
+/// HTTP method and path, and an error's message (which may quote its input names).
+const MAX_ID_BYTES: usize = 256;
+const MAX_CALL_BYTES: usize = 1024;
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    text.get(..end).unwrap_or("")
+}
 
 /// One request, observed until it ends.
 #[derive(Debug)]
@@ -25,7 +44,7 @@ pub struct Observed {
     arrived: Instant,
     time: SystemTime,
     protocol: &'static str,
-    call: String,
+    call: Cow<'static, str>,
     trace: Option<RequestTrace>,
     decoded: Option<Instant>,
 }
@@ -53,11 +72,11 @@ pub struct Arrival<'a> {
     pub traceparent: Option<&'a str>,
     pub tracestate: Option<&'a str>,
     /// The server span's name; None: the request is logged, not traced.
-    pub span: Option<&'a str>,
+    pub span: Option<Cow<'static, str>>,
     /// `grpc`, `rest` or `mlflow`.
     pub protocol: &'static str,
     /// The method, or the HTTP method and path, for the log.
-    pub call: String,
+    pub call: Cow<'static, str>,
     pub arrived: Instant,
 }
 
@@ -108,14 +127,18 @@ impl Observed {
         let now = Instant::now();
         let timing = outcome.job.and_then(Job::timing);
         let status = outcome.status;
-        let request_id = outcome.job.map_or("", |job| job.id.as_str());
+        let request_id = clip(outcome.job.map_or("", |job| job.id.as_str()), MAX_ID_BYTES);
+        let error = outcome.error.map(|error| clip(error, MAX_ERROR_BYTES));
         let rows = outcome.job.and_then(|job| job.rows);
         let mut trace_id = None;
         if let Some(trace) = self.trace {
             if trace.sampled() {
-                phases(&trace, self.arrived, self.decoded, outcome.job, now);
+                let queued = outcome.job.and_then(Job::enqueued_at);
+                phases(&trace, self.arrived, self.decoded, queued, timing, now);
             }
-            trace_id = Some(trace.trace_id());
+            if access_log::enabled() {
+                trace_id = Some(trace.trace_id());
+            }
             trace.finish(
                 &Ending {
                     model: outcome.model,
@@ -123,7 +146,7 @@ impl Observed {
                     request_id,
                     rows,
                     status,
-                    error: outcome.error,
+                    error,
                 },
                 now,
             );
@@ -135,7 +158,7 @@ impl Observed {
             model: outcome.model,
             version: outcome.version,
             protocol: self.protocol,
-            call: &self.call,
+            call: clip(&self.call, MAX_CALL_BYTES),
             status,
             rows,
             queue_wait: timing.map(|t| t.queue_wait),
@@ -145,26 +168,41 @@ impl Observed {
     }
 }
 
-/// The call's phases as child spans, as far as it got.
+/// The call's phases as child spans, as far as it got: decoded, queued, and its batch's
+/// run (`timing`) once a batch answered it.
 fn phases(
     trace: &RequestTrace,
     arrived: Instant,
     decoded: Option<Instant>,
-    job: Option<&Job>,
+    queued: Option<Instant>,
+    timing: Option<JobTiming>,
     now: Instant,
 ) {
     let Some(decoded) = decoded else {
         return;
     };
     trace.phase("receive and decode", arrived, decoded);
-    let Some(queued) = job.and_then(Job::enqueued_at) else {
+    let Some(queued) = queued else {
         return;
     };
     trace.phase("admit", decoded, queued);
-    if let Some(timing) = job.and_then(Job::timing) {
+    if let Some(timing) = timing {
         trace.phase("queue wait", queued, timing.batch_started);
         trace.phase("encode and send", timing.batch_ended, now);
     } else {
         trace.phase("queue wait", queued, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_clipped_at_a_character_boundary() {
+        let id = "é".repeat(200);
+        let clipped = clip(&id, MAX_ID_BYTES);
+        assert!(clipped.len() <= MAX_ID_BYTES);
+        assert!(id.starts_with(clipped));
     }
 }

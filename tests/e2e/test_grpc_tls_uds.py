@@ -39,20 +39,6 @@ TIMEOUT_S = 60.0
 RELOAD_TIMEOUT_S = 10.0
 
 
-@pytest.fixture(scope="module")
-def mtls_server(
-    wine_model_dir: pathlib.Path, server_logs: pathlib.Path, tls_files: TlsFiles
-) -> Iterator[ServerHandle]:
-    """Readiness is polled over gRPC with TLS and the CA's client certificate."""
-    with running_server(
-        wine_model_dir,
-        name=WINE_MODEL_NAME,
-        log_dir=server_logs,
-        listening=Listening(tls=tls_files, mutual_tls=True),
-    ) as server:
-        yield server
-
-
 @pytest.fixture
 def socket_dir() -> Iterator[pathlib.Path]:
     """A short folder: socket paths may not be longer than 107 bytes."""

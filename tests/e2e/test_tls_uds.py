@@ -49,17 +49,6 @@ def tls_server(
         yield server
 
 
-@pytest.fixture(scope="module")
-def mtls_server(
-    wine_model_dir: pathlib.Path, server_logs: pathlib.Path, tls_files: TlsFiles
-) -> Iterator[ServerHandle]:
-    listening = Listening(tls=tls_files, mutual_tls=True, ready_over="http")
-    with running_server(
-        wine_model_dir, name=WINE_MODEL_NAME, log_dir=server_logs, listening=listening
-    ) as server:
-        yield server
-
-
 @pytest.fixture
 def socket_dir() -> Iterator[pathlib.Path]:
     """A short folder: socket paths may not be longer than 107 bytes."""

@@ -16,7 +16,7 @@ from arrowsmith.health_check import decode_status, encode_request
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from support.certs import TlsFiles
 from support.model_builders import WINE_MODEL_NAME
-from support.server import Listening, ServerHandle, free_port, running_server
+from support.server import ServerHandle, free_port
 
 
 def health_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -105,19 +105,6 @@ def test_unix_socket_and_not_serving(grpcio_health):
     assert health_command("--uds", str(socket)) == (0, "SERVING\n")
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert health_command("--uds", str(socket)) == (1, "NOT_SERVING\n")
-
-
-@pytest.fixture(scope="module")
-def mtls_server(
-    wine_model_dir: pathlib.Path, server_logs: pathlib.Path, tls_files: TlsFiles
-) -> Iterator[ServerHandle]:
-    with running_server(
-        wine_model_dir,
-        name=WINE_MODEL_NAME,
-        log_dir=server_logs,
-        listening=Listening(tls=tls_files, mutual_tls=True),
-    ) as server:
-        yield server
 
 
 def test_a_mutual_tls_server_is_asked_over_tls(mtls_server: ServerHandle, tls_files: TlsFiles):

@@ -28,11 +28,11 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prost::Message;
+use tonic::{Code, Status};
 
 use super::observe::TraceHeaders;
 use super::unsent::never_taken;
-use prost::Message;
-use tonic::{Code, Status};
 
 /// The field that names a model, as ModelInferRequest, ModelMetadataRequest,
 /// ModelReadyRequest and ModelConfigRequest all number it (the others are skipped).
@@ -252,6 +252,11 @@ impl Routes {
     }
 
     /// Every routed model is ready.
+    /// Whether any model is routed.
+    pub(super) fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
     pub(super) fn all_ready(&self) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return true;

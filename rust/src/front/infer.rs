@@ -35,7 +35,7 @@ use crate::batch::Job;
 use crate::decode::decode_request;
 use crate::encode::EncodedResponse;
 use crate::error::{Error, Result};
-use crate::observe::{Observed, Outcome};
+use crate::observe::{observing, Observed, Outcome};
 
 /// Messages bigger than this are decoded off the front's thread.
 const OFF_THREAD_BYTES: usize = 1 << 20;
@@ -86,20 +86,21 @@ impl Pending {
         self.shared.stats.count(&self.model.model.name, status);
         match &answer {
             Ok(_) => self.observe(Code::Ok, None),
-            Err(error) => self.observe(grpc_code(error), Some(&error.to_string())),
+            Err(error) => self.observe(grpc_code(error), Some(error)),
         }
         answer
     }
 
-    /// Ends the call's observation, if it has one.
-    fn observe(&mut self, code: Code, error: Option<&str>) {
+    /// Ends the call's observation, if it has one (the error's words are made only then).
+    fn observe(&mut self, code: Code, error: Option<&dyn std::fmt::Display>) {
         if let Some(observed) = self.observed.take() {
+            let error = error.map(ToString::to_string);
             observed.finish(&Outcome {
                 model: &self.model.model.name,
                 version: &self.model.model.version,
                 job: Some(&self.job),
                 status: code_name(code),
-                error,
+                error: error.as_deref(),
             });
         }
     }
@@ -136,16 +137,17 @@ impl Drop for Pending {
             .job
             .deadline()
             .is_some_and(|deadline| near.is_none_or(|near| deadline <= near));
-        let (status, code, error) = if at_deadline {
+        if at_deadline {
             let error = self.model.model.batcher.expire(&self.job);
-            (error.code_name(), grpc_code(&error), error.to_string())
+            self.shared
+                .stats
+                .count(&self.model.model.name, error.code_name());
+            self.observe(grpc_code(&error), Some(&error));
         } else {
             self.job.abandon();
-            let error = "the client cancelled the call".to_owned();
-            ("CANCELLED", Code::Cancelled, error)
-        };
-        self.shared.stats.count(&self.model.model.name, status);
-        self.observe(code, Some(&error));
+            self.shared.stats.count(&self.model.model.name, "CANCELLED");
+            self.observe(Code::Cancelled, Some(&"the client cancelled the call"));
+        }
     }
 }
 
@@ -307,6 +309,9 @@ fn observe<T>(
     trace: &TraceHeaders,
     path: &'static str,
 ) -> Option<Observed> {
+    if !observing() {
+        return None;
+    }
     let arrived = request
         .extensions()
         .get::<Arrived>()
@@ -338,7 +343,7 @@ impl Service<tonic::Request<Bytes>> for Handler {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let deadline = deadline_of(&request);
-            let trace = TraceHeaders::of(request.metadata().as_ref());
+            let trace = TraceHeaders::of(request.metadata().as_ref(), shared.routes.any());
             let observed = observe(&request, &trace, MODEL_INFER_PATH);
             let traceparent = observed.as_ref().and_then(Observed::traceparent);
             let message = request.into_inner();

@@ -26,12 +26,12 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 use super::service::SERVICE_NAME;
+use super::ServedModel;
+use crate::error::Error;
 
 /// The health service name that is serving while the process answers: for liveness
 /// probes. A model of this name keeps it (its own readiness is not published under it).
 pub const LIVENESS_SERVICE: &str = "liveness";
-use super::ServedModel;
-use crate::error::Error;
 
 /// A served version of a model and whether it is ready now.
 pub(super) struct Entry {

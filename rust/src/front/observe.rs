@@ -9,12 +9,13 @@
     clippy::panic
 )]
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use tonic::Code;
 
-use crate::observe::{Arrival, Observed};
+use crate::observe::{observing, Arrival, Observed};
 
 /// When a call arrived (set by the router as its headers come in).
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +30,13 @@ pub(super) struct TraceHeaders {
 }
 
 impl TraceHeaders {
-    pub(super) fn of(headers: &HeaderMap) -> TraceHeaders {
+    /// The W3C headers of a call, when something will use them: the call's own
+    /// observation, or a forward to another process (`routed`: some model is routed);
+    /// otherwise none are read.
+    pub(super) fn of(headers: &HeaderMap, routed: bool) -> TraceHeaders {
+        if !routed && !observing() {
+            return TraceHeaders::default();
+        }
         TraceHeaders {
             traceparent: headers.get("traceparent").cloned(),
             tracestate: headers.get("tracestate").cloned(),
@@ -51,9 +58,9 @@ pub(super) fn observe_call(
     Observed::start(Arrival {
         traceparent: text(trace.traceparent.as_ref()),
         tracestate: text(trace.tracestate.as_ref()),
-        span: Some(path.strip_prefix('/').unwrap_or(path)),
+        span: Some(Cow::Borrowed(path.strip_prefix('/').unwrap_or(path))),
         protocol: "grpc",
-        call: path.rsplit('/').next().unwrap_or(path).to_owned(),
+        call: Cow::Borrowed(path.rsplit('/').next().unwrap_or(path)),
         arrived,
     })
 }

@@ -161,7 +161,7 @@ where
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let deadline = infer::deadline_of(&request);
-        let trace = TraceHeaders::of(request.metadata().as_ref());
+        let trace = TraceHeaders::of(request.metadata().as_ref(), self.shared.routes.any());
         let message = request.into_inner();
         if let Some(remote) = self.shared.routes.remote_for(&message) {
             let forwarding = remote.unary(self.path, message, deadline, trace);

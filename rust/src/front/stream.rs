@@ -212,7 +212,7 @@ impl Service<tonic::Request<Streaming<Bytes>>> for Handler {
     fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
         let deadline = deadline_of(&request);
         let call = request.extensions().get::<Arc<CallBudget>>().cloned();
-        let trace = TraceHeaders::of(request.metadata().as_ref());
+        let trace = TraceHeaders::of(request.metadata().as_ref(), self.0.routes.any());
         std::future::ready(Ok(tonic::Response::new(Answers {
             shared: Arc::clone(&self.0),
             incoming: request.into_inner(),

@@ -2,6 +2,7 @@
 //! server's settings, and `Observation`, the HTTP front's handle on one request (the
 //! native gRPC front observes its calls itself).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,10 +51,12 @@ pub fn configure_access_log(format: &str) -> PyResult<()> {
     access_log::init(format).map_err(PyValueError::new_err)
 }
 
-/// Writes the access-log lines still buffered (at the end of the process).
+/// Writes the access-log lines still buffered (at the end of the process), waiting at
+/// most `timeout` seconds; whether they were written.
 #[pyfunction]
-pub fn flush_access_log(py: Python<'_>) {
-    py.detach(access_log::flush);
+pub fn flush_access_log(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    py.detach(|| access_log::flush(timeout))
 }
 
 /// Whether requests are observed (the access log or tracing is on).
@@ -90,7 +93,7 @@ impl Observation {
         protocol: &str,
         call: String,
         elapsed: f64,
-        span: Option<&str>,
+        span: Option<String>,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
     ) -> PyResult<Option<Observation>> {
@@ -99,9 +102,9 @@ impl Observation {
         let observed = Observed::start(Arrival {
             traceparent,
             tracestate,
-            span,
+            span: span.map(Cow::Owned),
             protocol: protocol_name(protocol)?,
-            call,
+            call: Cow::Owned(call),
             arrived: now.checked_sub(ago).unwrap_or(now),
         });
         Ok(observed.map(|observed| Observation {

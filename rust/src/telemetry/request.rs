@@ -5,6 +5,7 @@
 //! request that is not sampled. A batch's span starts a trace of its own, linked to the
 //! server span of every request in it.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -67,7 +68,7 @@ impl RequestTrace {
     pub fn start(
         traceparent: Option<&str>,
         tracestate: Option<&str>,
-        name: &str,
+        name: Cow<'static, str>,
         protocol: &'static str,
         arrived: Instant,
     ) -> Option<RequestTrace> {
@@ -78,7 +79,7 @@ impl RequestTrace {
             tracestate,
         });
         let span = tracer
-            .span_builder(name.to_owned())
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_start_time(clock.wall(arrived))
             .with_attributes([KeyValue::new("arrowsmith.protocol", protocol)])
