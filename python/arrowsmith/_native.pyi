@@ -130,7 +130,8 @@ def decode_request(data: bytes) -> InferRequest: ...
 class GrpcFront:
     """The native gRPC server: the inference service (ModelInfer, ModelStreamInfer, the
     small RPCs, and the model repository methods through a Python handler), health and
-    reflection, on a TCP port and/or a Unix socket, with TLS when given certificate files.
+    reflection and Arrow Flight, on a TCP port and/or a Unix socket (Flight also on a port
+    of its own), with TLS when given certificate files.
     Each model may be served in several versions, one of them its default."""
 
     def __new__(
@@ -153,9 +154,12 @@ class GrpcFront:
         keepalive_interval: float = 60.0,
         keepalive_timeout: float = 20.0,
         idle_timeout: float = 300.0,
+        flight_port: int | None = None,
     ) -> GrpcFront: ...
     @property
     def port(self) -> int | None: ...
+    @property
+    def flight_port(self) -> int | None: ...
     @property
     def running(self) -> bool: ...
     @property

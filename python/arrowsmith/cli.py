@@ -121,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
         None,
         "Prometheus /metrics port; 0 turns metrics serving off (default 8082; 0 with --uds-only)",
     )
+    _number(
+        serve,
+        "flight-port",
+        int,
+        None,
+        "Arrow Flight port (DoExchange scoring, GetSchema, GetFlightInfo); 0 turns it off "
+        "(default 8083; 0 with --uds-only)",
+    )
     _add_listener_flags(serve)
     _number(
         serve,
@@ -249,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_env_parser(commands)
     _add_health_parser(commands)
+    _add_score_parser(commands)
     return parser
 
 
@@ -305,6 +314,44 @@ def _add_env_parser(commands: Any) -> None:
             default=_env("env-cache", None),
             help="the cache folder (default ~/.cache/arrowsmith/envs)",
         )
+
+
+def _add_score_parser(commands: Any) -> None:
+    """The `score` subcommand's arguments."""
+    score = commands.add_parser(
+        "score",
+        help="score a Parquet, CSV or Arrow file through Arrow Flight into Parquet or CSV",
+    )
+    score.add_argument(
+        "model",
+        metavar="MODEL_URI_OR_TARGET",
+        help="a model URI or folder (a server is started for it), or grpc://host:port of a "
+        "running server's Flight port (with --model-name)",
+    )
+    score.add_argument("input", metavar="INPUT", help="a .parquet, .csv or .arrow file")
+    score.add_argument("output", metavar="OUTPUT", help="a .parquet or .csv file to write")
+    score.add_argument("--model-name", help="the model's name on a running server")
+    score.add_argument(
+        "--model-version", help="the version on a running server (default: its default)"
+    )
+    score.add_argument("--input-format", choices=("parquet", "csv", "arrow"))
+    score.add_argument("--output-format", choices=("parquet", "csv"))
+    score.add_argument("--delimiter", default=",", help="the CSV files' delimiter (default ,)")
+    score.add_argument(
+        "--batch-rows",
+        type=int,
+        default=65_536,
+        help="rows per batch sent (default 65,536)",
+    )
+    score.add_argument(
+        "--workers", type=int, default=1, help="server processes for a started server (default 1)"
+    )
+    score.add_argument("--timeout", type=float, help="seconds the whole exchange may take")
+    score.add_argument("--server-log", help="append a started server's log to this file")
+    score.add_argument("--tls-ca", help="trust this PEM bundle (grpc+tls:// targets)")
+    score.add_argument("--tls-client-cert", help="client certificate for mutual TLS")
+    score.add_argument("--tls-client-key", help="the key of --tls-client-cert")
+    score.add_argument("--quiet", action="store_true", help="no progress on standard error")
 
 
 def _add_health_parser(commands: Any) -> None:
@@ -567,7 +614,8 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
-        metrics_port=_metrics_port(args),
+        metrics_port=_tcp_port(args.metrics_port, 8082, args),
+        flight_port=_tcp_port(args.flight_port, 8083, args),
         max_message_size=args.max_message_size,
         max_inflight_bytes=args.max_inflight_bytes,
         max_concurrent_streams=args.max_concurrent_streams,
@@ -605,12 +653,11 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     )
 
 
-def _metrics_port(args: argparse.Namespace) -> int:
-    """The given --metrics-port, else 8082 (0 with --uds-only, which opens no TCP port)."""
-    if args.metrics_port is not None:
-        port: int = args.metrics_port
-        return port
-    return 0 if args.uds_only else 8082
+def _tcp_port(given: int | None, default: int, args: argparse.Namespace) -> int:
+    """The port given, else `default` (0 with --uds-only, which opens no TCP port)."""
+    if given is not None:
+        return given
+    return 0 if args.uds_only else default
 
 
 def _serve_in_environment(config: ServerConfig) -> int:
@@ -653,6 +700,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from arrowsmith.environments.commands import run
 
             return run(args)
+        if args.command == "score":
+            from arrowsmith.scoring import run as score
+
+            return score(args)
         if args.command == "health":
             from arrowsmith.health_check import run as check_health
 

@@ -144,6 +144,8 @@ class ServerConfig:
     http_port: int = 8080
     #: Prometheus /metrics; 0 turns it off.
     metrics_port: int = 8082
+    #: Arrow Flight (DoExchange, GetFlightInfo, GetSchema); 0 turns it off.
+    flight_port: int = 8083
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: Request bytes held at once by the process's fronts together; past it,
     #: RESOURCE_EXHAUSTED (HTTP 429).
@@ -249,8 +251,12 @@ class ServerConfig:
         ]
         if self.uds_only and self.grpc_uds is None:
             raise ValueError("--uds-only needs --grpc-uds, the socket gRPC is served on")
-        if self.uds_only and self.metrics_port:
-            raise ValueError("--uds-only opens no TCP port: --metrics-port must be 0")
+        for flag, port in (
+            ("--metrics-port", self.metrics_port),
+            ("--flight-port", self.flight_port),
+        ):
+            if self.uds_only and port:
+                raise ValueError(f"--uds-only opens no TCP port: {flag} must be 0")
         if sockets and self.workers > 1:
             raise ValueError(
                 f"several --workers cannot share the Unix socket of {sockets[0][0]}: "
@@ -286,6 +292,7 @@ class ServerConfig:
             ("--grpc-port", self.grpc_port),
             ("--http-port", self.http_port),
             ("--metrics-port", self.metrics_port),
+            ("--flight-port", self.flight_port),
         ):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{flag} {port} is not a port number")

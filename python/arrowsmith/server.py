@@ -88,6 +88,8 @@ class Fronts:
         dataplane.repository.attach(self.grpc)
         if self.grpc.port is not None:
             logger.info("gRPC listening on %s:%d", config.host, self.grpc.port)
+        if self.grpc.flight_port is not None:
+            logger.info("Arrow Flight listening on %s:%d", config.host, self.grpc.flight_port)
         if config.grpc_uds:
             logger.info("gRPC listening on unix:%s", config.grpc_uds)
         self.http: HttpFront | None = None

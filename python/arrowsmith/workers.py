@@ -16,6 +16,7 @@ touches its ready file) stops its predecessor, which drains: no request goes una
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -45,6 +46,9 @@ from arrowsmith.tracing import TracingConfig
 logger = logging.getLogger("arrowsmith.workers")
 
 _CONFIG_ENV = "ARROWSMITH_WORKER_CONFIG"
+_SUPERVISOR_ENV = "ARROWSMITH_SUPERVISOR_PID"
+#: prctl(2)'s option asking for a signal when the parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 #: Seconds a stopping worker gets beyond its --drain-timeout before it is killed.
 KILL_MARGIN_SECONDS = 5.0
 #: Seconds a worker started under a new environment has to load its models and serve
@@ -77,6 +81,7 @@ def _spawn(
         **inherited,
         _CONFIG_ENV: json.dumps(dataclasses.asdict(config or slot.group.config)),
         "ARROWSMITH_WORKER_INDEX": str(slot.index),
+        _SUPERVISOR_ENV: str(os.getpid()),
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
     if ready_file is not None:
@@ -452,10 +457,27 @@ def config_from_json(text: str) -> ServerConfig:
     return ServerConfig(models=models, routes=routes, tracing=tracing, **{**raw, "workers": 1})
 
 
+def _end_with_supervisor() -> None:
+    """Asks the kernel for SIGTERM (a drain) when the supervisor dies, however it dies: a
+    supervisor killed outright (SIGKILL, the OOM killer) must not leave workers holding the
+    ports. The supervisor spawns from its main thread, whose end is the process's. A
+    supervisor already gone before the request was made is caught by the parent check."""
+    supervisor = int(os.environ.get(_SUPERVISOR_ENV, "0"))
+    if not sys.platform.startswith("linux") or supervisor <= 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        logger.warning("cannot follow the supervisor's end: %s", os.strerror(ctypes.get_errno()))
+        return
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main() -> int:
     """Entry point of a worker process: the supervisor's configuration, one server."""
     from arrowsmith.server import serve
 
+    _end_with_supervisor()
     return serve(config_from_json(os.environ[_CONFIG_ENV]), worker=True)
 
 

@@ -24,7 +24,7 @@ use arrow_array::{ArrayRef, StringArray};
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use crate::signature::{ColumnSpec, ColumnType, Signature, TensorSpec, TensorType};
-use crate::tensor::{shape_text, Tensor};
+use crate::tensor::{shape_text, ParamValue, Tensor};
 
 /// What the model receives once its signature has been applied.
 #[derive(Debug, Clone)]
@@ -245,6 +245,24 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
             ) as ArrayRef)
         };
     }
+    // Text (str objects, a pandas string column) is a string or binary column's only: MLflow
+    // infers the column's dtype as str first, and str converts to nothing else.
+    if is_text(tensor)
+        && !matches!(
+            target,
+            ColumnType::String | ColumnType::Binary | ColumnType::Other(_)
+        )
+    {
+        return Err(Error::input(
+            &tensor.name,
+            format!(
+                "Incompatible input types for column {name}. Can not safely convert str to {} \
+                 (input '{}' is text).",
+                target.numpy_name(),
+                tensor.name
+            ),
+        ));
+    }
     match (target, tensor.datatype) {
         (ColumnType::Other(kind), _) => Err(Error::Unsupported(format!(
             "column '{name}' has MLflow type {kind}, which Arrowsmith does not accept over V2 yet"
@@ -295,6 +313,12 @@ fn convert_column(name: &str, tensor: &Tensor, target: &ColumnType) -> Result<Ar
         }
         _ => refuse(),
     }
+}
+
+/// Whether a BYTES tensor holds text (`content_type: str`, as MLServer's codecs and Arrow
+/// string columns mark it) rather than bytes.
+fn is_text(tensor: &Tensor) -> bool {
+    matches!(tensor.parameters.get("content_type"), Some(ParamValue::String(kind)) if kind == "str")
 }
 
 fn zeros_and_ones(values: &ArrayRef) -> bool {

@@ -221,11 +221,46 @@ impl EncodedResponse {
         }
     }
 
+    /// The outputs as Arrow arrays again, sharing the buffers (no copy), for a front that
+    /// answers in Arrow rather than in V2 bytes.
+    pub fn outputs(&self) -> Result<Vec<OutputTensor>> {
+        self.header
+            .outputs
+            .iter()
+            .zip(&self.raw)
+            .map(|(output, contents)| {
+                let values = match contents {
+                    RawContents::Bytes(values) => values.clone(),
+                    RawContents::Bools(values) => std::sync::Arc::new(values.clone()),
+                    RawContents::Fixed(buffer) => fixed_array(&output.datatype, buffer)?,
+                };
+                Ok(OutputTensor {
+                    name: output.name.clone(),
+                    shape: output.shape.clone(),
+                    values,
+                })
+            })
+            .collect()
+    }
+
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         self.write_to(&mut out);
         out
     }
+}
+
+/// Fixed-width values of V2 `datatype` over `buffer`.
+fn fixed_array(datatype: &str, buffer: &Buffer) -> Result<ArrayRef> {
+    let datatype = DataType::parse(datatype)
+        .ok_or_else(|| Error::Internal(format!("output datatype {datatype} is not known")))?;
+    let size = datatype.element_size().unwrap_or(1);
+    let data = arrow_data::ArrayData::builder(datatype.arrow_type())
+        .len(buffer.len() / size)
+        .add_buffer(buffer.clone())
+        .build()
+        .map_err(|e| Error::Internal(format!("output values do not form an array: {e}")))?;
+    Ok(arrow_array::make_array(data))
 }
 
 /// Prepares and serializes a response in one step.

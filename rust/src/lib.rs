@@ -16,6 +16,7 @@ pub mod error;
 pub mod front;
 pub mod observe;
 pub mod signature;
+pub mod table;
 pub mod telemetry;
 pub mod tensor;
 

@@ -73,7 +73,7 @@ pub struct Arrival<'a> {
     pub tracestate: Option<&'a str>,
     /// The server span's name; None: the request is logged, not traced.
     pub span: Option<Cow<'static, str>>,
-    /// `grpc`, `rest` or `mlflow`.
+    /// `grpc`, `rest`, `mlflow` or `flight`.
     pub protocol: &'static str,
     /// The method, or the HTTP method and path, for the log.
     pub call: Cow<'static, str>,

@@ -315,6 +315,7 @@ impl Server {
         let listeners = Listeners {
             tcp: Some(tcp),
             unix,
+            flight: None,
         };
         let server = ServerInfo {
             name: SERVER_NAME.into(),

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import v2
 from support.batching_models import HOLD_PAYLOAD, PAYLOAD, ROW_ID
 from support.model_builders import WINE_MODEL_NAME, save_batching_model
+from support.processes import Seen, wait_gone
 from support.server import free_port, server_command
 from tritonclient.grpc import service_pb2 as pb
 
@@ -304,3 +305,17 @@ def test_sigterm_drains_in_flight_requests(
         log = server.log_text()
         assert log.count(STOPPED_LINE) == len(WORKERS), log[-6000:]
         assert "did not stop in time" not in log
+
+
+def test_workers_end_when_the_supervisor_is_killed_outright(
+    wine_model_dir: pathlib.Path, server_logs: pathlib.Path
+) -> None:
+    """`kill -9` of the supervisor (as the OOM killer would) leaves no worker behind holding
+    the port: each drains and exits, and the port is free again."""
+    with supervisor(wine_model_dir, WINE_MODEL_NAME, server_logs) as server:
+        workers = [Seen.of(pid) for pid in server.workers().values()]
+        server.process.kill()
+        server.process.wait(STOP_TIMEOUT_S)
+        outlived = [worker.pid for worker in workers if not wait_gone(worker, STOP_TIMEOUT_S)]
+        assert not outlived, f"workers {outlived} outlived their supervisor"
+        assert server.log_text().count(STOPPED_LINE) == len(WORKERS), server.log_text()[-6000:]

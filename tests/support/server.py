@@ -181,7 +181,7 @@ def server_command(
 ) -> list[str]:
     """The documented CLI, run with this interpreter so the tests' venv serves the model.
 
-    One worker, no metrics port and a free HTTP port (`http_port` when given) unless
+    One worker, no metrics or Flight port and a free HTTP port (`http_port` when given) unless
     `extra_args` say otherwise (later flags win): parallel test servers must not share
     ports, and one process starts fastest. Without `model_dir`, `extra_args` name the models
     (`--config FILE`)."""
@@ -198,6 +198,8 @@ def server_command(
         "--workers",
         "1",
         "--metrics-port",
+        "0",
+        "--flight-port",
         "0",
         "--http-port",
         str(free_port() if http_port is None else http_port),

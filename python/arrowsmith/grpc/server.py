@@ -59,8 +59,10 @@ class GrpcFront:
             keepalive_interval=config.keepalive_interval,
             keepalive_timeout=config.keepalive_timeout,
             idle_timeout=config.idle_timeout,
+            flight_port=config.flight_port or None,
         )
         self.port = self.native.port
+        self.flight_port = self.native.flight_port
         for group in config.routes:
             for name in group.names:
                 self.native.route_to(name, group.grpc_uds)

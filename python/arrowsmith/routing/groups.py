@@ -51,6 +51,7 @@ def group_configs(
             http_uds=http_uds,
             uds_only=True,
             metrics_port=0,
+            flight_port=0,
             workers=1,
             tls_cert=None,
             tls_key=None,

@@ -251,12 +251,22 @@ impl Routes {
             .is_some()
     }
 
-    /// Every routed model is ready.
     /// Whether any model is routed.
     pub(super) fn any(&self) -> bool {
         self.any.load(Ordering::Acquire)
     }
 
+    /// Whether model `name` is routed to another process.
+    pub(super) fn routes(&self, name: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(name)
+    }
+
+    /// Every routed model is ready.
     pub(super) fn all_ready(&self) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return true;

@@ -32,7 +32,7 @@ use super::service::{grpc_code, status_of};
 use super::Shared;
 use crate::admit::job_for;
 use crate::batch::Job;
-use crate::decode::decode_request;
+use crate::decode::{decode_request, InferRequest};
 use crate::encode::EncodedResponse;
 use crate::error::{Error, Result};
 use crate::observe::{observing, Observed, Outcome};
@@ -58,7 +58,7 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    fn new(
+    pub(super) fn new(
         shared: Arc<Shared>,
         model: Arc<Entry>,
         job: Arc<Job>,
@@ -259,11 +259,11 @@ pub(super) async fn admit(
 }
 
 /// A job in its model's queue.
-struct Queued {
-    model: Arc<Entry>,
-    job: Arc<Job>,
+pub(super) struct Queued {
+    pub(super) model: Arc<Entry>,
+    pub(super) job: Arc<Job>,
     /// When the message was decoded (the signature was applied after).
-    decoded: Instant,
+    pub(super) decoded: Instant,
 }
 
 /// The queued job and its model, or the refusal and the model's name ("" when unknown).
@@ -276,6 +276,18 @@ fn queue(
 ) -> Result<Queued, (String, Error)> {
     let started = Instant::now();
     let request = decode_request(message).map_err(|error| (String::new(), error))?;
+    queue_request(shared, request, started, deadline, trace)
+}
+
+/// Queues a decoded request (decoding began at `started`) in its model's batcher, once the
+/// model's signature has been applied.
+pub(super) fn queue_request(
+    shared: &Shared,
+    request: InferRequest,
+    started: Instant,
+    deadline: Option<Instant>,
+    trace: Option<SpanContext>,
+) -> Result<Queued, (String, Error)> {
     let decoded = Instant::now();
     let model = shared
         .models

@@ -33,6 +33,7 @@ pub mod budget;
 mod codec;
 mod connection;
 pub mod deadline;
+mod flight;
 mod forward;
 mod infer;
 pub mod metered;
@@ -204,11 +205,13 @@ pub fn listen_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListe
     std::os::unix::net::UnixListener::bind(path)
 }
 
-/// Where the front listens: TCP, a Unix socket, or both.
+/// Where the front listens: TCP, a Unix socket, or both; and the Arrow Flight port, which
+/// serves the same services (clients of Flight expect a port of its own).
 #[derive(Default)]
 pub struct Listeners {
     pub tcp: Option<std::net::TcpListener>,
     pub unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    pub flight: Option<std::net::TcpListener>,
 }
 
 /// A running front.
@@ -239,7 +242,7 @@ impl Front {
         limits
             .check()
             .map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidInput, problem))?;
-        if listeners.tcp.is_none() && listeners.unix.is_none() {
+        if listeners.tcp.is_none() && listeners.unix.is_none() && listeners.flight.is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "the gRPC front needs a TCP port or a Unix socket",
@@ -252,13 +255,14 @@ impl Front {
         // Listeners are registered with the runtime that polls them.
         let (tcp, unix, socket_file) = {
             let _entered = runtime.enter();
-            let tcp = match listeners.tcp {
-                Some(listener) => {
+            let tcp = [listeners.tcp, listeners.flight]
+                .into_iter()
+                .flatten()
+                .map(|listener| {
                     listener.set_nonblocking(true)?;
-                    Some(TcpListener::from_std(listener)?)
-                }
-                None => None,
-            };
+                    TcpListener::from_std(listener)
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
             let (unix, socket_file) = match listeners.unix {
                 Some((listener, path)) => {
                     listener.set_nonblocking(true)?;
@@ -447,13 +451,10 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-/// The next connection on either listener.
-async fn accept(
-    tcp: Option<&TcpListener>,
-    unix: Option<&UnixListener>,
-) -> std::io::Result<Accepted> {
+/// The next connection on any listener.
+async fn accept(tcp: &[TcpListener], unix: Option<&UnixListener>) -> std::io::Result<Accepted> {
     poll_fn(|cx| {
-        if let Some(listener) = tcp {
+        for listener in tcp {
             if let Poll::Ready(accepted) = listener.poll_accept(cx) {
                 return Poll::Ready(accepted.map(|(socket, _)| Accepted::Tcp(socket)));
             }
@@ -469,7 +470,7 @@ async fn accept(
 }
 
 async fn accept_loop(
-    tcp: Option<TcpListener>,
+    tcp: Vec<TcpListener>,
     unix: Option<UnixListener>,
     router: Router,
     tls: Option<Arc<Tls>>,
@@ -479,7 +480,7 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     let grace = loop {
         tokio::select! {
-            accepted = accept(tcp.as_ref(), unix.as_ref()) => match accepted {
+            accepted = accept(&tcp, unix.as_ref()) => match accepted {
                 Ok(_) if connections.len() >= limits.max_connections => {
                     // Closed at once: the client learns now, and may try another server.
                     router.count_refused_connection();

@@ -1,5 +1,5 @@
 //! Every call to its service, by the service name in its path: the inference service,
-//! health, and reflection (v1 and v1alpha). Every request body is metered first, so the
+//! health, reflection (v1 and v1alpha) and Arrow Flight. Every request body is metered first, so the
 //! budget of bytes in flight covers every call; a call's deadline is read when it arrives.
 
 #![deny(
@@ -23,6 +23,7 @@ use tonic::Status;
 use tower_service::Service;
 
 use super::deadline::Deadline;
+use super::flight::{self, Flight};
 use super::metered::{CallBudget, MeteredBody};
 use super::observe::Arrived;
 use super::service::{self, SERVICE_NAME};
@@ -32,6 +33,8 @@ use super::{Limits, Shared, CONNECTION_REFUSED};
 const INFERENCE_DESCRIPTORS: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptors.bin"));
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tonic::codec::CompressionEncoding;
 use tonic_health::pb::health_server::{self, HealthServer};
 use tonic_reflection::pb::v1::server_reflection_server as reflection_v1;
 use tonic_reflection::pb::v1alpha::server_reflection_server as reflection_v1alpha;
@@ -71,6 +74,7 @@ pub(super) struct Router {
     health: Handler,
     reflection_v1: Handler,
     reflection_v1alpha: Handler,
+    flight: Handler,
 }
 
 #[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands it
@@ -85,7 +89,13 @@ impl Router {
                 .register_encoded_file_descriptor_set(INFERENCE_DESCRIPTORS)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
+        let flight = FlightServiceServer::new(Flight(Arc::clone(&shared)))
+            .max_decoding_message_size(shared.limits.max_message_size)
+            .max_encoding_message_size(usize::MAX)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
         Ok(Router {
+            flight: handler(flight),
             health: handler(HealthServer::new(shared.models.health_service())),
             reflection_v1: handler(reflection().build_v1().map_err(reflection_error)?),
             reflection_v1alpha: handler(reflection().build_v1alpha().map_err(reflection_error)?),
@@ -123,6 +133,7 @@ impl Router {
             health_server::SERVICE_NAME => (self.health)(request).await,
             reflection_v1::SERVICE_NAME => (self.reflection_v1)(request).await,
             reflection_v1alpha::SERVICE_NAME => (self.reflection_v1alpha)(request).await,
+            flight::SERVICE_NAME => (self.flight)(request).await,
             _ => Status::unimplemented(format!("unknown service {service}")).into_http(),
         }
     }

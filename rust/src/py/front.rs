@@ -74,6 +74,7 @@ impl RepositoryHandler for PyRepositoryHandler {
 pub struct GrpcFront {
     front: Front,
     port: Option<u16>,
+    flight_port: Option<u16>,
 }
 
 fn tls_files(
@@ -116,6 +117,7 @@ impl GrpcFront {
         keepalive_interval = 60.0,
         keepalive_timeout = 20.0,
         idle_timeout = 300.0,
+        flight_port = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -136,6 +138,7 @@ impl GrpcFront {
         keepalive_interval: f64,
         keepalive_timeout: f64,
         idle_timeout: f64,
+        flight_port: Option<u16>,
     ) -> PyResult<Self> {
         let limits = Limits {
             max_message_size,
@@ -161,10 +164,20 @@ impl GrpcFront {
             })?;
             listeners.unix = Some((listener, path));
         }
-        let port = match &listeners.tcp {
-            Some(listener) => Some(listener.local_addr()?.port()),
-            None => None,
+        if let Some(port) = flight_port {
+            let listener = listen(host, port, reuse_port).map_err(|e| {
+                PyOSError::new_err(format!("cannot listen for Flight on {host}:{port}: {e}"))
+            })?;
+            listeners.flight = Some(listener);
+        }
+        let local_port = |listener: &Option<std::net::TcpListener>| -> PyResult<Option<u16>> {
+            Ok(match listener {
+                Some(listener) => Some(listener.local_addr()?.port()),
+                None => None,
+            })
         };
+        let port = local_port(&listeners.tcp)?;
+        let flight_port = local_port(&listeners.flight)?;
         let server = ServerInfo {
             name: server_name,
             version: server_version,
@@ -172,13 +185,23 @@ impl GrpcFront {
         };
         let front = Front::start(listeners, limits, tls, server, expected_models)
             .map_err(|e| PyOSError::new_err(format!("the gRPC front cannot start: {e}")))?;
-        Ok(GrpcFront { front, port })
+        Ok(GrpcFront {
+            front,
+            port,
+            flight_port,
+        })
     }
 
     /// The TCP port it listens on; None when it listens only on a Unix socket.
     #[getter]
     fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// The Arrow Flight port it listens on; None without one.
+    #[getter]
+    fn flight_port(&self) -> Option<u16> {
+        self.flight_port
     }
 
     /// Serves this version of the model from now on, ready: ModelInfer through its
