@@ -48,10 +48,11 @@ ENV HOME=/var/cache/arrowsmith \
     ARROWSMITH_GRPC_PORT=8081 \
     ARROWSMITH_HTTP_PORT=8080 \
     ARROWSMITH_METRICS_PORT=8082 \
+    ARROWSMITH_FLIGHT_PORT=8083 \
     ARROWSMITH_MODEL_URI=/models/model
 VOLUME ["/tmp", "/var/cache/arrowsmith"]
 USER 10001:10001
-EXPOSE 8081 8080 8082
+EXPOSE 8081 8080 8082 8083
 # Health "" is SERVING once every model is loaded and warmed up, and not while draining.
 # A server given --tls-cert is asked over TLS once ARROWSMITH_HEALTH_TLS_CA names its CA
 # (and, under mutual TLS, ARROWSMITH_HEALTH_TLS_CLIENT_CERT and _CLIENT_KEY a client pair).

@@ -40,6 +40,7 @@ def sessions(model: Path, digits: Path, baseline: Path) -> list[Session]:
             port = free_port()
             command = [sys.executable, "-m", "arrowsmith", "serve", str(path), "--name", name]
             command += ["--workers", "1", "--http-port", "0", "--metrics-port", "0"]
+            command += ["--flight-port", "0"]
             command += ["--grpc-port", str(port), "--log-level", "WARNING"]
             result.append(Session(server, workloads, tuple(command), port, pythonpath=pythonpath))
     return result

@@ -129,6 +129,7 @@ def sessions(model: Path, digits: Path, work: Path) -> list[Session]:
         port = free_port()
         command = [py, "-m", "arrowsmith", "serve", str(path), "--name", name, "--workers", "1"]
         command += ["--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port)]
+        command += ["--flight-port", "0"]
         command += ["--log-level", "WARNING"]
         result.append(Session("arrowsmith", workloads, tuple(command), port))
     for workload, (rows, _) in GRPC_WORKLOADS.items():
@@ -324,6 +325,7 @@ def measure_w3(args: argparse.Namespace, model: Path, repetition: int, work: Pat
         if name == "arrowsmith":
             command = [sys.executable, "-m", "arrowsmith", "serve", str(model), "--name", "wine"]
             command += ["--workers", "1", "--grpc-port", str(free_port()), "--metrics-port", "0"]
+            command += ["--flight-port", "0"]
             command += ["--http-port", str(port), "--log-level", "WARNING"]
             ready = f"http://127.0.0.1:{port}/v2/health/ready"
         else:

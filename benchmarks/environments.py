@@ -189,7 +189,7 @@ def arrowsmith_command(
     if env_cache is not None:
         command += ["--env-cache", str(env_cache)]
     command += ["--workers", "1", "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-    return [*command, "--metrics-port", "0"]
+    return [*command, "--metrics-port", "0", "--flight-port", "0"]
 
 
 def mlflow_command(model: Path, port: int) -> list[str]:

@@ -305,6 +305,7 @@ def main() -> None:
     ports = {"arrowsmith": free_port(), "mlflow": free_port()}
     arrowsmith = [sys.executable, "-m", "arrowsmith", "serve", str(model), "--name", "wine"]
     arrowsmith += ["--workers", "1", "--grpc-port", str(free_port()), "--metrics-port", "0"]
+    arrowsmith += ["--flight-port", "0"]
     arrowsmith += ["--http-port", str(ports["arrowsmith"]), "--log-level", "WARNING"]
     mlflow = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(model)]
     mlflow += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(ports["mlflow"])]

@@ -63,6 +63,7 @@ def serve(arguments: list[str], output: IO[bytes] | int) -> tuple[subprocess.Pop
     command = [
         "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", *arguments,
         "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0", "--workers", "1",
+        "--flight-port", "0",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, stdout=output, stderr=subprocess.DEVNULL, start_new_session=True
@@ -102,13 +103,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def measure(port: int, duration: float, folder: Path) -> dict[str, float]:
+def measure(port: int, duration: float, folder: Path, rows: int = 1) -> dict[str, float]:
+    """`rows` rows per request (1: W1) from core 1, 32 in flight, for `duration` seconds."""
     out = folder / f"bench-{port}.json"
     subprocess.run(
         [
             "taskset", "-c", "1", sys.executable, "-m", "arrowsmith", "bench",
             "--target", f"127.0.0.1:{port}", "--model", "wine", "--concurrency", "32",
-            "--duration", str(duration), "--warmup", "3", "--json", str(out),
+            "--duration", str(duration), "--warmup", "3", "--json", str(out), "--rows", str(rows),
         ],
         check=True,
         stdout=subprocess.DEVNULL,

@@ -36,7 +36,7 @@ def ready_server() -> tuple[float, float]:
     command = [
         "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", str(MODEL),
         "--name", "wine", "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0",
-        "--workers", "1",
+        "--workers", "1", "--flight-port", "0",
     ]  # fmt: skip
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

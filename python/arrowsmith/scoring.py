@@ -70,12 +70,14 @@ class Source:
 
 
 def open_source(path: pathlib.Path, fmt: str, batch_rows: int, delimiter: str) -> Source:
-    """Reads `path` a batch at a time (Parquet by row group, CSV by block, Arrow IPC
-    memory-mapped)."""
+    """Reads `path` a batch at a time (Parquet a row group at a time, CSV by block, Arrow
+    IPC memory-mapped)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path, memory_map=True)
+        # Without pre-buffering: it would read column chunks of every row group ahead,
+        # holding most of the file in memory.
+        parquet = pq.ParquetFile(path, pre_buffer=False)
         return Source(
             parquet.schema_arrow,
             parquet.iter_batches(batch_size=batch_rows),
@@ -280,7 +282,8 @@ def _wait_ready(target: Target, server: subprocess.Popen[bytes]) -> None:
             try:
                 client.get_schema(descriptor, flight.FlightCallOptions(timeout=2.0))
                 return
-            except (flight.FlightUnavailableError, flight.FlightTimedOutError):
+            # Not listening yet (pyarrow raises a plain OSError), or the model still loading.
+            except (flight.FlightUnavailableError, flight.FlightTimedOutError, OSError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the model did not load within {START_TIMEOUT_SECONDS} s")

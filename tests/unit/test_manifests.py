@@ -228,7 +228,8 @@ def parse(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
             if variable.startswith("ARROWSMITH_"):
                 patch.setenv(variable, value)
         args = cli._parser().parse_args(["serve", *serve_arguments(container)])
-    args.metrics_port = cli._metrics_port(args)
+    args.metrics_port = cli._tcp_port(args.metrics_port, 8082, args)
+    args.flight_port = cli._tcp_port(args.flight_port, 8083, args)
     return args
 
 
@@ -263,10 +264,12 @@ def test_declared_ports_are_the_configured_ones(name, spec, annotations, contain
         assert declared == {}, "nothing outside the pod reaches these ports"
         assert prometheus_port is None
         return
-    assert set(declared) <= {args.grpc_port, args.http_port, args.metrics_port}
+    assert set(declared) <= {args.grpc_port, args.http_port, args.metrics_port, args.flight_port}
     assert declared[args.grpc_port] in ("h2c", "grpc")
     assert args.http_port in declared
     assert prometheus_port == str(args.metrics_port)
+    if args.flight_port in declared:
+        assert declared[args.flight_port] == "flight"
 
 
 @each_arrowsmith
