@@ -1,8 +1,8 @@
 """Stubs of the native extension (rust/src/py/), checked by `python -m mypy.stubtest`."""
 
 import os
-from collections.abc import Callable
-from typing import Any, Final, TypeAlias, final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, TypeAlias, final
 
 __all__ = [
     "ArrowArray",
@@ -14,15 +14,21 @@ __all__ = [
     "Job",
     "Observation",
     "Signature",
+    "allow_shared_memory",
     "build_profile",
     "configure_access_log",
     "configure_tracing",
     "decode_request",
+    "decode_response",
+    "encode_request",
     "error_statuses",
     "flush_access_log",
     "native_error_code",
     "observing",
+    "register_shared_memory",
+    "shared_memory_status",
     "shutdown_tracing",
+    "unregister_shared_memory",
 ]
 
 build_profile: Final[str]
@@ -126,6 +132,28 @@ class Batch:
 
 def decode_request(data: bytes) -> InferRequest: ...
 
+#: A V2 parameter value: bool, int (int64 or uint64), float or str.
+_Parameter: TypeAlias = bool | int | float | str
+
+class _ArrowArrayExportable(Protocol):
+    def __arrow_c_array__(
+        self, requested_schema: object | None = None
+    ) -> tuple[object, object]: ...
+
+def encode_request(
+    model_name: str,
+    model_version: str,
+    id: str,
+    parameters: dict[str, _Parameter] | None,
+    inputs: Sequence[
+        tuple[str, Sequence[int], _ArrowArrayExportable, dict[str, _Parameter] | None]
+    ],
+    outputs: Sequence[str],
+) -> bytes: ...
+def decode_response(
+    data: bytes,
+) -> tuple[str, str, str, dict[str, Any], list[_TensorView]]: ...
+
 @final
 class GrpcFront:
     """The native gRPC server: the inference service (ModelInfer, ModelStreamInfer, the
@@ -227,3 +255,7 @@ def flush_access_log(timeout: float) -> bool: ...
 def observing() -> bool: ...
 def error_statuses() -> list[tuple[str, int]]: ...
 def native_error_code(code: str) -> str: ...
+def allow_shared_memory(allowed: bool) -> None: ...
+def register_shared_memory(name: str, key: str, offset: int, byte_size: int) -> None: ...
+def shared_memory_status(name: str) -> list[tuple[str, str, int, int]]: ...
+def unregister_shared_memory(name: str) -> None: ...

@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 8083; 0 with --uds-only)",
     )
     _add_listener_flags(serve)
+    serve.add_argument(
+        "--allow-shared-memory",
+        action="store_true",
+        default=_env("allow-shared-memory", False, _boolean),
+        help="let clients on this host register system shared memory regions (Triton's "
+        "extension) and name them for inputs and outputs; needs --workers 1 (default off)",
+    )
     _number(
         serve,
         "workers",
@@ -640,6 +647,7 @@ def _serve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         model_control_mode=args.model_control_mode,
         env_cache=args.env_cache,
         access_log=args.access_log,
+        allow_shared_memory=args.allow_shared_memory,
         tracing=resolve(
             TracingFlags(
                 endpoint=args.otel_endpoint,

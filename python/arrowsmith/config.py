@@ -198,6 +198,9 @@ class ServerConfig:
     access_log: str = "off"
     #: OpenTelemetry tracing: None is off (no spans are made).
     tracing: TracingConfig | None = None
+    #: Triton's system shared memory: clients on this host may register regions and name
+    #: them for inputs and outputs.
+    allow_shared_memory: bool = False
 
     @property
     def own_environments(self) -> bool:
@@ -298,6 +301,11 @@ class ServerConfig:
                 raise ValueError(f"{flag} {port} is not a port number")
         if self.workers <= 0:
             raise ValueError("--workers must be positive")
+        if self.workers > 1 and self.allow_shared_memory:
+            raise ValueError(
+                "--allow-shared-memory needs --workers 1: a region registered with one worker "
+                "would be unknown to the others"
+            )
         if self.workers > 1 and self.grpc_port == 0:
             raise ValueError("several --workers share one --grpc-port, which cannot be 0")
         if self.max_message_size <= 0:

@@ -282,6 +282,7 @@ def serve(config: ServerConfig, worker: bool = False) -> int:
         # Not a fault a restart would mend.
         logger.error("%s", error)
         return EXIT_LOAD_FAILED
+    _native.allow_shared_memory(config.allow_shared_memory)
     lifecycle = Lifecycle()
     stop = lifecycle.stop
     watch = RunnerWatch(config.predict_timeout, lifecycle.readiness_changed, lifecycle.fatal)

@@ -59,7 +59,8 @@ pub fn job_for(
         request.requested_outputs,
         tensors,
         deadline,
-    ))
+    )
+    .with_output_regions(request.output_regions))
 }
 
 /// The form inputs sent as they are take: the content type asked for, else `np` for one

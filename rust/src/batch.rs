@@ -32,6 +32,7 @@ use opentelemetry::trace::SpanContext;
 use crate::batch_key::BatchKey;
 use crate::encode::{prepare_response, EncodedResponse, InferResponse, OutputTensor};
 use crate::error::{Error, Result};
+use crate::shm::OutputRegion;
 use crate::telemetry::BatchTrace;
 use crate::tensor::{shape_text, Parameters, Tensor};
 
@@ -72,6 +73,8 @@ pub struct Job {
     trace: OnceLock<SpanContext>,
     /// When the batch that answered the job started and ended (set once, as it settles).
     ran: OnceLock<(Instant, Instant)>,
+    /// Outputs the client asked to have written into shared memory.
+    output_regions: Vec<OutputRegion>,
 }
 
 /// Where a settled job's time went.
@@ -143,7 +146,15 @@ impl Job {
             on_settled: Mutex::new(None),
             trace: OnceLock::new(),
             ran: OnceLock::new(),
+            output_regions: Vec::new(),
         }
+    }
+
+    /// The job with these outputs written into shared memory rather than its response.
+    #[must_use]
+    pub fn with_output_regions(mut self, regions: Vec<OutputRegion>) -> Self {
+        self.output_regions = regions;
+        self
     }
 
     /// Names the request's server span, for its batch to link to (before it is queued).
@@ -718,22 +729,14 @@ impl Batch {
         let ended = Instant::now();
         if let [job] = self.jobs.as_slice() {
             self.end_trace(None, ended);
-            self.settle(
-                job,
-                prepare_response(self.response(job, outputs, parameters)),
-                ended,
-            );
+            self.settle(job, self.answer(job, outputs, parameters), ended);
             return;
         }
         match self.split(&outputs) {
             Ok(parts) => {
                 self.end_trace(None, ended);
                 for (job, part) in self.jobs.iter().zip(parts) {
-                    self.settle(
-                        job,
-                        prepare_response(self.response(job, part, parameters)),
-                        ended,
-                    );
+                    self.settle(job, self.answer(job, part, parameters), ended);
                 }
             }
             Err(error) => self.fail(&error),
@@ -792,6 +795,20 @@ impl Batch {
             offset = offset.saturating_add(rows);
         }
         Ok(parts)
+    }
+
+    /// A job's response, its outputs in shared memory where it asked.
+    fn answer(
+        &self,
+        job: &Job,
+        outputs: Vec<OutputTensor>,
+        parameters: &Parameters,
+    ) -> Result<EncodedResponse> {
+        let response = prepare_response(self.response(job, outputs, parameters))?;
+        if job.output_regions.is_empty() {
+            return Ok(response);
+        }
+        response.into_regions(&job.output_regions)
     }
 
     fn response(

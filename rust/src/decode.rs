@@ -28,6 +28,7 @@ use prost::Message;
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use crate::proto::{model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest};
+use crate::shm::OutputRegion;
 use crate::tensor::{params_from_proto, shape_text, Parameters, Tensor};
 
 #[cfg(target_endian = "big")]
@@ -43,6 +44,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Names of the outputs the client asked for; empty means all of them.
     pub requested_outputs: Vec<String>,
+    /// The requested outputs to be written into shared memory regions.
+    pub output_regions: Vec<OutputRegion>,
 }
 
 /// Decodes a serialized `ModelInferRequest`. `raw_input_contents` are borrowed from `buf`
@@ -62,18 +65,47 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
         raw_input_contents,
     } = message;
 
+    let regions = crate::shm::regions();
+    // Inputs whose values lie in shared memory take no raw_input_contents entry.
+    let mut placed = Vec::with_capacity(inputs.len());
+    let mut inputs = inputs;
+    for input in &mut inputs {
+        let mut parameters = params_from_proto(std::mem::take(&mut input.parameters));
+        let shared = regions.input_values(&input.name, &mut parameters)?;
+        if shared.is_some() && input.contents.is_some() {
+            return Err(Error::input(
+                &input.name,
+                format!(
+                    "input '{}' carries `contents` and names a shared memory region; its \
+                     values come from one or the other",
+                    input.name
+                ),
+            ));
+        }
+        placed.push((shared, parameters));
+    }
+    let in_message = placed.iter().filter(|(shared, _)| shared.is_none()).count();
     let uses_raw = !raw_input_contents.is_empty();
-    if uses_raw && raw_input_contents.len() != inputs.len() {
+    if uses_raw && raw_input_contents.len() != in_message {
+        let elsewhere = inputs.len().saturating_sub(in_message);
+        let shared = if elsewhere > 0 {
+            format!(" (and {elsewhere} in shared memory)")
+        } else {
+            String::new()
+        };
         return Err(Error::request(format!(
-            "the request has {} inputs but {} raw_input_contents entries; raw_input_contents \
-             needs one entry per input, in the order of the inputs",
-            inputs.len(),
+            "the request has {in_message} inputs{shared} but {} raw_input_contents entries; \
+             raw_input_contents needs one entry per input, in the order of the inputs",
             raw_input_contents.len()
         )));
     }
     let mut raw = raw_input_contents.into_iter();
     let mut tensors = Vec::with_capacity(inputs.len());
-    for input in inputs {
+    for (input, (shared, parameters)) in inputs.into_iter().zip(placed) {
+        if let Some(values) = shared {
+            tensors.push(decode_input(input, Some(values), message_len, parameters)?);
+            continue;
+        }
         if uses_raw && input.contents.is_some() {
             return Err(Error::input(
                 &input.name,
@@ -84,7 +116,7 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
                 ),
             ));
         }
-        tensors.push(decode_input(input, raw.next(), message_len)?);
+        tensors.push(decode_input(input, raw.next(), message_len, parameters)?);
     }
     let mut names = std::collections::HashSet::with_capacity(tensors.len());
     if let Some(twice) = tensors.iter().find(|t| !names.insert(t.name.as_str())) {
@@ -96,24 +128,40 @@ pub fn decode_request(buf: Bytes) -> Result<InferRequest> {
             ),
         ));
     }
+    let mut requested_outputs = Vec::with_capacity(outputs.len());
+    let mut output_regions = Vec::new();
+    for output in outputs {
+        let mut parameters = params_from_proto(output.parameters);
+        if let Some(place) = regions.output_place(&output.name, &mut parameters)? {
+            output_regions.push(place);
+        }
+        requested_outputs.push(output.name);
+    }
     Ok(InferRequest {
         model_name,
         model_version,
         id,
         parameters: params_from_proto(parameters),
         inputs: tensors,
-        requested_outputs: outputs.into_iter().map(|o| o.name).collect(),
+        requested_outputs,
+        output_regions,
     })
 }
 
-/// One input; `message_len` (the request's size) bounds the dimensions of an empty tensor.
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>, message_len: usize) -> Result<Tensor> {
+/// One input, its values in `raw` (raw contents, or a shared memory region) or its
+/// contents; `message_len` (the request's size) bounds the dimensions of an empty tensor.
+fn decode_input(
+    input: InferInputTensor,
+    raw: Option<Bytes>,
+    message_len: usize,
+    parameters: Parameters,
+) -> Result<Tensor> {
     let InferInputTensor {
         name,
         datatype,
         shape,
-        parameters,
         contents,
+        ..
     } = input;
     let datatype = DataType::parse(&datatype).ok_or_else(|| {
         Error::input(
@@ -152,7 +200,7 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>, message_len: usize)
         datatype,
         shape,
         values,
-        parameters: params_from_proto(parameters),
+        parameters,
     })
 }
 

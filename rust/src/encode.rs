@@ -13,7 +13,8 @@ use prost::Message;
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use crate::proto::{model_infer_response::InferOutputTensor, ModelInferResponse};
-use crate::tensor::{params_to_proto, shape_text, Parameters};
+use crate::shm::{self, OutputRegion};
+use crate::tensor::{params_to_proto, shape_text, ParamValue, Parameters};
 
 /// `raw_output_contents` is field 6 of `ModelInferResponse`.
 const RAW_OUTPUT_CONTENTS_TAG: u32 = 6;
@@ -219,6 +220,47 @@ impl EncodedResponse {
             encode_varint(contents.len() as u64, out);
             contents.write(out);
         }
+    }
+
+    /// The response with each output `places` names written into its shared memory region
+    /// instead: its raw contents become empty (so that the others keep their positions),
+    /// and its parameters say where it went and how many bytes it took.
+    pub fn into_regions(mut self, places: &[OutputRegion]) -> Result<EncodedResponse> {
+        for place in places {
+            let Some(index) = self
+                .header
+                .outputs
+                .iter()
+                .position(|output| output.name == place.output)
+            else {
+                continue;
+            };
+            let (Some(output), Some(contents)) =
+                (self.header.outputs.get_mut(index), self.raw.get_mut(index))
+            else {
+                continue;
+            };
+            let len = contents.len();
+            place.write(len, |mut target: &mut [u8]| contents.write(&mut target))?;
+            *contents = RawContents::Fixed(Buffer::from_vec(Vec::<u8>::new()));
+            let mut parameters = crate::tensor::Parameters::new();
+            parameters.insert(
+                shm::REGION.to_owned(),
+                ParamValue::String(place.region_name().to_owned()),
+            );
+            parameters.insert(
+                shm::BYTE_SIZE.to_owned(),
+                ParamValue::Int64(i64::try_from(len).unwrap_or(i64::MAX)),
+            );
+            if place.offset() > 0 {
+                parameters.insert(
+                    shm::OFFSET.to_owned(),
+                    ParamValue::Int64(i64::try_from(place.offset()).unwrap_or(i64::MAX)),
+                );
+            }
+            output.parameters = params_to_proto(&parameters);
+        }
+        Ok(self)
     }
 
     /// The outputs as Arrow arrays again, sharing the buffers (no copy), for a front that

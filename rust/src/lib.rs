@@ -15,6 +15,7 @@ pub mod encode;
 pub mod error;
 pub mod front;
 pub mod observe;
+pub mod shm;
 pub mod signature;
 pub mod table;
 pub mod telemetry;

@@ -3013,3 +3013,90 @@ fn a_routed_call_carries_the_callers_trace_context() {
         [expected.clone(), expected, (String::new(), String::new())]
     );
 }
+
+/// A Flight client of the front at `address`.
+async fn flight_client(
+    address: SocketAddr,
+) -> arrow_flight::flight_service_client::FlightServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("an endpoint")
+        .connect()
+        .await
+        .expect("a connection");
+    arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+}
+
+/// Record batches of one INT64 column `x`, two rows each, the `i`th holding `values(i)`.
+fn flight_batches(values: impl Fn(i64) -> [i64; 2]) -> Vec<arrow_array::RecordBatch> {
+    (0..5)
+        .map(|i| {
+            let column = arrow_array::Int64Array::from(values(i).to_vec());
+            arrow_array::RecordBatch::try_from_iter([(
+                "x",
+                Arc::new(column) as arrow_array::ArrayRef,
+            )])
+            .expect("a record batch")
+        })
+        .collect()
+}
+
+/// Streams `batches` to the echo model over DoExchange; the answers, until the first error.
+async fn flight_exchange(
+    address: SocketAddr,
+    batches: Vec<arrow_array::RecordBatch>,
+) -> (Vec<arrow_array::RecordBatch>, Option<tonic::Status>) {
+    use futures::{StreamExt, TryStreamExt};
+    let mut client = flight_client(address).await;
+    let descriptor = arrow_flight::FlightDescriptor::new_path(vec![MODEL.into()]);
+    let sent = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .map(|data| data.expect("encoded"));
+    let answers = client
+        .do_exchange(sent)
+        .await
+        .expect("an exchange")
+        .into_inner();
+    let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+        answers.map_err(arrow_flight::error::FlightError::from),
+    );
+    let mut received = Vec::new();
+    loop {
+        match decoded.try_next().await {
+            Ok(Some(batch)) => received.push(batch),
+            Ok(None) => return (received, None),
+            Err(error) => return (received, Some(tonic::Status::from(error))),
+        }
+    }
+}
+
+/// DoExchange: each record batch is a request to the model's batcher, answered in order,
+/// row for row, and counted as ModelInfer's calls are.
+#[test]
+fn flight_exchanges_answer_each_batch_in_order() {
+    let server = Server::start(Setup::default());
+    let batches = flight_batches(|i| [i * 10, i * 10 + 1]);
+    let (answers, error) = block_on(flight_exchange(server.address, batches.clone()));
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(answers.len(), batches.len());
+    for (sent, answer) in batches.iter().zip(&answers) {
+        assert_eq!(answer.schema().field(0).name(), "out");
+        assert_eq!(answer.column(0).as_ref(), sent.column(0).as_ref());
+    }
+    block_on(server.counted(MODEL, "OK", 5));
+}
+
+/// A batch the model fails ends the exchange with the status ModelInfer would give, after
+/// the answers of the batches before it; the front keeps serving.
+#[test]
+fn a_failed_flight_batch_ends_the_exchange_with_its_status() {
+    let server = Server::start(Setup::default());
+    let batches = flight_batches(|i| if i == 2 { [POISON, 0] } else { [i, i] });
+    let (answers, error) = block_on(flight_exchange(server.address, batches.clone()));
+    let status = error.expect("the exchange failed");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(status.message().contains("refuses"), "{status:?}");
+    assert!(answers.len() <= 2, "{} answers", answers.len());
+    let (again, error) = block_on(flight_exchange(server.address, flight_batches(|i| [i, i])));
+    assert!(error.is_none() && again.len() == 5, "{error:?}");
+}

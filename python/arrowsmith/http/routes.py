@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 import orjson
 
-from arrowsmith.http import invocations, v2_rest
+from arrowsmith.http import invocations, shared_memory_rest, v2_rest
 from arrowsmith.http.asgi import Endpoint, Request, Response
 from arrowsmith.http.forward import Forwarder
 from arrowsmith.http.invocations import MlflowScoring
@@ -90,7 +90,25 @@ class Routes:
                 route = self._forwarded(route, name, v2_rest.PROTOCOL)
         elif parts[:1] == ["repository"] and self.repository is not None:
             route = self._repository(parts[1:], self.repository)
+        elif parts[:1] == ["systemsharedmemory"]:
+            route = self._shared_memory(parts[1:])
         return self._endpoint(method, route, v2=True)
+
+    @staticmethod
+    def _shared_memory(parts: list[str]) -> Route | None:
+        if parts == ["status"]:
+            return ("GET", shared_memory_rest.status, False)
+        if parts == ["unregister"]:
+            return ("POST", shared_memory_rest.unregister, False)
+        if len(parts) == 3 and parts[0] == "region":
+            name, action = parts[1], parts[2]
+            if action == "status":
+                return ("GET", partial(shared_memory_rest.status, name=name), False)
+            if action == "register":
+                return ("POST", partial(shared_memory_rest.register, name=name), True)
+            if action == "unregister":
+                return ("POST", partial(shared_memory_rest.unregister, name=name), False)
+        return None
 
     def _forwarded(self, route: Route, model: str, protocol: str) -> Route:
         """`route`, answered by the process serving `model` when that is another one."""

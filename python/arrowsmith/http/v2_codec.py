@@ -1,7 +1,9 @@
 """V2 REST inference bodies to ModelInferRequest bytes, and ModelInferResponse bytes back:
 JSON tensors (`data` nested or flat) and Triton's binary tensor extension (a JSON header of
 `Inference-Header-Content-Length` bytes, then the raw tensors). Every input becomes
-`raw_input_contents`, so the native decoder sees what a gRPC client would send."""
+`raw_input_contents`, so the native decoder sees what a gRPC client would send; an input
+in a shared memory region stays there, for the decoder to read, and an output written into
+one is answered without data."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from arrowsmith.tensors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+#: The parameter naming the shared memory region a tensor's values are in (or go to).
+SHARED_MEMORY_REGION = "shared_memory_region"
 
 _INTEGER_KINDS = "iu"
 _NUMBER_KINDS = "iuf"
@@ -180,6 +184,15 @@ def parse_infer_request(
         size = input_parameters.pop("binary_data_size", None)
         tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
         set_parameters(tensor.parameters, input_parameters, f"input '{name}'")
+        if SHARED_MEMORY_REGION in input_parameters:
+            # The values lie in a shared memory region: the decoder reads them there.
+            if size is not None or "data" in item:
+                raise InvalidInputError(
+                    f"input '{name}' carries data and names a shared memory region; its "
+                    "values come from one or the other",
+                    name,
+                )
+            continue
         if size is None:
             request.raw_input_contents.append(_json_raw(name, datatype, shape, item.get("data")))
             continue
@@ -239,7 +252,10 @@ def render_infer_response(data: bytes, form: OutputForm) -> tuple[bytes, int | N
             "shape": list(output.shape),
         }
         parameters = parameters_dict(output.parameters)
-        if form.is_binary(output.name):
+        if SHARED_MEMORY_REGION in parameters:
+            # Written into the region the client named: nothing to carry here.
+            pass
+        elif form.is_binary(output.name):
             parameters["binary_data_size"] = len(raw)
             binary_parts.append(raw)
         else:

@@ -52,6 +52,7 @@ def group_configs(
             uds_only=True,
             metrics_port=0,
             flight_port=0,
+            allow_shared_memory=False,
             workers=1,
             tls_cert=None,
             tls_key=None,

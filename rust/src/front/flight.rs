@@ -367,6 +367,7 @@ impl Exchange {
                 parameters: Parameters::new(),
                 inputs,
                 requested_outputs: Vec::new(),
+                output_regions: Vec::new(),
             })
             .map_err(|error| (self.name.clone(), error))
             .and_then(|request| {

@@ -33,6 +33,8 @@ use super::repository::{self, RepositoryMethod};
 use super::{infer, stream, Shared};
 use crate::error::Error;
 use crate::proto;
+use crate::proto::system_shared_memory_status_response::RegionStatus;
+use crate::shm;
 
 pub(super) const SERVICE_NAME: &str = "inference.GRPCInferenceService";
 /// The paths of the small calls that name a model, as forwarded.
@@ -292,10 +294,77 @@ pub(super) async fn call(shared: Arc<Shared>, request: Request<MeteredBody>) -> 
             )
             .await
         }
+        "SystemSharedMemoryStatus"
+        | "SystemSharedMemoryRegister"
+        | "SystemSharedMemoryUnregister" => shared_memory(&shared, request).await,
         _ => match RepositoryMethod::of(method) {
             Some(method) => repository::call(&shared, method, request).await,
             None => Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}"))
                 .into_http(),
         },
+    }
+}
+
+/// Triton's system shared memory RPCs, on the process's one registry.
+async fn shared_memory(shared: &Shared, request: Request<MeteredBody>) -> Response<Body> {
+    let path = request.uri().path();
+    let method = path
+        .rsplit_once('/')
+        .map_or("", |(_, method)| method)
+        .to_owned();
+    match method.as_str() {
+        "SystemSharedMemoryStatus" => {
+            small(
+                shared,
+                request,
+                |asked: proto::SystemSharedMemoryStatusRequest| {
+                    let regions = shm::regions()
+                        .status(&asked.name)
+                        .map_err(|error| status_of(&error))?;
+                    Ok(proto::SystemSharedMemoryStatusResponse {
+                        regions: regions
+                            .into_iter()
+                            .map(|region| {
+                                let status = RegionStatus {
+                                    name: region.name.clone(),
+                                    key: region.key,
+                                    offset: region.offset,
+                                    byte_size: region.byte_size,
+                                };
+                                (region.name, status)
+                            })
+                            .collect(),
+                    })
+                },
+            )
+            .await
+        }
+        "SystemSharedMemoryRegister" => {
+            small(
+                shared,
+                request,
+                |asked: proto::SystemSharedMemoryRegisterRequest| {
+                    shm::regions()
+                        .register(&asked.name, &asked.key, asked.offset, asked.byte_size)
+                        .map_err(|error| status_of(&error))?;
+                    Ok(proto::SystemSharedMemoryRegisterResponse {})
+                },
+            )
+            .await
+        }
+        "SystemSharedMemoryUnregister" => {
+            small(
+                shared,
+                request,
+                |asked: proto::SystemSharedMemoryUnregisterRequest| {
+                    shm::regions().unregister(&asked.name);
+                    Ok(proto::SystemSharedMemoryUnregisterResponse {})
+                },
+            )
+            .await
+        }
+        _ => {
+            Status::unimplemented(format!("Method not found: {SERVICE_NAME}/{method}")).into_http()
+        }
     }
 }

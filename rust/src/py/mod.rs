@@ -6,6 +6,7 @@ mod buffers;
 mod errors;
 mod front;
 mod observe;
+mod shm;
 
 use std::sync::Arc;
 
@@ -196,6 +197,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(observe::flush_access_log, m)?)?;
     m.add_function(wrap_pyfunction!(observe::observing, m)?)?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(shm::allow_shared_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(shm::register_shared_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(shm::shared_memory_status, m)?)?;
+    m.add_function(wrap_pyfunction!(shm::unregister_shared_memory, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_statuses, m)?)?;
     m.add_function(wrap_pyfunction!(errors::native_error_code, m)?)?;
     m.add(
