@@ -135,7 +135,7 @@ bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, ho
 # optimized build, so an arithmetic overflow is a crash, not a silently wrapped size.
 FUZZ_RUNS ?= 10000000
 FUZZ_SANITIZER ?= address
-FUZZ_TARGETS := decode_request grpc_wire batch_assembly
+FUZZ_TARGETS := decode_request grpc_wire batch_assembly flight_exchange
 
 fuzz: $(INSTALLED) ## fuzz every parser of client bytes, FUZZ_RUNS (10M) executions per target (hours; not in test)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

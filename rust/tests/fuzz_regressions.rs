@@ -54,6 +54,19 @@ fn seed_corpora_and_crash_inputs_replay() {
             replayed += 1;
         }
     }
+    for dir in [
+        "fuzz/corpus/flight_exchange",
+        "tests/data/fuzz/flight_exchange",
+    ] {
+        for (path, bytes) in files(dir) {
+            println!("{}", path.display());
+            let decoded = harness::flight_exchange_case(&bytes);
+            if dir.starts_with("fuzz/corpus") {
+                assert!(decoded > 0, "{} decodes to no record batch", path.display());
+            }
+            replayed += 1;
+        }
+    }
     assert!(replayed >= 10, "the seed corpora are where they were");
 }
 

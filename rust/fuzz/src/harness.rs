@@ -174,6 +174,71 @@ pub fn decode_request_case(data: &[u8]) {
     }
 }
 
+/// `flight_exchange`: the bytes as the messages of a DoExchange call (length-delimited
+/// `FlightData`), decoded as the Flight service decodes them; each record batch becomes a
+/// request's tensors, admitted against every signature, answered by an echo model, and the
+/// answer turned back into a record batch of the batch's rows. The record batches decoded.
+pub fn flight_exchange_case(data: &[u8]) -> usize {
+    use std::task::{Context, Poll, Waker};
+
+    use arrow_flight::decode::FlightRecordBatchStream;
+    use arrow_flight::FlightData;
+    use futures::StreamExt as _;
+
+    let mut rest = data;
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        match FlightData::decode_length_delimited(&mut rest) {
+            Ok(message) => messages.push(Ok(message)),
+            Err(_) => break,
+        }
+    }
+    let mut batches =
+        FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(messages));
+    // Every message is already here: the decoder is never pending.
+    let mut cx = Context::from_waker(Waker::noop());
+    let signatures = signatures();
+    let mut decoded = 0;
+    while let Poll::Ready(Some(Ok(batch))) = batches.poll_next_unpin(&mut cx) {
+        decoded += 1;
+        let Ok(inputs) = arrowsmith_native::table::tensors_of(&batch) else {
+            continue;
+        };
+        assert_filled(&inputs, "record batch");
+        let request = arrowsmith_native::InferRequest {
+            model_name: MODEL.to_owned(),
+            model_version: String::new(),
+            id: String::new(),
+            parameters: Parameters::new(),
+            inputs,
+            requested_outputs: Vec::new(),
+            output_regions: Vec::new(),
+        };
+        for signature in signatures.iter().map(Some).chain([None]) {
+            let Ok(job) = job_for(request.clone(), signature, None) else {
+                continue;
+            };
+            let job = Arc::new(job);
+            let rows = job.rows;
+            let batch_of_one = Batch::of(Arc::clone(&job));
+            let Ok(inputs) = batch_of_one.inputs() else {
+                continue;
+            };
+            batch_of_one.complete(echo_all(&inputs), &Parameters::new());
+            let Some(Ok(answer)) = job.try_answer() else {
+                continue;
+            };
+            let outputs = answer.outputs().expect("an encoded answer has its outputs");
+            if let Some(rows) = rows {
+                if let Ok(answered) = arrowsmith_native::table::batch_of(outputs, rows, &[]) {
+                    assert_eq!(answered.num_rows(), rows);
+                }
+            }
+        }
+    }
+    decoded
+}
+
 /// `grpc_wire`: the bytes as a unary request body (the 5-byte prefix and one message), and as
 /// the value of a `grpc-timeout` header.
 pub fn grpc_wire_case(data: &[u8]) {

@@ -21,6 +21,7 @@
 )]
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,7 +39,7 @@ use arrow_flight::{
 use arrow_ipc::writer::IpcWriteOptions;
 use arrow_schema::{Schema, SchemaRef};
 use futures::stream::{self, FuturesOrdered};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -257,7 +258,16 @@ impl FlightService for Flight {
             trace,
             schema: declared.clone(),
         };
-        tokio::spawn(exchange.run(batches, answers));
+        // A panic reading a batch (in the IPC decoder, say) must not end the stream as if
+        // every batch had been answered: the client gets INTERNAL instead.
+        let failed = answers.clone();
+        tokio::spawn(async move {
+            let run = AssertUnwindSafe(exchange.run(batches, answers)).catch_unwind();
+            if run.await.is_err() {
+                let status = Status::internal("the exchange failed on a batch and ended there");
+                let _ = failed.send(Err(FlightError::Tonic(Box::new(status)))).await;
+            }
+        });
         let answered = stream::unfold(received, |mut received| async move {
             received.recv().await.map(|answer| (answer, received))
         });
