@@ -13,6 +13,7 @@ pub mod datatype;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod flight_data;
 pub mod front;
 pub mod observe;
 pub mod shm;

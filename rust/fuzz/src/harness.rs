@@ -189,7 +189,16 @@ pub fn flight_exchange_case(data: &[u8]) -> usize {
     let mut messages = Vec::new();
     while !rest.is_empty() {
         match FlightData::decode_length_delimited(&mut rest) {
-            Ok(message) => messages.push(Ok(message)),
+            // As the Flight service passes them on: only messages whose buffers fit.
+            Ok(message) => match arrowsmith_native::flight_data::checked(message) {
+                Ok(message) => messages.push(Ok(message)),
+                Err(error) => {
+                    let refused =
+                        arrow_flight::error::FlightError::ProtocolError(error.to_string());
+                    messages.push(Err(refused));
+                    break;
+                }
+            },
             Err(_) => break,
         }
     }

@@ -52,6 +52,7 @@ use super::Shared;
 use crate::decode::InferRequest;
 use crate::encode::EncodedResponse;
 use crate::error::Error;
+use crate::flight_data::checked;
 use crate::observe::{Arrival, Observed, Outcome};
 use crate::proto::infer_parameter::ParameterChoice;
 use crate::table::{batch_of, input_schema, output_schema, tensors_of};
@@ -246,6 +247,9 @@ impl FlightService for Flight {
             stream::once(async { Ok(first) })
                 .chain(input)
                 .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
+                .and_then(|message| {
+                    std::future::ready(checked(message).map_err(|error| status_of(&error)))
+                })
                 .map_err(FlightError::from),
         );
         let (answers, received) = mpsc::channel(AHEAD);
