@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -52,7 +51,7 @@ use super::Shared;
 use crate::decode::InferRequest;
 use crate::encode::EncodedResponse;
 use crate::error::Error;
-use crate::flight_data::checked;
+use crate::flight_data::{record_batches, Stopped};
 use crate::observe::{Arrival, Observed, Outcome};
 use crate::proto::infer_parameter::ParameterChoice;
 use crate::table::{batch_of, input_schema, output_schema, tensors_of};
@@ -241,17 +240,7 @@ impl FlightService for Flight {
         })?;
         let entry = self.model(first.flight_descriptor.as_ref())?;
         let declared = predictions_schema(&entry);
-        // A message without an IPC header carries only a descriptor or app metadata (a
-        // client may send the descriptor alone first): nothing to decode.
-        let batches = FlightRecordBatchStream::new_from_flight_data(
-            stream::once(async { Ok(first) })
-                .chain(input)
-                .try_filter(|message| std::future::ready(!message.data_header.is_empty()))
-                .and_then(|message| {
-                    std::future::ready(checked(message).map_err(|error| status_of(&error)))
-                })
-                .map_err(FlightError::from),
-        );
+        let batches = record_batches(stream::once(async { Ok(first) }).chain(input));
         let (answers, received) = mpsc::channel(AHEAD);
         let exchange = Exchange {
             shared: Arc::clone(&self.0),
@@ -262,8 +251,8 @@ impl FlightService for Flight {
             trace,
             schema: declared.clone(),
         };
-        // A panic reading a batch (in the IPC decoder, say) must not end the stream as if
-        // every batch had been answered: the client gets INTERNAL instead.
+        // A panic must not end the stream as if every batch had been answered: the client
+        // gets INTERNAL instead.
         let failed = answers.clone();
         tokio::spawn(async move {
             let run = AssertUnwindSafe(exchange.run(batches, answers)).catch_unwind();
@@ -317,10 +306,10 @@ impl Exchange {
     /// A client that goes away drops `answers`' receiver: what is queued is then abandoned.
     async fn run(
         mut self,
-        batches: FlightRecordBatchStream,
+        batches: impl Stream<Item = Result<RecordBatch, Stopped>>,
         answers: mpsc::Sender<Result<RecordBatch, FlightError>>,
     ) {
-        let mut batches = batches.fuse();
+        let mut batches = std::pin::pin!(batches.fuse());
         let mut queued: FuturesOrdered<Rows> = FuturesOrdered::new();
         let mut ended = false;
         loop {
@@ -337,7 +326,8 @@ impl Exchange {
                             }
                             Err(status) => Err(status),
                         },
-                        Some(Err(error)) => Err(Status::from(error)),
+                        Some(Err(Stopped::Refused(error))) => Err(status_of(&error)),
+                        Some(Err(Stopped::Transport(status))) => Err(status),
                         None => {
                             ended = true;
                             continue;
