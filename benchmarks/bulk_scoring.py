@@ -7,13 +7,15 @@ data set with a little noise) scored four ways, one after the other on this mach
 - the estimator called in-process (`mlflow.sklearn.load_model`, the rows already in memory
   as one float64 array): the bound no server can beat; and read, predict, write from and to
   Parquet in-process, in the same batches `arrowsmith score` sends;
-- W2 over gRPC (4,096 rows per ModelInfer, 32 in flight, `arrowsmith bench`), as rows/s.
+- W2 over gRPC (4,096 rows per ModelInfer, 32 in flight, `arrowsmith bench`), as rows/s;
+- with `--spark`, MLflow's `spark_udf` on a local Spark (`local[2]`) from Parquet to Parquet,
+  in the environment benchmarks/peers/setup_spark.sh builds.
 
 Wall-clock times include each tool's start (the server's model load for `score`, MLflow's
 imports for `mlflow models predict`). Every way scores the same rows; `score`'s and MLflow's
 answers are compared on a sample.
 
-    .venv/bin/python benchmarks/bulk_scoring.py [--rows 10000000] [--w2-duration 10]
+    .venv/bin/python benchmarks/bulk_scoring.py [--rows 10000000] [--w2-duration 10] [--spark]
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from routing import example_model, measure, serve, stop
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SPARK_PYTHON = HERE / "peers" / ".venv-spark" / "bin" / "python"
 WINE_CSV = ROOT / "examples" / "wine" / "winequality-red.csv"
 ROW_GROUP = 1_000_000
 BATCH_ROWS = 65_536
@@ -65,6 +69,17 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def spark(model: Path, parquet: Path, folder: Path) -> float:
+    """Wall-clock seconds of spark_udf from Parquet to Parquet, Spark's start included."""
+    started = time.perf_counter()
+    subprocess.run(
+        [str(SPARK_PYTHON), str(HERE / "peers" / "spark_score.py"), str(model), str(parquet),
+         str(folder / "spark.parquet")],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
 def in_process(model: Path, parquet: Path, folder: Path) -> tuple[float, float]:
     """Seconds for the estimator alone on the rows in memory, and for read + predict +
     write through Parquet in BATCH_ROWS batches."""
@@ -92,7 +107,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--w2-duration", type=float, default=10.0)
+    parser.add_argument("--spark", action="store_true", help="also MLflow's spark_udf")
     args = parser.parse_args()
+    if args.spark and not SPARK_PYTHON.exists():
+        raise SystemExit("--spark needs benchmarks/peers/setup_spark.sh to have run")
     model = example_model()
     with tempfile.TemporaryDirectory(prefix="bulk-") as name:
         folder = Path(name)
@@ -107,6 +125,7 @@ def main() -> None:
             [mlflow_bin, "models", "predict", "-m", str(model), "-i", str(csv),
              "-o", str(folder / "mlflow.json"), "-t", "csv", "--env-manager", "local"]
         )  # fmt: skip
+        spark_s = spark(model, parquet, folder) if args.spark else None
         alone_s, in_process_s = in_process(model, parquet, folder)
         ours = pq.read_table(folder / "score.parquet").column(0).to_numpy()
         theirs = np.asarray(json.loads((folder / "mlflow.json").read_text())["predictions"])
@@ -121,6 +140,7 @@ def main() -> None:
     table = [
         ("`arrowsmith score` (Flight, Parquet in and out)", score_s),
         ("`mlflow models predict` (CSV in, JSON out)", mlflow_s),
+        *([("MLflow `spark_udf`, local[2] (Parquet in and out)", spark_s)] if spark_s else []),
         ("in-process: read, predict, write Parquet (65,536-row batches)", in_process_s),
         ("in-process: the estimator alone, rows in memory", alone_s),
     ]

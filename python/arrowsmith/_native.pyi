@@ -18,8 +18,10 @@ __all__ = [
     "build_profile",
     "configure_access_log",
     "configure_tracing",
+    "decode_metadata_response",
     "decode_request",
     "decode_response",
+    "encode_metadata_request",
     "encode_request",
     "error_statuses",
     "flush_access_log",
@@ -153,6 +155,14 @@ def encode_request(
 def decode_response(
     data: bytes,
 ) -> tuple[str, str, str, dict[str, Any], list[_TensorView]]: ...
+
+#: (name, datatype, shape, parameters) of a tensor in a model's metadata
+_TensorMetadata: TypeAlias = tuple[str, str, list[int], dict[str, Any]]
+
+def encode_metadata_request(name: str, version: str) -> bytes: ...
+def decode_metadata_response(
+    data: bytes,
+) -> tuple[str, list[str], str, list[_TensorMetadata], list[_TensorMetadata]]: ...
 
 @final
 class GrpcFront:

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admit;
 pub mod batch;
 pub mod batch_key;
+pub mod client_codec;
 pub mod coerce;
 pub mod datatype;
 pub mod decode;

@@ -3,6 +3,7 @@
 
 mod batching;
 mod buffers;
+mod client;
 mod errors;
 mod front;
 mod observe;
@@ -197,6 +198,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(observe::flush_access_log, m)?)?;
     m.add_function(wrap_pyfunction!(observe::observing, m)?)?;
     m.add_function(wrap_pyfunction!(decode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(client::encode_request, m)?)?;
+    m.add_function(wrap_pyfunction!(client::decode_response, m)?)?;
+    m.add_function(wrap_pyfunction!(client::encode_metadata_request, m)?)?;
+    m.add_function(wrap_pyfunction!(client::decode_metadata_response, m)?)?;
     m.add_function(wrap_pyfunction!(shm::allow_shared_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm::register_shared_memory, m)?)?;
     m.add_function(wrap_pyfunction!(shm::shared_memory_status, m)?)?;
