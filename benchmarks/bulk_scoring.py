@@ -3,6 +3,8 @@ data set with a little noise) scored four ways, one after the other on this mach
 
 - `arrowsmith score MODEL rows.parquet out.parquet`: a server started for the model, the
   file streamed through Arrow Flight's DoExchange, the answers written to Parquet;
+- `arrowsmith score grpc://... rows.parquet out.parquet --model-name wine` against a server
+  already running (on core 0, `score` on core 1), `--target-runs` times;
 - `mlflow models predict -m MODEL -i rows.csv -o out.json -t csv --env-manager local`;
 - the estimator called in-process (`mlflow.sklearn.load_model`, the rows already in memory
   as one float64 array): the bound no server can beat; and read, predict, write from and to
@@ -15,13 +17,15 @@ Wall-clock times include each tool's start (the server's model load for `score`,
 imports for `mlflow models predict`). Every way scores the same rows; `score`'s and MLflow's
 answers are compared on a sample.
 
-    .venv/bin/python benchmarks/bulk_scoring.py [--rows 10000000] [--w2-duration 10] [--spark]
+    .venv/bin/python benchmarks/bulk_scoring.py [--rows 10000000] [--w2-duration 10]
+        [--target-runs 3] [--spark]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from routing import example_model, measure, serve, stop
+from routing import example_model, free_port, measure, serve, stop
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -108,6 +112,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--w2-duration", type=float, default=10.0)
     parser.add_argument("--spark", action="store_true", help="also MLflow's spark_udf")
+    parser.add_argument("--target-runs", type=int, default=3)
     args = parser.parse_args()
     if args.spark and not SPARK_PYTHON.exists():
         raise SystemExit("--spark needs benchmarks/peers/setup_spark.sh to have run")
@@ -131,14 +136,27 @@ def main() -> None:
         theirs = np.asarray(json.loads((folder / "mlflow.json").read_text())["predictions"])
         sample = np.random.default_rng(1).choice(args.rows, 10_000, replace=False)
         np.testing.assert_allclose(ours[sample], theirs[sample], rtol=1e-12)
-        process, port = serve([str(model), "--name", "wine"], subprocess.DEVNULL)
+        flight_port = free_port()
+        served = [str(model), "--name", "wine", "--flight-port", str(flight_port)]
+        process, port = serve(served, subprocess.DEVNULL)
         try:
+            target = [
+                "taskset", "-c", "1", python, "-m", "arrowsmith", "score",
+                f"grpc://127.0.0.1:{flight_port}", str(parquet), str(folder / "target.parquet"),
+                "--model-name", "wine", "--quiet",
+            ]  # fmt: skip
+            target_s = [timed(target) for _ in range(args.target_runs)]
             level = measure(port, args.w2_duration, folder, rows=4096)
         finally:
             stop(process)
     rows = args.rows
     table = [
-        ("`arrowsmith score` (Flight, Parquet in and out)", score_s),
+        ("`arrowsmith score MODEL` (a server started for it; Flight, Parquet in and out)", score_s),
+        (
+            "`arrowsmith score grpc://...` against a running server (median of "
+            f"{', '.join(f'{t:.2f}' for t in target_s)} s)",
+            statistics.median(target_s),
+        ),
         ("`mlflow models predict` (CSV in, JSON out)", mlflow_s),
         *([("MLflow `spark_udf`, local[2] (Parquet in and out)", spark_s)] if spark_s else []),
         ("in-process: read, predict, write Parquet (65,536-row batches)", in_process_s),
@@ -147,7 +165,7 @@ def main() -> None:
     print(f"| way ({rows:,} rows) | seconds | rows/s | vs `mlflow models predict` |")
     print("|---|---|---|---|")
     for label, seconds in table:
-        print(f"| {label} | {seconds:.1f} | {rows / seconds:,.0f} | {mlflow_s / seconds:.1f}x |")
+        print(f"| {label} | {seconds:.2f} | {rows / seconds:,.0f} | {mlflow_s / seconds:.1f}x |")
     w2_rows = level["throughput_rps"] * 4096
     print(f"| W2 over gRPC, 4,096 rows per ModelInfer, 32 in flight | - | {w2_rows:,.0f} | "
           f"{w2_rows / (rows / mlflow_s):.1f}x |")  # fmt: skip

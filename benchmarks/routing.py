@@ -57,13 +57,14 @@ def example_model() -> Path:
 
 
 def serve(arguments: list[str], output: IO[bytes] | int) -> tuple[subprocess.Popen[bytes], int]:
-    """`arrowsmith serve *arguments` on core 0, one worker, gRPC on a free port and no other,
-    its output to `output`; returned once ServerReady says true."""
+    """`arrowsmith serve *arguments` on core 0, one worker, gRPC on a free port and no other
+    (unless `arguments` open one, e.g. `--flight-port`), its output to `output`; returned
+    once ServerReady says true."""
     port = free_port()
     command = [
-        "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", *arguments,
-        "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0", "--workers", "1",
-        "--flight-port", "0",
+        "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", "--flight-port", "0",
+        *arguments, "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0",
+        "--workers", "1",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, stdout=output, stderr=subprocess.DEVNULL, start_new_session=True

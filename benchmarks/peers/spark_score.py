@@ -5,6 +5,7 @@ seconds from the session's start to the output written.
     python spark_score.py MODEL INPUT.parquet OUTPUT.parquet
 """
 
+import os
 import sys
 import time
 
@@ -14,6 +15,8 @@ from pyspark.sql import SparkSession
 
 def main() -> None:
     model, source, target = sys.argv[1:4]
+    # Spark's Python workers run this interpreter (with pandas and the model's packages).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     started = time.perf_counter()
     spark = (
         SparkSession.builder.master("local[2]")
