@@ -5,6 +5,7 @@ the status and message ModelInfer gives, and GetSchema / GetFlightInfo describe 
 
 import json
 import pathlib
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from mlflow.pyfunc import PyFuncModel
 from support import v2
+from support.certs import TlsFiles
 from support.model_builders import STRING_MODEL_NAME, TENSOR_MODEL_NAME, WINE_MODEL_NAME
 from support.server import ServerHandle, StartServer, free_port
 from tritonclient.grpc import service_pb2 as pb
@@ -39,9 +41,14 @@ FLIGHT_ERRORS: dict[grpc.StatusCode, type[Exception]] = {
 class FlightServer:
     """A server with its Flight port, and a pyarrow.flight client of it."""
 
-    def __init__(self, server: ServerHandle, port: int) -> None:
+    def __init__(self, server: ServerHandle, client: flight.FlightClient) -> None:
         self.server = server
-        self.client = flight.connect(f"grpc://127.0.0.1:{port}")
+        self.client = client
+
+    @classmethod
+    def on(cls, server: ServerHandle, port: int) -> "FlightServer":
+        """The server's Flight port `port`, in the clear."""
+        return cls(server, flight.connect(f"grpc://127.0.0.1:{port}"))
 
     def exchange(self, table: pa.Table, *path: str, chunk: int = CHUNK_ROWS) -> pa.Table:
         """Streams `table` in batches of `chunk` rows to the model at `path`; its answers."""
@@ -59,7 +66,7 @@ class FlightServer:
 def start_flight(start_server: StartServer, model_dir: pathlib.Path, name: str) -> FlightServer:
     port = free_port()
     server = start_server(model_dir, "--flight-port", str(port), name=name)
-    return FlightServer(server, port)
+    return FlightServer.on(server, port)
 
 
 @pytest.fixture
@@ -118,7 +125,7 @@ def test_a_version_in_the_path_and_an_empty_exchange(
     ]
     config.write_text(yaml.safe_dump({"models": entries}))
     port = free_port()
-    served = FlightServer(
+    served = FlightServer.on(
         start_server(None, "--config", str(config), "--flight-port", str(port)), port
     )
     table = wine_table(wine_csv).slice(0, 10)
@@ -285,3 +292,55 @@ def test_a_string_model_answers_text(
     assert answers.schema.field(0).type == pa.string()
     assert answers.column(0).to_pylist() == list(np.asarray(expected).reshape(-1))
     served.client.close()
+
+
+def test_flight_over_mutual_tls_on_the_grpc_port(
+    mtls_server: ServerHandle, tls_files: TlsFiles, wine_csv: pathlib.Path, wine_pyfunc: PyFuncModel
+) -> None:
+    """Flight is served on the gRPC port too, under its TLS: with the test CA and a client
+    certificate pyarrow.flight scores; without the certificate the handshake fails."""
+    table = wine_table(wine_csv).slice(0, 30)
+    location = f"grpc+tls://localhost:{mtls_server.port}"
+    client = flight.connect(
+        location,
+        tls_root_certs=tls_files.ca.read_bytes(),
+        cert_chain=tls_files.client_cert.read_bytes(),
+        private_key=tls_files.client_key.read_bytes(),
+    )
+    served = FlightServer(mtls_server, client)
+    answers = served.exchange(table, WINE_MODEL_NAME)
+    expected = np.asarray(wine_pyfunc.predict(table.to_pandas()))
+    np.testing.assert_allclose(answers.column(0).to_numpy(), expected, rtol=1e-12)
+    client.close()
+    anonymous = flight.connect(location, tls_root_certs=tls_files.ca.read_bytes())
+    with pytest.raises((flight.FlightUnavailableError, OSError)):
+        anonymous.get_schema(
+            flight.FlightDescriptor.for_path(WINE_MODEL_NAME), flight.FlightCallOptions(timeout=10)
+        )
+    anonymous.close()
+
+
+def test_each_batch_is_an_access_log_line(
+    start_server: StartServer, wine_model_dir: pathlib.Path, wine_csv: pathlib.Path
+) -> None:
+    """With --access-log json, every record batch of an exchange is one line: protocol
+    `flight`, call `DoExchange`, the model and its rows."""
+    port = free_port()
+    server = start_server(
+        wine_model_dir, "--flight-port", str(port), "--access-log", "json", name=WINE_MODEL_NAME
+    )
+    served = FlightServer.on(server, port)
+    served.exchange(wine_table(wine_csv).slice(0, 50), WINE_MODEL_NAME, chunk=20)
+    served.client.close()
+
+    def flight_lines() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in server.log_text().splitlines() if line[:1] == "{"]
+        return [line for line in lines if line.get("protocol") == "flight"]
+
+    deadline = time.monotonic() + 10
+    while len(flight_lines()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = flight_lines()
+    assert [line["rows"] for line in lines] == [20, 20, 10], lines
+    assert all(line["call"] == "DoExchange" and line["status"] == "OK" for line in lines)
+    assert all(line["model"] == WINE_MODEL_NAME for line in lines)
