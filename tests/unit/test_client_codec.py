@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from arrowsmith import _native
 from arrowsmith.client import InferenceError
-from arrowsmith.client.calls import Attempts, make_settings
+from arrowsmith.client.calls import MAX_BACKOFF_SECONDS, Attempts, make_settings
 from arrowsmith.client.flight import flight_error
 from arrowsmith.client.frames import SMALL_ROWS, outputs_table, tensor_inputs
 from arrowsmith.errors import InternalError, InvalidInputError
@@ -272,6 +272,13 @@ def test_unavailable_is_retried_with_growing_pauses_and_nothing_else_is() -> Non
     with pytest.raises(InferenceError) as raised:
         Attempts(make_settings(TARGET), None).pause_after(refused)
     assert raised.value is refused
+
+
+def test_pauses_stop_growing_at_the_cap() -> None:
+    attempts = Attempts(make_settings(TARGET, retries=10, backoff=1.0), None)
+    pauses = [attempts.pause_after(unavailable()) for _ in range(10)]
+    assert max(pauses) <= MAX_BACKOFF_SECONDS
+    assert pauses[-1] >= MAX_BACKOFF_SECONDS / 2
 
 
 def test_no_pause_reaches_past_the_deadline() -> None:

@@ -138,9 +138,14 @@ def make_settings(
     )
 
 
+#: The longest pause between two attempts, however many retries were asked for.
+MAX_BACKOFF_SECONDS = 5.0
+
+
 class Attempts:
     """The attempts of one call: a deadline over all of them, and after UNAVAILABLE a pause
-    before the next (exponential from `backoff`, with jitter), never past the deadline."""
+    before the next (exponential from `backoff` up to MAX_BACKOFF_SECONDS, with jitter),
+    never past the deadline."""
 
     def __init__(self, settings: Settings, timeout: float | None) -> None:
         timeout = settings.timeout if timeout is None else timeout
@@ -166,7 +171,7 @@ class Attempts:
         if self._deadline is not None and time.monotonic() + pause >= self._deadline:
             raise failure from None
         self._retries_left -= 1
-        self._delay *= 2
+        self._delay = min(self._delay * 2, MAX_BACKOFF_SECONDS)
         return pause
 
 
