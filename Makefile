@@ -12,17 +12,39 @@ help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(INSTALLED): requirements-dev.txt
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
-	touch $@
+	@echo "venv: creating $(VENV)"
+	@python3 -m venv $(VENV)
+	@echo "venv: installing the pinned packages of requirements-dev.txt (a few minutes the first time)"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
 
 venv: $(INSTALLED) ## create .venv with the pinned development packages
 
-build: $(INSTALLED) ## build the native extension in release mode into .venv
-	$(VENV)/bin/maturin develop --release -q
+# The native extension is built again only when what it is built from changes (a release
+# build takes minutes on 2 cores). The package is installed into .venv once; later builds
+# only replace the module, with no pip run. `make dev` leaves a debug module, which the next
+# `make build` replaces.
+NATIVE_SO := python/arrowsmith/_native.abi3.so
+NATIVE_BUILT := $(VENV)/.native-release
+NATIVE_SOURCES := $(shell find rust/src -name '*.rs') rust/build.rs rust/Cargo.toml \
+	rust/Cargo.lock protos/grpc_service.proto pyproject.toml
+
+$(NATIVE_BUILT): $(INSTALLED) $(NATIVE_SOURCES)
+	@echo "build: the native extension, release (minutes on 2 cores; again only after changes)"
+	@if $(PY) -c "import importlib.metadata as m; m.distribution('arrowsmith')" 2>/dev/null; \
+	then $(VENV)/bin/maturin develop --release -q --skip-install >/dev/null; \
+	else $(VENV)/bin/maturin develop --release -q >/dev/null; fi
+	@touch $@
+
+build: $(INSTALLED) ## build the native extension in release mode into .venv (when its sources changed)
+	@test -f $(NATIVE_SO) || rm -f $(NATIVE_BUILT)
+	@if $(MAKE) --no-print-directory -q $(NATIVE_BUILT); \
+	then echo "build: the native extension is up to date"; \
+	else $(MAKE) --no-print-directory $(NATIVE_BUILT); fi
 
 dev: $(INSTALLED) ## fast debug build of the native extension (warns at import)
+	@rm -f $(NATIVE_BUILT)
 	$(VENV)/bin/maturin develop -q
 
 $(MODEL)/MLmodel: $(INSTALLED)
@@ -30,7 +52,7 @@ $(MODEL)/MLmodel: $(INSTALLED)
 
 example-model: $(MODEL)/MLmodel ## train the red-wine example model if it is missing
 
-serve-example: build example-model ## serve the example model: gRPC 127.0.0.1:8081, HTTP :8080, metrics :8082
+serve-example: build example-model ## serve the example model: gRPC 127.0.0.1:8081, HTTP :8080, metrics :8082, Flight :8083
 	$(PY) -m arrowsmith serve $(MODEL) --name wine
 
 test-rust: ## Rust tests of the pure core and the load generator (no Python)
