@@ -224,7 +224,8 @@ fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn json_string(out: &mut String, text: &str) {
+/// `text` as a JSON string, quoted and escaped, appended to `out`.
+pub(crate) fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

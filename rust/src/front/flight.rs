@@ -48,6 +48,7 @@ use super::models::Entry;
 use super::observe::{code_name, TraceHeaders};
 use super::service::{grpc_code, status_of};
 use super::Shared;
+use crate::access_log::json_string;
 use crate::decode::InferRequest;
 use crate::encode::EncodedResponse;
 use crate::error::Error;
@@ -184,10 +185,11 @@ impl FlightService for Flight {
         let descriptor = request.into_inner();
         let entry = self.model(Some(&descriptor))?;
         let schema = predictions_schema(&entry).unwrap_or_else(|| Arc::new(Schema::empty()));
-        let about = format!(
-            "{{\"name\":{:?},\"version\":{:?}}}",
-            entry.model.name, entry.model.version
-        );
+        let mut about = String::from("{\"name\":");
+        json_string(&mut about, &entry.model.name);
+        about.push_str(",\"version\":");
+        json_string(&mut about, &entry.model.version);
+        about.push('}');
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(format!("the schema cannot be encoded: {e}")))?
