@@ -166,7 +166,8 @@ def exchange(
 ) -> int:
     """Streams the source's batches to the model at `path` and writes each answer as it
     arrives; the rows written. A refusal or failure raises the Flight error, naming what
-    the server said."""
+    the server said; an input that cannot be read to its end raises its own error. Either
+    side failing cancels the call, so that the other is not left waiting."""
     options = flight.FlightCallOptions(timeout=timeout)
     writer, reader = client.do_exchange(flight.FlightDescriptor.for_path(*path), options)
     failure: list[BaseException] = []
@@ -177,32 +178,45 @@ def exchange(
             for batch in source.batches:
                 writer.write_batch(batch)
             writer.done_writing()
-        except BaseException as error:  # reported once the receiving side has its status
+        except BaseException as error:  # reported by the receiving side, which it wakes
             failure.append(error)
+            reader.cancel()
 
     sender = threading.Thread(target=send, name="score-send", daemon=True)
     sender.start()
     out: BatchWriter | None = None
     written = 0
+    finished = False
     try:
         while True:
             try:
                 chunk = reader.read_chunk()
             except StopIteration:
                 break
+            except (flight.FlightError, pa.ArrowException):
+                # The sender failed first and cancelled the call: its error is the one to
+                # tell. Otherwise this is the server's status.
+                if failure:
+                    raise failure[0] from None
+                raise
             batch = chunk.data
             if out is None:
                 out = sink(batch.schema)
             out.write_batch(batch)
             written += batch.num_rows
             progress.add(batch.num_rows)
+        finished = True
     finally:
+        if not finished:
+            # A sender blocked by flow control would otherwise wait forever.
+            reader.cancel()
         if out is not None:
             out.close()
         sender.join()
-        writer.close()
-    # The server's answer ended the stream early: its status is what the reader raised.
-    if failure and not isinstance(failure[0], flight.FlightError | pa.ArrowException):
+        # Closing a cancelled call raises again; the error that cancelled it is the one told.
+        with contextlib.nullcontext() if finished else contextlib.suppress(Exception):
+            writer.close()
+    if failure:
         raise failure[0]
     if out is None:
         schema = reader.schema

@@ -193,3 +193,28 @@ def test_ten_million_rows_stream_with_flat_memory(
         expected = np.asarray(wine_pyfunc.predict(features))
         got = answers[group * ROW_GROUP + rows]
         np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_an_input_unreadable_midway_fails_the_run_without_hanging(
+    start_server: StartServer,
+    wine_model_dir: pathlib.Path,
+    wine_frame: pd.DataFrame,
+    tmp_path: pathlib.Path,
+) -> None:
+    """A CSV whose rows past its first block hold text in a number column: the rows read
+    before are scored, then the run exits 1 with the reader's error (it neither hangs nor
+    says it scored everything)."""
+    port = free_port()
+    start_server(wine_model_dir, "--flight-port", str(port), name=WINE_MODEL_NAME)
+    rows = pd.concat([wine_frame] * 300, ignore_index=True)  # ~480,000 rows, several blocks
+    source = tmp_path / "late-error.csv"
+    rows.to_csv(source, index=False)
+    with source.open("a") as csv:
+        csv.write(",".join(["not-a-number"] * len(rows.columns)) + "\n")
+    target = f"grpc://127.0.0.1:{port}"
+    done = score(
+        target, str(source), str(tmp_path / "out.csv"), "--model-name", WINE_MODEL_NAME,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "not-a-number" in done.stderr, done.stderr
