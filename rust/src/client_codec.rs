@@ -22,11 +22,8 @@ use arrow_array::types::{
     Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
     UInt32Type, UInt64Type, UInt8Type,
 };
-use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BinaryArray, BooleanArray, PrimitiveArray};
-use arrow_buffer::{
-    ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer,
-};
-use arrow_schema::DataType as ArrowType;
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray};
+use arrow_buffer::{ArrowNativeType, ScalarBuffer};
 use bytes::{BufMut, Bytes};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
@@ -39,82 +36,19 @@ use crate::proto::{
     model_metadata_response, InferTensorContents, ModelInferRequest, ModelInferResponse,
     ModelMetadataRequest, ModelMetadataResponse,
 };
+use crate::raw::{self, BytesFault, FixedFault, RawValues};
 use crate::tensor::{params_from_proto, params_to_proto, shape_text, Parameters, Tensor};
-
-#[cfg(target_endian = "big")]
-compile_error!("raw tensor contents are little-endian; big-endian hosts would need a byte swap");
 
 /// `raw_input_contents` is field 7 of `ModelInferRequest`.
 const RAW_INPUT_CONTENTS_TAG: u32 = 7;
-
-/// Bytes of the little-endian length before each BYTES element in raw contents.
-const LENGTH_PREFIX: usize = 4;
 
 /// A request checked and laid out: the message without its raw contents, which are written
 /// straight from the Arrow buffers after it.
 #[derive(Debug)]
 pub struct EncodedRequest {
     header: ModelInferRequest,
-    raw: Vec<RawInput>,
+    raw: Vec<RawValues>,
     len: usize,
-}
-
-#[derive(Debug)]
-enum RawInput {
-    /// Fixed-width values, already little-endian in memory: exactly the tensor's bytes.
-    Fixed(Buffer),
-    /// One byte per element, 0 or 1.
-    Bools(BooleanArray),
-    /// Binary or text values, each written after its 4-byte length; `len` is the total.
-    Bytes { values: ArrayRef, len: usize },
-}
-
-impl RawInput {
-    fn len(&self) -> usize {
-        match self {
-            RawInput::Fixed(buffer) => buffer.len(),
-            RawInput::Bools(values) => values.len(),
-            RawInput::Bytes { len, .. } => *len,
-        }
-    }
-
-    fn write(&self, out: &mut impl BufMut) {
-        match self {
-            RawInput::Fixed(buffer) => out.put_slice(buffer.as_slice()),
-            RawInput::Bools(values) => {
-                for value in values.values() {
-                    out.put_u8(u8::from(value));
-                }
-            }
-            RawInput::Bytes { values, .. } => {
-                for element in byte_elements(values).into_iter().flatten() {
-                    // Each length was checked to fit in 4 bytes when the request was laid out.
-                    out.put_u32_le(u32::try_from(element.len()).unwrap_or(u32::MAX));
-                    out.put_slice(element);
-                }
-            }
-        }
-    }
-}
-
-/// The elements of a binary or text array as byte slices; None for any other type.
-fn byte_elements(values: &ArrayRef) -> Option<Box<dyn Iterator<Item = &[u8]> + '_>> {
-    fn bytes_of<'a, I, T>(values: I) -> Box<dyn Iterator<Item = &'a [u8]> + 'a>
-    where
-        I: Iterator<Item = Option<&'a T>> + 'a,
-        T: AsRef<[u8]> + ?Sized + 'a,
-    {
-        Box::new(values.map(|v| v.map_or(&[][..], AsRef::as_ref)))
-    }
-    Some(match values.data_type() {
-        ArrowType::Binary => bytes_of(values.as_binary::<i32>().iter()),
-        ArrowType::LargeBinary => bytes_of(values.as_binary::<i64>().iter()),
-        ArrowType::BinaryView => bytes_of(values.as_binary_view().iter()),
-        ArrowType::Utf8 => bytes_of(values.as_string::<i32>().iter()),
-        ArrowType::LargeUtf8 => bytes_of(values.as_string::<i64>().iter()),
-        ArrowType::Utf8View => bytes_of(values.as_string_view().iter()),
-        _ => return None,
-    })
 }
 
 /// Checks the inputs and lays out the request. Each tensor's values must be of its
@@ -184,7 +118,7 @@ pub fn prepare_request(
 }
 
 /// One tensor's raw contents, after checking its values against its datatype and shape.
-fn raw_input(tensor: &Tensor) -> Result<RawInput> {
+fn raw_input(tensor: &Tensor) -> Result<RawValues> {
     let Tensor {
         name,
         datatype,
@@ -225,7 +159,7 @@ fn raw_input(tensor: &Tensor) -> Result<RawInput> {
     }
     match datatype.element_size() {
         None => bytes_input(name, values),
-        Some(_) if *datatype == DataType::Bool => Ok(RawInput::Bools(values.as_boolean().clone())),
+        Some(_) if *datatype == DataType::Bool => Ok(RawValues::Bools(values.as_boolean().clone())),
         Some(size) => fixed_input(name, values, size),
     }
 }
@@ -235,7 +169,7 @@ fn element_count(shape: &[usize]) -> Option<usize> {
 }
 
 /// The bytes of a fixed-width array's values, sliced from its buffer without a copy.
-fn fixed_input(name: &str, values: &ArrayRef, size: usize) -> Result<RawInput> {
+fn fixed_input(name: &str, values: &ArrayRef, size: usize) -> Result<RawValues> {
     let data = values.to_data();
     let start = data.offset().checked_mul(size);
     let len = data.len().checked_mul(size);
@@ -245,7 +179,7 @@ fn fixed_input(name: &str, values: &ArrayRef, size: usize) -> Result<RawInput> {
                 .checked_add(len)
                 .is_some_and(|end| end <= buffer.len()) =>
         {
-            Ok(RawInput::Fixed(buffer.slice_with_length(start, len)))
+            Ok(RawValues::Fixed(buffer.slice_with_length(start, len)))
         }
         _ => Err(Error::input(
             name,
@@ -254,32 +188,21 @@ fn fixed_input(name: &str, values: &ArrayRef, size: usize) -> Result<RawInput> {
     }
 }
 
-fn bytes_input(name: &str, values: &ArrayRef) -> Result<RawInput> {
-    let elements = byte_elements(values).ok_or_else(|| {
-        Error::input(
+fn bytes_input(name: &str, values: &ArrayRef) -> Result<RawValues> {
+    if raw::byte_elements(values).is_none() {
+        return Err(Error::input(
             name,
             format!(
                 "input '{name}' holds Arrow {} values, not bytes",
                 values.data_type()
             ),
-        )
-    })?;
-    let len = elements
-        .map(|element| {
-            u32::try_from(element.len())
-                .ok()
-                .and_then(|_| element.len().checked_add(LENGTH_PREFIX))
-        })
-        .try_fold(0usize, |total, len| total.checked_add(len?));
-    let len = len.ok_or_else(|| {
+        ));
+    }
+    RawValues::bytes(values).ok_or_else(|| {
         Error::input(
             name,
             format!("input '{name}' has an element of 4 GiB or more, which V2 cannot carry"),
         )
-    })?;
-    Ok(RawInput::Bytes {
-        values: Arc::clone(values),
-        len,
     })
 }
 
@@ -468,112 +391,42 @@ fn array_from_raw(name: &str, datatype: DataType, count: usize, raw: Bytes) -> R
             datatype.name()
         )));
     }
-    Ok(match datatype {
-        DataType::Bool => {
-            if raw.iter().any(|&b| b > 1) {
-                return Err(malformed(format!(
-                    "output '{name}' has a BOOL element that is neither 0 nor 1"
-                )));
-            }
-            // Arrow packs booleans into bits: a copy the format requires.
-            Arc::new(BooleanArray::new(
-                BooleanBuffer::collect_bool(count, |i| raw.get(i) == Some(&1)),
-                None,
-            ))
-        }
-        DataType::Uint8 => raw_array::<UInt8Type>(raw),
-        DataType::Uint16 => raw_array::<UInt16Type>(raw),
-        DataType::Uint32 => raw_array::<UInt32Type>(raw),
-        DataType::Uint64 => raw_array::<UInt64Type>(raw),
-        DataType::Int8 => raw_array::<Int8Type>(raw),
-        DataType::Int16 => raw_array::<Int16Type>(raw),
-        DataType::Int32 => raw_array::<Int32Type>(raw),
-        DataType::Int64 => raw_array::<Int64Type>(raw),
-        DataType::Fp16 => raw_array::<Float16Type>(raw),
-        DataType::Fp32 => raw_array::<Float32Type>(raw),
-        DataType::Fp64 => raw_array::<Float64Type>(raw),
-        DataType::Bytes => return bytes_from_raw(name, count, &raw),
+    raw::fixed_array(datatype, raw).map_err(|fault| match fault {
+        FixedFault::NotBool { .. } => malformed(format!(
+            "output '{name}' has a BOOL element that is neither 0 nor 1"
+        )),
+        FixedFault::NotFixed => malformed(format!("output '{name}': BYTES are not fixed-width")),
     })
 }
 
-/// Little-endian raw values as an Arrow array over `raw` itself when it is aligned for `T`.
-fn raw_array<T: ArrowPrimitiveType>(raw: Bytes) -> ArrayRef {
-    let len = raw
-        .len()
-        .checked_div(std::mem::size_of::<T::Native>())
-        .unwrap_or(0);
-    let buffer = if raw.as_ptr().align_offset(std::mem::align_of::<T::Native>()) == 0 {
-        Buffer::from(raw)
-    } else {
-        // The one forced copy: protobuf puts a field at any byte offset, and Arrow needs
-        // values aligned for their type.
-        let mut aligned = MutableBuffer::new(raw.len());
-        aligned.extend_from_slice(&raw);
-        aligned.into()
-    };
-    Arc::new(PrimitiveArray::<T>::new(
-        ScalarBuffer::new(buffer, 0, len),
-        None,
-    ))
-}
-
-/// BYTES in raw form (each element a 4-byte little-endian length, then its bytes) as a
-/// BinaryArray: a copy, since Arrow keeps the elements contiguous without the lengths.
+/// BYTES in raw form as a BinaryArray.
 fn bytes_from_raw(name: &str, count: usize, raw: &[u8]) -> Result<ArrayRef> {
-    // Each element takes at least its length prefix: a count the bytes cannot hold is
-    // refused before anything is allocated for it.
-    if count > raw.len().checked_div(LENGTH_PREFIX).unwrap_or(0) {
-        return Err(malformed(format!(
+    raw::bytes_array(count, raw).map_err(|fault| match fault {
+        BytesFault::CannotHold => malformed(format!(
             "output '{name}' needs {count} BYTES elements but its {} bytes of \
              raw_output_contents cannot hold them",
             raw.len()
-        )));
-    }
-    let mut offsets = Vec::with_capacity(count.saturating_add(1));
-    offsets.push(0i32);
-    let mut values = Vec::with_capacity(
-        raw.len()
-            .saturating_sub(count.saturating_mul(LENGTH_PREFIX)),
-    );
-    let mut rest = raw;
-    for i in 0..count {
-        let Some((prefix, tail)) = rest.split_first_chunk::<LENGTH_PREFIX>() else {
-            return Err(malformed(format!(
-                "output '{name}' ends after {i} of its {count} BYTES elements"
-            )));
-        };
-        let len = u32::from_le_bytes(*prefix) as usize;
-        let Some((element, after)) = tail.split_at_checked(len) else {
-            return Err(malformed(format!(
-                "output '{name}': BYTES element {i} declares {len} bytes but only {} remain",
-                tail.len()
-            )));
-        };
-        values.extend_from_slice(element);
-        offsets.push(offset_i32(name, values.len())?);
-        rest = after;
-    }
-    if !rest.is_empty() {
-        return Err(malformed(format!(
-            "output '{name}' has {} bytes left in raw_output_contents after its {count} BYTES \
-             elements",
-            rest.len()
-        )));
-    }
-    Ok(binary_array(offsets, values))
+        )),
+        BytesFault::EndsAfter(found) => malformed(format!(
+            "output '{name}' ends after {found} of its {count} BYTES elements"
+        )),
+        BytesFault::Overrun { index, len, remain } => malformed(format!(
+            "output '{name}': BYTES element {index} declares {len} bytes but only {remain} remain"
+        )),
+        BytesFault::Trailing(left) => malformed(format!(
+            "output '{name}' has {left} bytes left in raw_output_contents after its {count} BYTES \
+             elements"
+        )),
+        BytesFault::TooLarge => too_large(name),
+    })
+}
+
+fn too_large(name: &str) -> Error {
+    malformed(format!("output '{name}' holds 2 GiB or more of BYTES data"))
 }
 
 fn offset_i32(name: &str, len: usize) -> Result<i32> {
-    i32::try_from(len)
-        .map_err(|_| malformed(format!("output '{name}' holds 2 GiB or more of BYTES data")))
-}
-
-fn binary_array(offsets: Vec<i32>, values: Vec<u8>) -> ArrayRef {
-    Arc::new(BinaryArray::new(
-        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-        Buffer::from_vec(values),
-        None,
-    ))
+    i32::try_from(len).map_err(|_| too_large(name))
 }
 
 /// Typed contents (the form some V2 servers answer with): the field of the datatype must
@@ -660,7 +513,7 @@ fn array_from_contents(
                 values.extend_from_slice(element);
                 offsets.push(offset_i32(name, values.len())?);
             }
-            binary_array(offsets, values)
+            raw::binary_array(offsets, values)
         }
     })
 }
@@ -756,10 +609,12 @@ mod tests {
     use crate::decode::decode_request;
     use crate::encode::{encode_response, InferResponse, OutputTensor};
     use crate::tensor::ParamValue;
+    use arrow_array::BinaryArray;
     use arrow_array::{
         BooleanArray, FixedSizeBinaryArray, Float16Array, Float32Array, Float64Array, Int8Array,
         LargeStringArray, StringArray, UInt64Array,
     };
+    use arrow_schema::DataType as ArrowType;
     use proptest::prelude::*;
 
     fn tensor(name: &str, datatype: DataType, shape: Vec<usize>, values: ArrayRef) -> Tensor {
@@ -1028,14 +883,14 @@ mod tests {
         }
         let raw = Bytes::from(filled);
         let aligned = raw.slice(start..start + 16);
-        let array = raw_array::<Float64Type>(aligned.clone());
+        let array = raw::raw_array::<Float64Type>(aligned.clone());
         assert_eq!(array.to_data().buffers()[0].as_ptr(), aligned.as_ptr());
         assert_eq!(
             array.as_primitive::<Float64Type>().values().to_vec(),
             values
         );
         let unaligned = raw.slice(start + 17..start + 33);
-        let array = raw_array::<Float64Type>(unaligned.clone());
+        let array = raw::raw_array::<Float64Type>(unaligned.clone());
         assert_ne!(array.to_data().buffers()[0].as_ptr(), unaligned.as_ptr());
         assert_eq!(
             array.as_primitive::<Float64Type>().values().to_vec(),

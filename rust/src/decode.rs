@@ -18,21 +18,17 @@ use arrow_array::types::{
     Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
     UInt32Type, UInt64Type, UInt8Type,
 };
-use arrow_array::{ArrayRef, ArrowPrimitiveType, BinaryArray, BooleanArray, PrimitiveArray};
-use arrow_buffer::{
-    ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer,
-};
+use arrow_array::{ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray};
+use arrow_buffer::ScalarBuffer;
 use bytes::Bytes;
 use prost::Message;
 
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use crate::proto::{model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest};
+use crate::raw::{self, BytesFault, FixedFault};
 use crate::shm::OutputRegion;
 use crate::tensor::{params_from_proto, shape_text, Parameters, Tensor};
-
-#[cfg(target_endian = "big")]
-compile_error!("raw tensor contents are little-endian; big-endian hosts would need a byte swap");
 
 /// A decoded inference request.
 #[derive(Debug, Clone)]
@@ -280,58 +276,18 @@ fn array_from_raw(
             ),
         ));
     }
-    Ok(match datatype {
-        DataType::Bool => {
-            if let Some((pos, byte)) = raw.iter().enumerate().find(|(_, &b)| b > 1) {
-                return Err(Error::input(
-                    name,
-                    format!(
-                        "input '{name}' has byte {byte} at element {pos} of its BOOL data; BOOL \
-                         elements are one byte, 0 or 1"
-                    ),
-                ));
-            }
-            // Arrow packs booleans into bits: this copy is inherent to the format.
-            Arc::new(BooleanArray::new(
-                BooleanBuffer::collect_bool(count, |i| raw.get(i) == Some(&1)),
-                None,
-            ))
+    raw::fixed_array(datatype, raw).map_err(|fault| match fault {
+        FixedFault::NotBool { position, byte } => Error::input(
+            name,
+            format!(
+                "input '{name}' has byte {byte} at element {position} of its BOOL data; BOOL \
+                 elements are one byte, 0 or 1"
+            ),
+        ),
+        FixedFault::NotFixed => {
+            Error::Internal(format!("input '{name}': BYTES are not fixed-width"))
         }
-        DataType::Uint8 => raw_array::<UInt8Type>(raw),
-        DataType::Uint16 => raw_array::<UInt16Type>(raw),
-        DataType::Uint32 => raw_array::<UInt32Type>(raw),
-        DataType::Uint64 => raw_array::<UInt64Type>(raw),
-        DataType::Int8 => raw_array::<Int8Type>(raw),
-        DataType::Int16 => raw_array::<Int16Type>(raw),
-        DataType::Int32 => raw_array::<Int32Type>(raw),
-        DataType::Int64 => raw_array::<Int64Type>(raw),
-        DataType::Fp16 => raw_array::<Float16Type>(raw),
-        DataType::Fp32 => raw_array::<Float32Type>(raw),
-        DataType::Fp64 => raw_array::<Float64Type>(raw),
-        DataType::Bytes => return bytes_from_raw(name, shape, count, &raw),
     })
-}
-
-fn raw_array<T: ArrowPrimitiveType>(raw: Bytes) -> ArrayRef {
-    Arc::new(PrimitiveArray::<T>::new(
-        raw_scalars::<T::Native>(raw),
-        None,
-    ))
-}
-
-/// Little-endian raw bytes as a typed Arrow buffer. The buffer borrows `raw` (and through it
-/// the request) when the data is aligned for `T`.
-fn raw_scalars<T: ArrowNativeType>(raw: Bytes) -> ScalarBuffer<T> {
-    let len = raw.len().checked_div(std::mem::size_of::<T>()).unwrap_or(0);
-    if raw.as_ptr().align_offset(std::mem::align_of::<T>()) == 0 {
-        ScalarBuffer::new(Buffer::from(raw), 0, len)
-    } else {
-        // The one forced copy: protobuf puts a field at any byte offset and Arrow needs
-        // T-aligned values.
-        let mut aligned = MutableBuffer::new(raw.len());
-        aligned.extend_from_slice(&raw);
-        ScalarBuffer::new(aligned.into(), 0, len)
-    }
 }
 
 /// BYTES in raw form: each element a 4-byte little-endian length, then that many bytes.
@@ -346,64 +302,37 @@ fn bytes_from_raw(name: &str, shape: &[usize], count: usize, raw: &[u8]) -> Resu
             ),
         )
     };
-    // Each element takes at least its 4-byte prefix: a count the bytes cannot hold is
-    // refused before anything is allocated for it.
-    if count > raw.len() / 4 {
-        return Err(too_short(raw.len() / 4));
-    }
-    let mut offsets = Vec::with_capacity(count.saturating_add(1));
-    offsets.push(0i32);
-    // Arrow keeps the elements contiguous, without the length prefixes: a copy.
-    let mut values = Vec::with_capacity(raw.len().saturating_sub(count.saturating_mul(4)));
-    let mut rest = raw;
-    for i in 0..count {
-        let Some((prefix, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(too_short(i));
-        };
-        let len = u32::from_le_bytes(*prefix) as usize;
-        let Some((element, after)) = tail.split_at_checked(len) else {
-            return Err(Error::input(
-                name,
-                format!(
-                    "input '{name}': BYTES element {i} declares {len} bytes but only {} remain \
-                     in raw_input_contents",
-                    tail.len()
-                ),
-            ));
-        };
-        values.extend_from_slice(element);
-        offsets.push(offset_i32(name, values.len())?);
-        rest = after;
-    }
-    if !rest.is_empty() {
-        return Err(Error::input(
+    raw::bytes_array(count, raw).map_err(|fault| match fault {
+        BytesFault::CannotHold => too_short(raw.len() / raw::LENGTH_PREFIX),
+        BytesFault::EndsAfter(found) => too_short(found),
+        BytesFault::Overrun { index, len, remain } => Error::input(
             name,
             format!(
-                "input '{name}' has {} bytes left in raw_input_contents after the {count} BYTES \
-                 elements its shape {} holds",
-                rest.len(),
+                "input '{name}': BYTES element {index} declares {len} bytes but only {remain} \
+                 remain in raw_input_contents"
+            ),
+        ),
+        BytesFault::Trailing(left) => Error::input(
+            name,
+            format!(
+                "input '{name}' has {left} bytes left in raw_input_contents after the {count} \
+                 BYTES elements its shape {} holds",
                 shape_text(shape)
             ),
-        ));
-    }
-    Ok(binary_array(offsets, values))
-}
-
-fn offset_i32(name: &str, len: usize) -> Result<i32> {
-    i32::try_from(len).map_err(|_| {
-        Error::input(
-            name,
-            format!("input '{name}' holds over 2 GiB of BYTES data"),
-        )
+        ),
+        BytesFault::TooLarge => too_large(name),
     })
 }
 
-fn binary_array(offsets: Vec<i32>, values: Vec<u8>) -> ArrayRef {
-    Arc::new(BinaryArray::new(
-        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-        Buffer::from_vec(values),
-        None,
-    ))
+fn too_large(name: &str) -> Error {
+    Error::input(
+        name,
+        format!("input '{name}' holds over 2 GiB of BYTES data"),
+    )
+}
+
+fn offset_i32(name: &str, len: usize) -> Result<i32> {
+    i32::try_from(len).map_err(|_| too_large(name))
 }
 
 /// The `InferTensorContents` field that carries each datatype.
@@ -495,7 +424,7 @@ fn array_from_contents(
                 values.extend_from_slice(element);
                 offsets.push(offset_i32(name, values.len())?);
             }
-            binary_array(offsets, values)
+            raw::binary_array(offsets, values)
         }
     })
 }

@@ -3,9 +3,8 @@
 //! little-endian, BOOL one byte each, BYTES as 4-byte little-endian length + bytes.
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, BooleanArray};
+use arrow_array::{Array, ArrayRef};
 use arrow_buffer::Buffer;
-use arrow_schema::DataType as ArrowType;
 use bytes::BufMut;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
@@ -13,6 +12,7 @@ use prost::Message;
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use crate::proto::{model_infer_response::InferOutputTensor, ModelInferResponse};
+use crate::raw::RawValues;
 use crate::shm::{self, OutputRegion};
 use crate::tensor::{params_to_proto, shape_text, ParamValue, Parameters};
 
@@ -42,88 +42,7 @@ pub struct InferResponse {
 #[derive(Debug)]
 pub struct EncodedResponse {
     header: ModelInferResponse,
-    raw: Vec<RawContents>,
-}
-
-#[derive(Debug)]
-enum RawContents {
-    /// Fixed-width values, already little-endian in memory.
-    Fixed(Buffer),
-    Bools(BooleanArray),
-    /// Binary or UTF-8 values, length-prefixed on writing.
-    Bytes(ArrayRef),
-}
-
-impl RawContents {
-    fn len(&self) -> usize {
-        match self {
-            RawContents::Fixed(buffer) => buffer.len(),
-            RawContents::Bools(values) => values.len(),
-            RawContents::Bytes(values) => {
-                4 * values.len() + byte_elements(values).map(<[u8]>::len).sum::<usize>()
-            }
-        }
-    }
-
-    fn write(&self, out: &mut impl BufMut) {
-        match self {
-            RawContents::Fixed(buffer) => out.put_slice(buffer.as_slice()),
-            RawContents::Bools(values) => {
-                for v in values.values() {
-                    out.put_u8(u8::from(v));
-                }
-            }
-            RawContents::Bytes(values) => {
-                for element in byte_elements(values) {
-                    out.put_u32_le(element.len() as u32);
-                    out.put_slice(element);
-                }
-            }
-        }
-    }
-}
-
-/// The elements of a binary or string array as byte slices (nulls were refused earlier).
-fn byte_elements(values: &ArrayRef) -> Box<dyn Iterator<Item = &[u8]> + '_> {
-    match values.data_type() {
-        ArrowType::Binary => Box::new(
-            values
-                .as_binary::<i32>()
-                .iter()
-                .map(Option::unwrap_or_default),
-        ),
-        ArrowType::LargeBinary => Box::new(
-            values
-                .as_binary::<i64>()
-                .iter()
-                .map(Option::unwrap_or_default),
-        ),
-        ArrowType::BinaryView => Box::new(
-            values
-                .as_binary_view()
-                .iter()
-                .map(Option::unwrap_or_default),
-        ),
-        ArrowType::Utf8 => Box::new(
-            values
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.unwrap_or_default().as_bytes()),
-        ),
-        ArrowType::LargeUtf8 => Box::new(
-            values
-                .as_string::<i64>()
-                .iter()
-                .map(|s| s.unwrap_or_default().as_bytes()),
-        ),
-        ArrowType::Utf8View => Box::new(
-            values
-                .as_string_view()
-                .iter()
-                .map(|s| s.unwrap_or_default().as_bytes()),
-        ),
-        other => unreachable!("{other} is not a BYTES type"),
-    }
+    raw: Vec<RawValues>,
 }
 
 /// Checks the outputs and lays out the response.
@@ -152,7 +71,7 @@ pub fn prepare_response(response: InferResponse) -> Result<EncodedResponse> {
     Ok(EncodedResponse { header, raw })
 }
 
-fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawContents)> {
+fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawValues)> {
     let values = &output.values;
     let datatype = DataType::from_arrow(values.data_type()).ok_or_else(|| {
         Error::Internal(format!(
@@ -182,11 +101,16 @@ fn raw_contents(output: &OutputTensor) -> Result<(DataType, RawContents)> {
         )));
     }
     let contents = match datatype.element_size() {
-        None => RawContents::Bytes(values.clone()),
-        Some(_) if datatype == DataType::Bool => RawContents::Bools(values.as_boolean().clone()),
+        None => RawValues::bytes(values).ok_or_else(|| {
+            Error::Internal(format!(
+                "output '{}' has an element of 4 GiB or more, which V2 cannot carry",
+                output.name
+            ))
+        })?,
+        Some(_) if datatype == DataType::Bool => RawValues::Bools(values.as_boolean().clone()),
         Some(size) => {
             let data = values.to_data();
-            RawContents::Fixed(
+            RawValues::Fixed(
                 data.buffers()[0].slice_with_length(data.offset() * size, data.len() * size),
             )
         }
@@ -242,7 +166,7 @@ impl EncodedResponse {
             };
             let len = contents.len();
             place.write(len, |mut target: &mut [u8]| contents.write(&mut target))?;
-            *contents = RawContents::Fixed(Buffer::from_vec(Vec::<u8>::new()));
+            *contents = RawValues::Fixed(Buffer::from_vec(Vec::<u8>::new()));
             let mut parameters = crate::tensor::Parameters::new();
             parameters.insert(
                 shm::REGION.to_owned(),
@@ -272,9 +196,9 @@ impl EncodedResponse {
             .zip(&self.raw)
             .map(|(output, contents)| {
                 let values = match contents {
-                    RawContents::Bytes(values) => values.clone(),
-                    RawContents::Bools(values) => std::sync::Arc::new(values.clone()),
-                    RawContents::Fixed(buffer) => fixed_array(&output.datatype, buffer)?,
+                    RawValues::Bytes { values, .. } => values.clone(),
+                    RawValues::Bools(values) => std::sync::Arc::new(values.clone()),
+                    RawValues::Fixed(buffer) => fixed_array(&output.datatype, buffer)?,
                 };
                 Ok(OutputTensor {
                     name: output.name.clone(),

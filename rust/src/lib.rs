@@ -17,6 +17,7 @@ pub mod error;
 pub mod flight_data;
 pub mod front;
 pub mod observe;
+mod raw;
 pub mod shm;
 pub mod signature;
 pub mod table;

@@ -339,6 +339,9 @@ impl Regions {
     /// The values of input `input` when its parameters name a region (which they then no
     /// longer hold); None when they name none.
     pub fn input_values(&self, input: &str, parameters: &mut Parameters) -> Result<Option<Bytes>> {
+        if !names_place(parameters) {
+            return Ok(None);
+        }
         let what = format!("input '{input}'");
         let Some(place) = take_place(parameters, &what)? else {
             return Ok(None);
@@ -359,6 +362,9 @@ impl Regions {
         output: &str,
         parameters: &mut Parameters,
     ) -> Result<Option<OutputRegion>> {
+        if !names_place(parameters) {
+            return Ok(None);
+        }
         let what = format!("output '{output}'");
         let Some(place) = take_place(parameters, &what)? else {
             return Ok(None);
@@ -379,6 +385,14 @@ struct Place {
     region: String,
     offset: usize,
     byte_size: usize,
+}
+
+/// Whether any of the region parameters is there (most tensors have none: nothing is
+/// allocated for them).
+fn names_place(parameters: &Parameters) -> bool {
+    [REGION, BYTE_SIZE, OFFSET]
+        .iter()
+        .any(|key| parameters.contains_key(*key))
 }
 
 /// Takes the region parameters out of `parameters`: the region and its byte size go
