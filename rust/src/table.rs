@@ -52,8 +52,18 @@ fn tensor_of(name: &str, column: &ArrayRef, rows: usize) -> Result<Tensor> {
         if values.null_count() > 0 {
             return Err(nulls_refused(name, values.null_count()));
         }
+        // A list of no values would let a message of a few bytes claim any number of rows
+        // (V2's decoder bounds an empty tensor's dimensions by the message's size for the
+        // same reason): refused, as a negative size is.
         let width = usize::try_from(*width)
-            .map_err(|_| Error::input(name, format!("column '{name}' has a negative list size")))?;
+            .ok()
+            .filter(|&width| width > 0)
+            .ok_or_else(|| {
+                Error::input(
+                    name,
+                    format!("column '{name}' is a list of {width} values per row; a list holds at least one"),
+                )
+            })?;
         let list = values.as_fixed_size_list();
         // The child's values of these rows only (the list may be a slice of a longer one).
         let start = list.offset().checked_mul(width);
@@ -399,6 +409,15 @@ mod tests {
         let tensors = tensors_of(&batch(vec![("t", Arc::new(outer) as ArrayRef)])).unwrap();
         assert_eq!(tensors[0].shape, vec![2, 2, 2]);
         assert_eq!(tensors[0].values.len(), 8);
+    }
+
+    #[test]
+    fn a_list_of_no_values_is_refused() {
+        let item = Arc::new(Field::new("item", ArrowType::Float64, false));
+        let empty = Arc::new(Float64Array::from(Vec::<f64>::new()));
+        let list = FixedSizeListArray::try_new(item, 0, empty, None).unwrap();
+        let error = tensors_of(&batch(vec![("z", Arc::new(list) as ArrayRef)])).unwrap_err();
+        assert!(error.to_string().contains("list of 0 values"), "{error}");
     }
 
     #[test]
