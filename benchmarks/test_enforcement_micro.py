@@ -50,7 +50,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     spec.loader.exec_module(train)
     model_dir = train.train_and_save(tmp_path_factory.mktemp("bench") / "wine")
     model = load_model(ModelConfig(str(model_dir), "wine"))
-    assert model.predict_path == "native-enforcement"
+    assert model.predict_path == "estimator-block"
     return model
 
 
@@ -113,5 +113,17 @@ def test_fast_predict(benchmark, wine, bodies, frames, workload):
     assert wine.fast_predict is not None
     enforced = model_input(bodies[workload], wine)
     predictions = benchmark(wine.fast_predict, enforced)
+    expected = wine.pyfunc.predict(frames[workload])
+    assert predictions.tobytes() == np.asarray(expected).tobytes()
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_block_predict(benchmark, wine, bodies, frames, workload):
+    benchmark.group = f"predict {workload}"
+    assert wine.block_call is not None
+    batch = _native.decode_request(bodies[workload]).job(wine.signature).as_batch()
+    block = payload.estimator_block(batch, wine)
+    assert block is not None
+    predictions = benchmark(wine.block_call.predict, block)
     expected = wine.pyfunc.predict(frames[workload])
     assert predictions.tobytes() == np.asarray(expected).tobytes()

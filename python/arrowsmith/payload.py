@@ -92,15 +92,40 @@ def _frame(batch: _native.Batch, schema: Any) -> Any:
     return frame
 
 
-def _numeric_frame(block: _native.ArrowArray, names: list[str]) -> Any:
-    """Columns of one numeric type as a single-block DataFrame over the native block
-    (columns x rows), without another copy: about a third of what the general Arrow ->
-    pandas conversion costs for a small batch."""
-    import pandas as pd
+def _rows_by_columns(block: _native.ArrowArray, columns: int) -> np.ndarray[Any, Any]:
+    """The native block (columns x rows, C order) seen as rows x columns, without a copy:
+    the very array a DataFrame over it hands out as its values."""
     import pyarrow as pa
 
-    values = pa.array(block).to_numpy(zero_copy_only=True).reshape(len(names), -1)
-    return pd.DataFrame(values.T, columns=_column_index(tuple(names)), copy=False)
+    values: np.ndarray[Any, Any] = pa.array(block).to_numpy(zero_copy_only=True)
+    return values.reshape(columns, -1).T
+
+
+def _numeric_frame(block: _native.ArrowArray, names: list[str]) -> Any:
+    """Columns of one numeric type as a single-block DataFrame over the native block,
+    without another copy: about a third of what the general Arrow -> pandas conversion
+    costs for a small batch."""
+    import pandas as pd
+
+    rows = _rows_by_columns(block, len(names))
+    return pd.DataFrame(rows, columns=_column_index(tuple(names)), copy=False)
+
+
+def estimator_block(batch: _native.Batch, model: LoadedModel) -> np.ndarray[Any, Any] | None:
+    """The batch as the rows x columns block its model's estimator takes directly, when the
+    model has a proven block call (models/fast_path.py) and the batch is that block; None
+    when the batch goes the DataFrame way."""
+    call = model.block_call
+    if call is None or batch.form != "columns":
+        return None
+    names = batch.input_names()
+    if tuple(names) != call.columns:
+        return None
+    block = batch.column_block()
+    if block is None:
+        return None
+    rows = _rows_by_columns(block, len(names))
+    return rows if rows.dtype == call.dtype else None
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,10 +1,14 @@
-"""The fast call, proven on the wine model (an sklearn ElasticNet with 11 double columns).
+"""The fast calls, proven on the wine model (an sklearn ElasticNet with 11 double columns).
 
 Arrowsmith enforces the signature natively and then calls the sklearn flavor's predict
-function itself. Whatever the request, that must predict bitwise what MLflow's
-`PyFuncModel.predict` predicts on the oracle's frame (the oracle is defined in
+function itself on the enforced DataFrame (`native-enforcement`), or the estimator's
+predict on the batch's rows x columns block (`estimator-block`, the path the wine model
+takes once its proof at load holds). Whatever the request, each must predict bitwise what
+MLflow's `PyFuncModel.predict` predicts on the oracle's frame (the oracle is defined in
 test_enforcement.py), or refuse when MLflow refuses. Inputs come FP32 or FP64, in any order,
-with extra inputs MLflow ignores; frames with NaN make sklearn refuse on both sides.
+with extra inputs MLflow ignores; frames with NaN make sklearn refuse on both sides. Models
+the block call would get wrong (columns in another order than fitted, an estimator that
+selects columns by name) must keep the DataFrame call.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from arrowsmith import _native, payload
 from arrowsmith.config import ModelConfig
 from arrowsmith.errors import InvalidInputError, ModelError
 from arrowsmith.models.loaded import LoadedModel, load_model
-from arrowsmith.models.predict import predict
+from arrowsmith.models.predict import predict, predict_block
 from hypothesis import given
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
@@ -37,7 +41,7 @@ from v2_oracle import (
 def wine_model(wine_model_dir) -> LoadedModel:
     """The wine model as the server loads it, fast call included."""
     model = load_model(ModelConfig(str(wine_model_dir), "wine"))
-    assert model.predict_path == "native-enforcement"
+    assert model.predict_path == "estimator-block"
     return model
 
 
@@ -73,21 +77,29 @@ def wine_requests(draw: st.DrawFn, columns: tuple[str, ...]) -> tuple[tuple[V2In
     return tuple(draw(st.permutations(inputs))), draw(st.booleans())
 
 
-def fast_call(body: bytes, model: LoadedModel) -> Any:
+def frame_call(body: bytes, model: LoadedModel) -> Any:
     value, enforced = payload.model_input(_native.decode_request(body), model)
     assert enforced
     return predict(model, value, params=None, enforced=True)
 
 
-@derandomized(200)
+def block_call(body: bytes, model: LoadedModel) -> Any:
+    batch = _native.decode_request(body).job(model.signature).as_batch()
+    block = payload.estimator_block(batch, model)
+    assert block is not None, "an enforced wine batch is always a block"
+    return predict_block(model, block, params=None)
+
+
+@pytest.mark.parametrize("call", [frame_call, block_call], ids=["frame", "block"])
+@derandomized(400)
 @given(data=st.data())
 def test_fast_call_predicts_bitwise_what_mlflow_predicts(
-    wine_model, wine_pyfunc, data, tally: Counter[str]
+    call, wine_model, wine_pyfunc, data, tally: Counter[str]
 ) -> None:
     schema = wine_model.input_schema
     inputs, raw = data.draw(wine_requests(tuple(schema.input_names())))
     theirs = mlflow_side(lambda: wine_pyfunc.predict(oracle_frame(inputs, schema)))
-    ours = arrowsmith_side(lambda: fast_call(request_bytes(inputs, raw), wine_model))
+    ours = arrowsmith_side(lambda: call(request_bytes(inputs, raw), wine_model))
     lines = [f"raw_input_contents: {raw}", *(f"  input {t.describe()}" for t in inputs)]
     report = "\n".join(
         [*lines, f"MLflow:     {theirs.describe()}", f"Arrowsmith: {ours.describe()}"]
@@ -97,11 +109,82 @@ def test_fast_call_predicts_bitwise_what_mlflow_predicts(
         # MLflow's enforcement refuses with MlflowException, the model itself with its own.
         by_enforcement = isinstance(theirs.error, MlflowException)
         stage = "enforcement" if by_enforcement else "the model"
-        tally[f"fast path: both refused ({stage})"] += 1
+        tally[f"fast path, {call.__name__}: both refused ({stage})"] += 1
         expected_error = InvalidInputError if by_enforcement else ModelError
         assert isinstance(ours.error, expected_error), f"refused at another stage\n{report}"
         return
-    tally["fast path: both predicted"] += 1
+    tally[f"fast path, {call.__name__}: both predicted"] += 1
     expected, predicted = np.asarray(theirs.value), np.asarray(ours.value)
     assert (predicted.dtype, predicted.shape) == (expected.dtype, expected.shape), report
     assert predicted.tobytes() == expected.tobytes(), f"predictions differ\n{report}"
+
+
+def save_sklearn(path: Any, estimator: Any, columns: list[str], example: Any) -> str:
+    """An MLflow sklearn model of `estimator`, its signature's columns in `columns`' order."""
+    import mlflow.sklearn
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    signature = ModelSignature(Schema([ColSpec(DataType.double, name) for name in columns]))
+    mlflow.sklearn.save_model(estimator, str(path), signature=signature, input_example=example)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def training_frame() -> Any:
+    import pandas as pd
+
+    generator = np.random.default_rng(7)
+    frame = pd.DataFrame(generator.standard_normal((40, 2)), columns=["a", "b"])
+    return frame, frame["a"] * 2.0 - frame["b"]
+
+
+def test_columns_in_another_order_than_fitted_get_no_block_call(tmp_path, training_frame) -> None:
+    """MLflow hands sklearn the signature's order, which sklearn refuses here; the block,
+    which carries no names, would be predicted on silently, so it is never offered."""
+    import mlflow.pyfunc
+    from arrowsmith.models import fast_path
+    from sklearn.linear_model import LinearRegression
+
+    frame, target = training_frame
+    estimator = LinearRegression().fit(frame, target)
+    path = save_sklearn(tmp_path / "m", estimator, ["b", "a"], frame[["b", "a"]].head(3))
+    pyfunc = mlflow.pyfunc.load_model(path)
+    with pytest.raises(ValueError, match="same order"):
+        pyfunc.predict(frame[["b", "a"]])
+    assert fast_path.block_call(pyfunc, pyfunc._predict_fn, frame[["b", "a"]]) is None
+
+
+def test_an_estimator_selecting_columns_by_name_keeps_the_frame_call(
+    tmp_path, training_frame
+) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame, target = training_frame
+    by_name = ColumnTransformer([("scaled", StandardScaler(), ["a"])], remainder="passthrough")
+    estimator = make_pipeline(by_name, LinearRegression()).fit(frame, target)
+    path = save_sklearn(tmp_path / "m", estimator, ["a", "b"], frame.head(3))
+    assert load_model(ModelConfig(path, "by-name")).predict_path == "native-enforcement"
+
+
+def test_an_estimator_fitted_on_arrays_takes_the_block_and_predicts_what_mlflow_does(
+    tmp_path, training_frame
+) -> None:
+    import mlflow.pyfunc
+    from sklearn.linear_model import Ridge
+
+    frame, target = training_frame
+    estimator = Ridge(alpha=0.3).fit(frame.to_numpy(), target.to_numpy())
+    path = save_sklearn(tmp_path / "m", estimator, ["a", "b"], frame.head(3))
+    model = load_model(ModelConfig(path, "arrays"))
+    assert model.predict_path == "estimator-block"
+    rows = (
+        V2Input("a", "FP64", (5,), tuple(frame["a"].head(5))),
+        V2Input("b", "FP64", (5,), tuple(frame["b"].head(5))),
+    )
+    theirs = mlflow.pyfunc.load_model(path).predict(oracle_frame(rows, model.input_schema))
+    ours = block_call(request_bytes(rows, True), model)
+    assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes()

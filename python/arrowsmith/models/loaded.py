@@ -47,6 +47,8 @@ class LoadedModel:
     #: The flavor's predict function, called directly once the signature is enforced
     #: natively; None: every call goes through `PyFuncModel.predict`.
     fast_predict: Callable[..., Any] | None = None
+    #: The estimator's own predict on a batch's block, where proven at load (fast_path.py).
+    block_call: fast_path.BlockCall | None = None
     #: Where its files are (a download is deleted when the version is unloaded).
     local_copy: loader.LocalCopy | None = None
 
@@ -56,6 +58,8 @@ class LoadedModel:
 
     @property
     def predict_path(self) -> str:
+        if self.block_call is not None:
+            return fast_path.BLOCK
         return fast_path.FAST if self.fast_predict is not None else fast_path.PYFUNC
 
     @property
@@ -99,6 +103,8 @@ def _describe(
         raise ValueError(
             f"{config.uri} is version {source.version} in the registry, not {config.version}"
         )
+    fast_predict = fast_path.flavor_predict(pyfunc)
+    example = loader.input_example(pyfunc, path)
     model = LoadedModel(
         name=config.name or source.default_name,
         version=source.version or config.version or "",
@@ -113,10 +119,11 @@ def _describe(
             frozenset(p.name for p in params_schema.params) if params_schema is not None else None
         ),
         config=config,
-        fast_predict=fast_path.flavor_predict(pyfunc),
+        fast_predict=fast_predict,
+        block_call=fast_path.block_call(pyfunc, fast_predict, example),
         local_copy=copy,
     )
-    warm_up(model, loader.input_example(pyfunc, path))
+    warm_up(model, example)
     logger.info(
         "model %s (version %s) from %s is loaded: %d inputs, %d outputs, predict path %s",
         model.name,

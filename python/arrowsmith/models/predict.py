@@ -5,7 +5,9 @@ server (stop signals are handled on the main thread, never inside a model's call
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from arrowsmith.errors import InvalidInputError, ModelError
@@ -25,14 +27,32 @@ def predict(
 ) -> Any:
     """Predicts. `enforced`: the payload already conforms to the signature (the native side
     applied it), so models on the fast path skip MLflow's second enforcement."""
-    from mlflow.exceptions import MlflowException
-
-    try:
+    with _model_call(model):
         if enforced and model.fast_predict is not None:
             return model.fast_predict(payload, params=enforce_params(params, model.pyfunc))
         if params:
             return model.pyfunc.predict(payload, params=params)
         return model.pyfunc.predict(payload)
+
+
+def predict_block(model: LoadedModel, block: Any, params: dict[str, Any] | None) -> Any:
+    """Predicts with the model's proven block call (models/fast_path.py) on an enforced
+    batch's rows x columns block. Params are still judged by MLflow's ParamSchema rules, as
+    the flavor's predict ignores them."""
+    call = model.block_call
+    assert call is not None
+    with _model_call(model):
+        enforce_params(params, model.pyfunc)
+        return call.predict(block)
+
+
+@contextlib.contextmanager
+def _model_call(model: LoadedModel) -> Iterator[None]:
+    """MLflow's refusals as InvalidInputError, anything else raised as ModelError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
     except MlflowException as error:
         if error.error_code in _INPUT_ERROR_CODES:
             raise InvalidInputError(error.message) from error
