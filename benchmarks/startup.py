@@ -2,15 +2,22 @@
 worker, server pinned to core 0), and the worker's resident memory then, next to what the
 imports alone cost: a sidecar restarts often, so these are figures like any other.
 
+Two kinds of start: the first start of a model (no snapshot: MLflow loads it, and a
+snapshot is kept) and every later one (restored from that snapshot, MLflow loading on a
+thread of its own after ready). Measurements alternate between the rows, and the ratios to
+`import mlflow.pyfunc` are of medians taken in the same run.
+
     .venv/bin/python benchmarks/startup.py [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +27,12 @@ from tritonclient.grpc import service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "wine" / "model"
+ROWS = (
+    "python, no import",
+    "import mlflow.pyfunc",
+    "import sklearn.linear_model",
+    "import skops.io",
+)
 
 
 def resident_mb(pid: int) -> float:
@@ -30,8 +43,9 @@ def resident_mb(pid: int) -> float:
     raise SystemExit(f"no VmRSS for process {pid}")
 
 
-def ready_server() -> tuple[float, float]:
-    """Seconds to ServerReady, and the server's RSS in MB once ready."""
+def ready_server(snapshots: Path) -> tuple[float, float]:
+    """Seconds to ServerReady, and the server's RSS in MB once ready, with model snapshots
+    in `snapshots`."""
     port = free_port()
     command = [
         "taskset", "-c", "0", sys.executable, "-m", "arrowsmith", "serve", str(MODEL),
@@ -39,7 +53,10 @@ def ready_server() -> tuple[float, float]:
         "--workers", "1", "--flight-port", "0",
     ]  # fmt: skip
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    environment = {**os.environ, "ARROWSMITH_SNAPSHOT_DIR": str(snapshots)}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             ready = channel.unary_unary(
@@ -74,24 +91,36 @@ def main() -> None:
         subprocess.run(
             [sys.executable, ROOT / "examples/wine/train.py", "--output", MODEL], check=True
         )
-    servers = [ready_server() for _ in range(args.runs)]
-    rows = {
-        "python, no import": [seconds_to_import("sys") for _ in range(args.runs)],
-        "import mlflow.pyfunc": [seconds_to_import("mlflow.pyfunc") for _ in range(args.runs)],
-        "import skops.io": [seconds_to_import("skops.io") for _ in range(args.runs)],
-        "arrowsmith serve: ready": [seconds for seconds, _ in servers],
-    }
-    print("| what | median s | min s | max s |")
-    print("|---|---:|---:|---:|")
+    rows: dict[str, list[float]] = {name: [] for name in ROWS}
+    first: list[tuple[float, float]] = []
+    restored: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        kept = Path(scratch) / "kept"
+        ready_server(kept)  # keeps the snapshot the restored starts use
+        for run in range(args.runs):
+            first.append(ready_server(Path(scratch) / f"fresh-{run}"))
+            restored.append(ready_server(kept))
+            rows["python, no import"].append(seconds_to_import("sys"))
+            rows["import mlflow.pyfunc"].append(seconds_to_import("mlflow.pyfunc"))
+            rows["import sklearn.linear_model"].append(seconds_to_import("sklearn.linear_model"))
+            rows["import skops.io"].append(seconds_to_import("skops.io"))
+    rows["arrowsmith serve: ready, first start"] = [seconds for seconds, _ in first]
+    rows["arrowsmith serve: ready, from its snapshot"] = [seconds for seconds, _ in restored]
+    mlflow_import = statistics.median(rows["import mlflow.pyfunc"])
+    print("| what | median s | min s | max s | median / import mlflow.pyfunc |")
+    print("|---|---:|---:|---:|---:|")
     for name, values in rows.items():
+        median = statistics.median(values)
         print(
-            f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |"
+            f"| {name} | {median:.2f} | {min(values):.2f} | {max(values):.2f} "
+            f"| {median / mlflow_import:.2f}x |"
         )
-    resident = [mb for _, mb in servers]
-    print(
-        f"RSS of the worker at ready: median {statistics.median(resident):.0f} MB "
-        f"(min {min(resident):.0f}, max {max(resident):.0f})"
-    )
+    for label, servers in (("first start", first), ("from its snapshot", restored)):
+        resident = [mb for _, mb in servers]
+        print(
+            f"RSS of the worker at ready, {label}: median {statistics.median(resident):.0f} MB "
+            f"(min {min(resident):.0f}, max {max(resident):.0f})"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ seconds); each server is a real `arrowsmith serve` process on its own free port.
 """
 
 import contextlib
+import os
 import pathlib
 from collections.abc import Iterator, Mapping
 
@@ -27,6 +28,20 @@ def wine_csv() -> pathlib.Path:
 def wine_frame() -> pd.DataFrame:
     """All 1,599 rows of the 11 features as float64; tests must not modify it."""
     return model_builders.read_wine_features()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """Model snapshots of this session (and of the servers it starts) in a folder of its
+    own: the first start of a model keeps one, later starts restore it."""
+    folder = tmp_path_factory.mktemp("snapshots")
+    previous = os.environ.get("ARROWSMITH_SNAPSHOT_DIR")
+    os.environ["ARROWSMITH_SNAPSHOT_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["ARROWSMITH_SNAPSHOT_DIR"]
+    else:
+        os.environ["ARROWSMITH_SNAPSHOT_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

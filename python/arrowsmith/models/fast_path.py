@@ -16,6 +16,7 @@ than many models themselves) and then call the flavor's predict function.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -69,6 +70,14 @@ class BlockCall:
     columns: tuple[str, ...]
     dtype: np.dtype[Any]
     predict: Callable[[np.ndarray[Any, Any]], Any]
+    #: The proof: blocks (columns x rows) and what the DataFrame call predicted on each.
+    proof: tuple[tuple[np.ndarray[Any, Any], Any], ...] = ()
+
+    def holds(self) -> bool:
+        """Whether this call still predicts, bitwise, what its proof recorded."""
+        return bool(self.proof) and all(
+            _bitwise_equal(self.predict(values.T), expected) for values, expected in self.proof
+        )
 
 
 def block_call(
@@ -82,12 +91,12 @@ def block_call(
     if candidate is None:
         return None
     try:
-        proven = prove_block_call(candidate, frame_predict, example)
+        proof = prove_block_call(candidate, frame_predict, example)
     except Exception as error:
         # Whatever fails in the proof (an estimator that wants names, say) keeps the frames.
         logger.info("the block call is not proven for this model: %s", error)
         return None
-    return candidate if proven else None
+    return dataclasses.replace(candidate, proof=proof) if proof else None
 
 
 def _candidate(pyfunc: Any) -> BlockCall | None:
@@ -117,20 +126,27 @@ def _candidate(pyfunc: Any) -> BlockCall | None:
 
 def prove_block_call(
     call: BlockCall, frame_predict: Callable[..., Any], example: Any | None
-) -> bool:
-    """Whether the block call predicts bitwise what the DataFrame call predicts, on the
-    input example and on generated rows; each block is laid out as the native side lays a
-    batch out (columns x rows, C order, seen transposed)."""
+) -> tuple[tuple[np.ndarray[Any, Any], Any], ...]:
+    """The proof that the block call predicts bitwise what the DataFrame call predicts, on
+    the input example and on generated rows (each block laid out as the native side lays a
+    batch out: columns x rows, C order, seen transposed); empty where it does not hold."""
     import pandas as pd
 
     if _fitted_with_names(call):
-        warnings.filterwarnings("ignore", message=_NO_FEATURE_NAMES, category=UserWarning)
+        ignore_missing_feature_names()
+    proof = []
     for values in _proof_blocks(call, example):
         frame = pd.DataFrame(values.T, columns=pd.Index(call.columns), copy=False)
         expected = frame_predict(frame)
         if not _bitwise_equal(call.predict(values.T), expected):
-            return False
-    return True
+            return ()
+        proof.append((values, expected))
+    return tuple(proof)
+
+
+def ignore_missing_feature_names() -> None:
+    """Silences scikit-learn's notice for blocks, whose columns were checked at load."""
+    warnings.filterwarnings("ignore", message=_NO_FEATURE_NAMES, category=UserWarning)
 
 
 def _fitted_with_names(call: BlockCall) -> bool:

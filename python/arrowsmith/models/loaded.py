@@ -13,7 +13,7 @@ from arrowsmith import _native
 from arrowsmith.config import ModelConfig
 from arrowsmith.environments.local import warn_differences
 from arrowsmith.environments.running import check_fits
-from arrowsmith.models import fast_path, loader
+from arrowsmith.models import deferred, fast_path, loader, snapshot
 from arrowsmith.models.signature import (
     TensorMetadata,
     default_content_type,
@@ -51,6 +51,11 @@ class LoadedModel:
     block_call: fast_path.BlockCall | None = None
     #: Where its files are (a download is deleted when the version is unloaded).
     local_copy: loader.LocalCopy | None = None
+    #: The pyfunc flavor's loader module (`mlflow.sklearn`, ...).
+    loader_module: str = ""
+    #: The form it takes its input in, as MLServer names it (`pd`, `np`, `dict`); None
+    #: without a signature.
+    content_type: str | None = None
 
     @property
     def versions(self) -> list[str]:
@@ -66,12 +71,11 @@ class LoadedModel:
     def properties(self) -> dict[str, str]:
         """Model-level metadata: the MLflow flavor, the default content type, the path."""
         properties = {
-            "mlflow_loader_module": str(self.pyfunc.loader_module),
+            "mlflow_loader_module": self.loader_module,
             "predict_path": self.predict_path,
         }
-        content_type = default_content_type(self.input_schema)
-        if content_type is not None:
-            properties["content_type"] = content_type
+        if self.content_type is not None:
+            properties["content_type"] = self.content_type
         return properties
 
 
@@ -81,10 +85,58 @@ def load_model(config: ModelConfig, source: loader.ModelSource | None = None) ->
     source = source if source is not None else loader.resolve(config.uri)
     copy = loader.local_copy(source)
     try:
-        return _describe(config, source, copy)
+        restored = _restored(config, source, copy)
+        if restored is not None:
+            return restored
+        model = _describe(config, source, copy)
     except BaseException:
         copy.remove()
         raise
+    if copy.download is None and config.env_manager == "local":
+        snapshot.keep(model, copy.path)
+    return model
+
+
+def _restored(
+    config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy
+) -> LoadedModel | None:
+    """The model from its snapshot (models/snapshot.py), serving its block call at once
+    while MLflow's model object loads on a thread of its own; None without a snapshot."""
+    if copy.download is not None or config.env_manager != "local":
+        return None
+    found = snapshot.restore(copy.path)
+    if found is None:
+        return None
+    name = config.name or source.default_name
+    warn_differences(name, copy.path)
+    pyfunc = deferred.DeferredLoad(f"model {name}", lambda: loader.load_pyfunc(copy.path))
+    pyfunc.start()
+    model = LoadedModel(
+        name=name,
+        version=source.version or config.version or "",
+        uri=config.uri,
+        pinned_uri=source.pinned_uri,
+        pyfunc=deferred.Deferred(pyfunc.value),
+        input_schema=deferred.Deferred(lambda: pyfunc.value().metadata.get_input_schema()),
+        signature=found.signature,
+        inputs=found.inputs,
+        outputs=found.outputs,
+        param_names=found.param_names,
+        config=config,
+        fast_predict=deferred.Deferred(lambda: pyfunc.value()._predict_fn),
+        block_call=found.call,
+        local_copy=copy,
+        loader_module=found.loader_module,
+        content_type=found.content_type,
+    )
+    logger.info(
+        "model %s (version %s) from %s is restored from its snapshot: predict path %s",
+        model.name,
+        model.version or "-",
+        source.pinned_uri,
+        model.predict_path,
+    )
+    return model
 
 
 def _describe(
@@ -122,6 +174,8 @@ def _describe(
         fast_predict=fast_predict,
         block_call=fast_path.block_call(pyfunc, fast_predict, example),
         local_copy=copy,
+        loader_module=str(pyfunc.loader_module),
+        content_type=default_content_type(input_schema),
     )
     warm_up(model, example)
     logger.info(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,28 +38,38 @@ def predict(
 
 def predict_block(model: LoadedModel, block: Any, params: dict[str, Any] | None) -> Any:
     """Predicts with the model's proven block call (models/fast_path.py) on an enforced
-    batch's rows x columns block. Params are still judged by MLflow's ParamSchema rules, as
-    the flavor's predict ignores them."""
+    batch's rows x columns block. Params the request sent are still judged by MLflow's
+    ParamSchema rules (which refuse only params sent), though the flavor ignores them."""
     call = model.block_call
     assert call is not None
     with _model_call(model):
-        enforce_params(params, model.pyfunc)
+        if params:
+            enforce_params(params, model.pyfunc)
         return call.predict(block)
 
 
 @contextlib.contextmanager
 def _model_call(model: LoadedModel) -> Iterator[None]:
     """MLflow's refusals as InvalidInputError, anything else raised as ModelError."""
-    from mlflow.exceptions import MlflowException
-
     try:
         yield
-    except MlflowException as error:
-        if error.error_code in _INPUT_ERROR_CODES:
-            raise InvalidInputError(error.message) from error
-        raise ModelError(f"model '{model.name}' failed: {error.message}") from error
     except BaseException as error:
+        refusal = _mlflow_exception(error)
+        if refusal is not None:
+            if refusal.error_code in _INPUT_ERROR_CODES:
+                raise InvalidInputError(refusal.message) from error
+            raise ModelError(f"model '{model.name}' failed: {refusal.message}") from error
         # SystemExit, KeyboardInterrupt, GeneratorExit, a foreign extension's panic: raised
         # by the model's code on a runner thread, they end nothing but this call.
         logger.warning("model %s raised %s: %s", model.name, type(error).__name__, error)
         raise ModelError(f"model '{model.name}' failed: {type(error).__name__}: {error}") from error
+
+
+def _mlflow_exception(error: BaseException) -> Any | None:
+    """`error` if MLflow raised it, else None. A call that never imported MLflow (a model
+    restored from a snapshot, on its block call) cannot have, and need not import it to
+    know."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.MlflowException):
+        return error
+    return None
