@@ -1,12 +1,16 @@
 """A batch of jobs -> the value a pyfunc model is called with (the native side turns a
 request into a job: `InferRequest.job`).
 
-With a signature and no explicit content type, the native side has already applied the
-signature: columns arrive as one Arrow record batch (-> DataFrame), tensors as arrays
+With a signature, the native side has usually applied it already (batch form `columns` or
+`tensors`): columns arrive as one Arrow record batch (-> DataFrame), tensors as arrays
 (-> one ndarray, or a dict of them when the spec names them). A request-level
 `content_type` of `np`, `pd` or `dict` asks for the inputs as sent in that form (as MLServer
-does; `np` means the first input), and MLflow's own enforcement then judges them. An input
-whose `content_type` is `str` has its BYTES decoded as UTF-8 text.
+does; `np` means the first input). Where MLflow's enforcement of that value is provably the
+native one's (the form the signature produces anyway, holding the very values the native
+enforcement is tested against: admit.rs says when), the native side applies the signature
+as for a request without a content type. Otherwise the batch's form is the content
+type, the inputs come as sent, and MLflow's own enforcement judges them; an input whose
+`content_type` is `str` then has its BYTES decoded as UTF-8 text.
 """
 
 from __future__ import annotations
@@ -190,8 +194,13 @@ def _enforced_input(batch: _native.Batch, model: LoadedModel) -> Any:
     return arrays if schema.has_input_names() else next(iter(arrays.values()))
 
 
-def _column(array: np.ndarray[Any, Any]) -> Any:
-    """A tensor as a DataFrame column: [n] and [n, 1] as values, wider rows as arrays."""
+def _column(name: str, array: np.ndarray[Any, Any]) -> Any:
+    """A tensor as a DataFrame column: [n] and [n, 1] as values, wider rows as arrays; a
+    tensor of no dimensions has no rows to be a column of."""
+    if array.ndim == 0:
+        raise InvalidInputError(
+            f"input {name} has shape []: a DataFrame column needs a first dimension", name
+        )
     if array.ndim == 2 and array.shape[1] == 1:
         return array[:, 0]
     return array if array.ndim == 1 else list(array)
@@ -213,7 +222,7 @@ def _as_sent_input(batch: _native.Batch) -> Any:
         return next(iter(arrays.values()))
     if batch.form == "pd":
         try:
-            return pd.DataFrame({name: _column(a) for name, a in arrays.items()})
+            return pd.DataFrame({name: _column(name, a) for name, a in arrays.items()})
         except ValueError as error:
             raise InvalidInputError(f"the inputs do not form a DataFrame: {error}") from error
     return arrays

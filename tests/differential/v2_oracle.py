@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,42 @@ def oracle_array(tensor: V2Input, text: str | None = None) -> np.ndarray:
         array = np.empty(len(tensor.values), dtype=object)
         array[:] = list(tensor.values)
     return array.reshape(tensor.shape)
+
+
+def with_input_content_types(body: bytes, content_types: Mapping[str, str]) -> bytes:
+    """The request `body` with a `content_type` parameter on each input named in
+    `content_types` (as MLServer's codecs mark their inputs: `str` for text)."""
+    request = pb.ModelInferRequest.FromString(body)
+    for message in request.inputs:
+        if message.name in content_types:
+            message.parameters["content_type"].string_param = content_types[message.name]
+    return request.SerializeToString()
+
+
+def as_sent_array(tensor: V2Input, as_text: bool) -> np.ndarray:
+    """One tensor as a request-level content type hands it over: BYTES as an object array
+    of bytes, or of str for an input marked `content_type: str` (raising on bytes that are
+    not UTF-8); other datatypes as `oracle_array` decodes them."""
+    return oracle_array(tensor, "column" if as_text and tensor.datatype == "BYTES" else None)
+
+
+def _as_sent_column(array: np.ndarray) -> Any:
+    """A tensor as a column of the `pd` form: [n, 1] flattened, wider rows kept as arrays."""
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array[:, 0]
+    return array if array.ndim == 1 else list(array)
+
+
+def as_sent_value(inputs: Sequence[V2Input], text_inputs: Collection[str], form: str) -> Any:
+    """What a request-level `content_type` of `form` asks MLflow to enforce: `np` the first
+    input's array, `dict` name -> array, `pd` a DataFrame of one column per input (raising
+    where pandas cannot build one). Every input is decoded, the first alone for `np` too."""
+    arrays = {t.name: as_sent_array(t, t.name in text_inputs) for t in inputs}
+    if form == "np":
+        return arrays[inputs[0].name]
+    if form == "dict":
+        return arrays
+    return pd.DataFrame({name: _as_sent_column(array) for name, array in arrays.items()})
 
 
 def column_spec_for(schema: Schema, tensor: V2Input, position: int) -> Any:

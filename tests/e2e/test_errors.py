@@ -62,6 +62,20 @@ def test_raw_size_differs_from_shape(
     v2.assert_wine_served(wine_server.url, wine_frame, wine_expected)
 
 
+def test_an_input_of_no_dimensions_sent_as_a_dataframe(
+    wine_server: ServerHandle, wine_frame: pd.DataFrame, wine_expected: np.ndarray
+) -> None:
+    """With `content_type: pd` the inputs become DataFrame columns; a shape [] input has
+    no rows to be one, and is refused by name rather than failing inside pandas."""
+    request = wine_request(wine_frame)
+    request.parameters["content_type"].string_param = "pd"
+    index = input_index(request, SPOILED_INPUT)
+    del request.inputs[index].shape[:]
+    request.raw_input_contents[index] = request.raw_input_contents[index][:8]
+    assert_refused(wine_server.url, request, grpc.StatusCode.INVALID_ARGUMENT, SPOILED_INPUT)
+    v2.assert_wine_served(wine_server.url, wine_frame, wine_expected)
+
+
 def test_typed_count_differs_from_shape(
     wine_server: ServerHandle, wine_frame: pd.DataFrame, wine_expected: np.ndarray
 ) -> None:
