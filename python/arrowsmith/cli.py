@@ -259,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_lifecycle_flags(serve)
     _add_environment_flags(serve)
+    _add_snapshot_flag(serve)
     _add_observability_flags(serve)
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     _add_bench_parser(commands)
@@ -284,6 +285,16 @@ def _add_environment_flags(parser: argparse.ArgumentParser, default: str = "loca
         metavar="DIR",
         default=_env("env-cache", None),
         help="where model environments are cached (default ~/.cache/arrowsmith/envs)",
+    )
+
+
+def _add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--snapshot-dir",
+        metavar="DIR",
+        default=_env("snapshot-dir", None),
+        help="where model snapshots are kept, so that a model's later starts serve without "
+        "importing MLflow first (default ~/.cache/arrowsmith/snapshots); off: none",
     )
 
 
@@ -717,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return check_health(args)
         config = _serve_config(parser, args)
+        if args.snapshot_dir is not None:
+            # Read where models load (models/snapshot.py), in this process and its workers.
+            os.environ["ARROWSMITH_SNAPSHOT_DIR"] = args.snapshot_dir
     except (ValueError, OSError) as error:
         print(f"arrowsmith: {error}", file=sys.stderr)
         return 2

@@ -18,10 +18,12 @@ from support.v2 import column_inputs, columns_request, model_infer, output_array
 def test_the_second_start_restores_the_model_and_answers_as_mlflow(
     tmp_path: pathlib.Path, wine_model_dir, wine_frame, wine_pyfunc, server_logs
 ) -> None:
-    env = {"ARROWSMITH_SNAPSHOT_DIR": str(tmp_path / "snapshots")}
+    folder = str(tmp_path / "snapshots")
+    env = {"ARROWSMITH_SNAPSHOT_DIR": folder}
     rows = wine_frame.iloc[:7]
     expected = np.asarray(wine_pyfunc.predict(rows))
-    with running_server(wine_model_dir, name="wine", log_dir=server_logs, env=env) as first:
+    flag = ("--snapshot-dir", folder)
+    with running_server(wine_model_dir, *flag, name="wine", log_dir=server_logs) as first:
         assert "kept for the next start" in first.log_text()
     with running_server(wine_model_dir, name="wine", log_dir=server_logs, env=env) as second:
         assert "restored from its snapshot" in second.log_text()
