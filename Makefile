@@ -92,8 +92,8 @@ protos: $(INSTALLED) ## regenerate the Python messages from protos/
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=python/arrowsmith/_proto \
 		--pyi_out=python/arrowsmith/_proto protos/grpc_service.proto
 
-loadgen: ## build arrowsmith-bench, the compiled load generator (rust/target/release)
-	cd rust && cargo build --release -p arrowsmith-bench
+loadgen: ## build arrowsmith-bench (the load generator) and arrowsmith-floor (the native floor) into rust/target/release
+	cd rust && cargo build --release -p arrowsmith-bench -p arrowsmith-floor
 
 # Triton's perf_analyzer as tritonclient 2.51.0's wheel ships it, the newest one built for
 # glibc <= 2.34 (later tritonclient wheels and the perf-analyzer wheels need glibc 2.38;
@@ -128,7 +128,7 @@ bench-micro: build ## decode and signature-enforcement micro-benchmarks (pytest-
 bench-batching: build example-model loadgen ## W1 with batching off/on, 1 and 2 workers
 	$(PY) benchmarks/batching.py
 
-bench-compare: build example-model loadgen ## Arrowsmith vs floor, control, MLServer (own venv), mlflow serve
+bench-compare: build example-model loadgen ## Arrowsmith vs the native and grpcio floors, control, MLServer (own venv), mlflow serve
 	PROJECT_PYTHON=$(PY) bash benchmarks/peers/setup.sh
 	$(PY) benchmarks/compare.py
 

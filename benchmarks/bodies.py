@@ -45,6 +45,16 @@ def w1_request() -> pb.ModelInferRequest:
     return request
 
 
+def w1pd_request() -> pb.ModelInferRequest:
+    """W1pd: W1's row as MLServer's codecs send a DataFrame (`PandasCodec.encode_request`
+    of one row of float32 columns, then its gRPC converter): W1's inputs, and the request's
+    parameter `content_type: "pd"`. Numeric columns get no parameters of their own (only
+    BYTES columns do), so these are W1's bytes with that one parameter added."""
+    request = w1_request()
+    request.parameters["content_type"].string_param = "pd"
+    return request
+
+
 def w2_request(rows: int = W2_ROWS) -> pb.ModelInferRequest:
     """W2: `rows` rows (the CSV repeated), one FP32 [rows, 1] input per feature, raw."""
     names, values = wine_features()

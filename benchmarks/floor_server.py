@@ -1,4 +1,4 @@
-"""The transport floor: a V2 gRPC server that answers every ModelInfer with canned bytes.
+"""The grpcio floor: a V2 gRPC server that answers every ModelInfer with canned bytes.
 
 No request is parsed and no response is built per call (bytes in, bytes out, no
 (de)serializers), so its throughput is what grpcio itself costs per call: the ceiling any
@@ -6,6 +6,10 @@ ModelInfer server built on that front can reach. `--mode` picks the synchronous 
 (thread pool) or grpc.aio, whose per-call costs the front's choice rests on.
 ModelStreamInfer answers each message of a stream, in order, with the same canned response
 inside a ModelStreamInferResponse: the floor of the streaming workload.
+
+It answers the wine model's first row by default (`--response-rows` of them), or with
+`--response FILE` any serialized ModelInferResponse (compare.py gives the digits model's
+answer to W4 that way, and the same files to the native floor, rust/floor).
 
 On start it prints `listening on PORT` (flushed), so `--port 0` can be used by a driver.
 """
@@ -16,10 +20,12 @@ import argparse
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from digits_model import MODEL_NAME as DIGITS
 from tritonclient.grpc import service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
@@ -33,10 +39,23 @@ PREDICTION = 5.576883936610762
 
 
 def canned_response(rows: int) -> bytes:
-    """A serialized ModelInferResponse: one FP64 output "output-0" of `rows` raw values."""
-    response = pb.ModelInferResponse(model_name="wine", model_version="1")
-    response.outputs.add(name="output-0", datatype="FP64", shape=[rows])
-    response.raw_output_contents.append(np.full(rows, PREDICTION, dtype="<f8").tobytes())
+    """A serialized ModelInferResponse of the wine model: one FP64 output "output-0" of
+    `rows` raw values, the first row's answer repeated."""
+    return response_of("wine", "FP64", np.full(rows, PREDICTION, dtype="<f8"))
+
+
+def classes_response(labels: np.ndarray) -> bytes:
+    """A serialized ModelInferResponse of the digits model: one INT64 output "output-0"
+    holding the class `labels` raw."""
+    return response_of(DIGITS, "INT64", labels.astype("<i8"))
+
+
+def response_of(model: str, datatype: str, values: np.ndarray) -> bytes:
+    """A serialized ModelInferResponse of version "1" of `model`: one output "output-0" of
+    `datatype`, `values` (little-endian) in its raw contents."""
+    response = pb.ModelInferResponse(model_name=model, model_version="1")
+    response.outputs.add(name="output-0", datatype=datatype, shape=[len(values)])
+    response.raw_output_contents.append(values.tobytes())
     return response.SerializeToString()
 
 
@@ -105,9 +124,11 @@ def main() -> None:
     parser.add_argument("--mode", choices=("sync", "aio"), required=True)
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     parser.add_argument("--threads", type=int, default=8, help="sync mode's pool size")
-    parser.add_argument("--response-rows", type=int, default=1)
+    answers = parser.add_mutually_exclusive_group()
+    answers.add_argument("--response-rows", type=int, default=1, help="wine rows answered")
+    answers.add_argument("--response", type=Path, help="a serialized ModelInferResponse")
     args = parser.parse_args()
-    answer = canned_response(args.response_rows)
+    answer = args.response.read_bytes() if args.response else canned_response(args.response_rows)
     if args.mode == "sync":
         serve_sync(args.port, args.threads, answer)
     else:

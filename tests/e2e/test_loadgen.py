@@ -1,7 +1,8 @@
 """arrowsmith-bench, the compiled load generator, tested against a scripted server
 (support/scripted_server.py over gRPC, unary or streamed, support/scripted_http_server.py with
 --http) whose answers depend only on each request's arrival number, so the status counts and
-latency percentiles the generator reports are known in advance."""
+latency percentiles the generator reports are known in advance; and against the native floor
+(rust/floor), at the rates it answers."""
 
 import contextlib
 import dataclasses
@@ -11,6 +12,7 @@ import math
 import pathlib
 import re
 import signal
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +27,9 @@ from tritonclient.grpc import service_pb2 as pb
 
 SCRIPTED_SERVER = pathlib.Path(__file__).parents[1] / "support" / "scripted_server.py"
 SCRIPTED_HTTP_SERVER = SCRIPTED_SERVER.with_name("scripted_http_server.py")
+NATIVE_FLOOR = (
+    pathlib.Path(__file__).parents[2] / "rust" / "target" / "release" / "arrowsmith-floor"
+)
 RUN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 # Every 7th request fails with RESOURCE_EXHAUSTED, else every 13th with INVALID_ARGUMENT,
@@ -305,6 +310,59 @@ def test_arrowsmith_bench_streams_with_stream(tmp_path: pathlib.Path):
     (level,) = results["levels"]
     assert level["ok"] == scripted.served == requests
     assert scripted.streams == 2
+
+
+@contextlib.contextmanager
+def native_floor(tmp_path: pathlib.Path, answer: pb.ModelInferResponse) -> Iterator[int]:
+    """The native floor (rust/floor, built by `make loadgen`) answering every call with
+    `answer`, and every streamed message with it inside a ModelStreamInferResponse; its
+    port. It must still be running when stopped."""
+    if not NATIVE_FLOOR.exists():
+        raise FileNotFoundError(f"no {NATIVE_FLOOR}: run `make loadgen`")
+    unary, streamed = tmp_path / "answer.pb", tmp_path / "stream-answer.pb"
+    unary.write_bytes(answer.SerializeToString())
+    streamed.write_bytes(pb.ModelStreamInferResponse(infer_response=answer).SerializeToString())
+    command = [str(NATIVE_FLOOR), "--port", "0", "--response", str(unary)]
+    command += ["--stream-response", str(streamed)]
+    floor = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert floor.stdout is not None
+        listening = re.fullmatch(r"listening on (\d+)\n", floor.stdout.readline())
+        assert listening, "the native floor did not start"
+        yield int(listening[1])
+        assert floor.poll() is None, "the native floor ended"
+    finally:
+        floor.kill()
+        floor.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.mark.parametrize(
+    "mode", [[], ["--stream", "--connections", "1"]], ids=["unary", "one-stream"]
+)
+def test_the_native_floor_answers_every_call_with_its_canned_answer(
+    tmp_path: pathlib.Path, mode: list[str]
+):
+    """arrowsmith-bench against the native floor, 32 in flight: every one of the calls (or
+    of the messages of one stream) is answered OK with the canned answer, its value
+    checked."""
+    requests, value = 5000, 5.25
+    answer = pb.ModelInferResponse(model_name="scripted", model_version="1")
+    answer.outputs.add(name="output-0", datatype="FP64", shape=[1])
+    answer.raw_output_contents.append(struct.pack("<d", value))
+    body, expected, report = (tmp_path / name for name in ("request.pb", "1.txt", "bench.json"))
+    body.write_bytes(pb.ModelInferRequest(model_name="scripted").SerializeToString())
+    expected.write_text(f"{value}\n")
+    with native_floor(tmp_path, answer) as port:
+        command = [str(find_binary()), "--target", f"127.0.0.1:{port}", "--body", str(body)]
+        command += ["--concurrency", "32", "--requests", str(requests), "--warmup", "0"]
+        command += ["--expect-rows", "1", "--expect-version", f"1={expected}", *mode]
+        command += ["--duration", str(RUN_TIMEOUT_S), "--json", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stdout + done.stderr
+    (level,) = json.loads(report.read_text())["levels"]
+    assert level["ok"] == requests
+    assert (level["errors"], level["wrong_answers"]) == (0, 0)
+    assert level["ok_by_version"] == {"1": requests}
 
 
 def bench_scripted_http(

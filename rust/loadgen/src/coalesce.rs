@@ -1,14 +1,14 @@
-//! Writes held back for one round of the scheduler, so the frames that several tasks make for
-//! one call leave together, in one segment and one system call.
+//! Writes held until the connection flushes, so the frames of every call queued meanwhile
+//! leave together, in one system call.
 //!
-//! hyper's HTTP/2 client opens a request's stream from its connection task and sends the body
-//! from a task of its own once the stream is open. Left alone, the connection writes the
-//! HEADERS frame, then one round later the DATA frame: two writes per unary call where gRPC's
-//! own clients make one. The server then pays an extra read and wake-up per request (a
-//! Python server the most), which would count against it in a benchmark, and the generator
-//! an extra system call. Here the connection's writes go to a buffer, and the first flush
-//! that finds it non-empty yields once, waking its task at once: the body task, woken in the
-//! same round, adds its frame first, and the next flush writes both.
+//! Callers queue each call's HEADERS and DATA frames on their connection, and h2 encodes
+//! whatever is queued when the connection's task next runs, then flushes. Left alone, h2
+//! writes a DATA frame of more than a few hundred bytes straight to the socket when the
+//! socket takes vectored writes (no copy), one write per frame: a call per system call,
+//! where the server then pays a read and a wake-up per call too (a Python server the most),
+//! which would count against it in a benchmark. Here every write goes to a buffer, which
+//! takes no vectored writes (so h2 copies frames of up to 1 KiB into its own buffer instead
+//! of stopping to flush after each), and the flush writes the buffer out.
 
 use std::io;
 use std::pin::Pin;
@@ -23,8 +23,6 @@ const HIGH_WATER: usize = 256 * 1024;
 pub struct CoalescedWrites<T> {
     io: T,
     buffer: Vec<u8>,
-    /// The flush already yielded once for what is buffered.
-    yielded: bool,
 }
 
 impl<T> CoalescedWrites<T> {
@@ -32,7 +30,6 @@ impl<T> CoalescedWrites<T> {
         CoalescedWrites {
             io,
             buffer: Vec::with_capacity(16 * 1024),
-            yielded: false,
         }
     }
 }
@@ -53,7 +50,6 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
             }
         }
         self.buffer.clear();
-        self.yielded = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -72,39 +68,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         Poll::Ready(Ok(data.len()))
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        slices: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buffer.len() >= HIGH_WATER {
-            ready!(this.drain(cx))?;
-        }
-        let mut length = 0;
-        for slice in slices {
-            this.buffer.extend_from_slice(slice);
-            length += slice.len();
-        }
-        Poll::Ready(Ok(length))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.buffer.is_empty() {
-            if !this.yielded {
-                // h2 flushes at the end of every poll of the connection, so it comes back
-                // here once the tasks woken in this round have run.
-                this.yielded = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            ready!(this.drain(cx))?;
-        }
+        ready!(this.drain(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -132,13 +98,15 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
-    fn writes_leave_together_at_the_second_flush() {
+    fn writes_leave_together_at_the_flush() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         runtime.block_on(async {
             let (near, mut far) = tokio::io::duplex(1024);
             let mut writes = CoalescedWrites::new(near);
+            // So h2 copies small frames into its buffer rather than flush after each.
+            assert!(!writes.is_write_vectored());
             writes.write_all(b"HEADERS ").await.unwrap();
             writes.write_all(b"DATA").await.unwrap();
             let mut received = [0; 12];

@@ -1,11 +1,14 @@
 //! Connections: TCP without Nagle's delay (or, for gRPC, a Unix socket: `unix:PATH`), then
-//! hyper's HTTP/2 (its writes coalesced) or HTTP/1.1 client on it. Each connection's I/O runs as a task of its own; what is returned
-//! sends requests on it.
+//! h2's HTTP/2 client or hyper's HTTP/1.1 client on it. Each connection's I/O runs as a task
+//! of its own; what is returned sends requests on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body::Body;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -19,13 +22,26 @@ async fn tcp(target: &str) -> Result<TcpStream, String> {
     Ok(tcp)
 }
 
-/// An HTTP/2 connection to `target` (`HOST:PORT` or `unix:PATH`) whose requests carry
-/// bodies of type `B`.
-pub async fn http2<B>(target: &str) -> Result<http2::SendRequest<B>, String>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// An HTTP/2 connection: what sends requests on it, and whether it has closed.
+pub struct Http2 {
+    pub sender: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Http2 {
+    /// Its I/O task has ended, or a request found it unusable.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Takes it out of use: the next caller opens another.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/2 connection to `target` (`HOST:PORT` or `unix:PATH`).
+pub async fn http2(target: &str) -> Result<Http2, String> {
     match target.strip_prefix("unix:") {
         Some(path) => {
             let socket = UnixStream::connect(path)
@@ -38,31 +54,30 @@ where
 }
 
 /// HTTP/2 on a connected socket. Its windows are large, so flow control never holds the
-/// requests or answers back, and frames up to 1 MiB.
-async fn http2_on<B, IO>(io: IO, target: &str) -> Result<http2::SendRequest<B>, String>
+/// requests or answers back, and frames up to 1 MiB. Its I/O task is the runtime's, not a
+/// level's: it outlives the level that opened it.
+async fn http2_on<IO>(io: IO, target: &str) -> Result<Http2, String>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 24)
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 24)
         .initial_connection_window_size(1 << 26)
         .max_frame_size(1 << 20)
-        .handshake(TokioIo::new(CoalescedWrites::new(io)))
+        .handshake(CoalescedWrites::new(io))
         .await
         .map_err(|e| format!("HTTP/2 handshake with {target}: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&closed);
+    tokio::spawn(async move {
+        let _ = connection.await;
+        ended.store(true, Ordering::Relaxed);
+    });
+    Ok(Http2 { sender, closed })
 }
 
 /// `count` HTTP/2 connections, opened one after the other.
-pub async fn http2_each<B>(target: &str, count: usize) -> Result<Vec<http2::SendRequest<B>>, String>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn http2_each(target: &str, count: usize) -> Result<Vec<Http2>, String> {
     let mut connections = Vec::with_capacity(count);
     for _ in 0..count {
         connections.push(http2(target).await?);

@@ -3,6 +3,7 @@
 //! in `grpc-status`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::RecvStream;
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 
@@ -21,15 +22,24 @@ pub fn uri(target: &str, path: &str) -> Result<Uri, String> {
         .map_err(|e| format!("--target {target}: {e}"))
 }
 
-/// A gRPC request: POST `uri` as `application/grpc`, trailers expected.
-pub fn request<B>(uri: &Uri, body: B) -> Request<B> {
-    let mut request = Request::new(body);
+/// A gRPC request's head: POST `uri` as `application/grpc`, trailers expected.
+pub fn request(uri: &Uri) -> Request<()> {
+    let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     request
+}
+
+/// The next chunk of an answer's body, its flow control window given back at once.
+pub async fn data(body: &mut RecvStream) -> Option<Result<Bytes, h2::Error>> {
+    let data = body.data().await?;
+    if let Ok(data) = &data {
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    Some(data)
 }
 
 /// A message framed for gRPC, once: every request sends a clone of these bytes.

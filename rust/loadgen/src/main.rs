@@ -1,6 +1,7 @@
 //! arrowsmith-bench: a V2 gRPC (unary or streaming) or HTTP/1.1 load generator that is never
 //! the bottleneck: one thread, one request serialized and framed once and shared by every
-//! call, hyper's HTTP/2 and HTTP/1.1 clients, latency in an HDR histogram.
+//! call, h2's HTTP/2 client (no layer above it) and hyper's HTTP/1.1 client, latency in an
+//! HDR histogram.
 
 mod args;
 mod coalesce;

@@ -6,44 +6,22 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Response, StatusCode, Uri};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
+use h2::client::ResponseFuture;
+use h2::SendStream;
+use http::{StatusCode, Uri};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use arrowsmith_native::proto::ModelStreamInferResponse;
 
+use crate::connect::Http2;
 use crate::grpc::{self, Messages};
-use crate::outcome::{self, Answer, Checks, Outcome};
+use crate::outcome::{self, Answer, Checks, LastAnswer, Outcome};
 
 pub const PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
-
-/// A stream's request body: the framed messages, in the order the callers send them.
-pub struct Outgoing(mpsc::UnboundedReceiver<Bytes>);
-
-impl Body for Outgoing {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|message| message.map(|m| Ok(Frame::data(m))))
-    }
-}
 
 /// The callers waiting on one stream for their answers, longest first; once the stream has
 /// ended, why.
@@ -54,9 +32,11 @@ struct Waiting {
 }
 
 struct Stream {
-    /// Holds the connection open: hyper ends it once every sender is gone.
-    _connection: SendRequest<Outgoing>,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    /// Holds the connection open: h2 ends it once every sender is gone.
+    _connection: Http2,
+    /// The stream's request body, where each message is queued; `None` if the stream
+    /// could not be opened.
+    outgoing: RefCell<Option<SendStream<Bytes>>>,
     waiting: Rc<RefCell<Waiting>>,
 }
 
@@ -70,22 +50,26 @@ pub struct Streams {
 impl Streams {
     /// Opens a stream on each connection, and a task per stream that reads its answers.
     /// Needs a `LocalSet`, where the readers run.
-    pub fn open(
-        connections: Vec<SendRequest<Outgoing>>,
-        uri: &Uri,
-        body: Bytes,
-        checks: &Rc<Checks>,
-    ) -> Self {
+    pub fn open(connections: Vec<Http2>, uri: &Uri, body: Bytes, checks: &Rc<Checks>) -> Self {
         let streams = connections
             .into_iter()
             .map(|mut connection| {
-                let (outgoing, messages) = mpsc::unbounded_channel();
-                let response = connection.send_request(grpc::request(uri, Outgoing(messages)));
-                let waiting = Rc::default();
-                tokio::task::spawn_local(read(response, Rc::clone(&waiting), Rc::clone(checks)));
+                let waiting: Rc<RefCell<Waiting>> = Rc::default();
+                let opened = connection.sender.send_request(grpc::request(uri), false);
+                let outgoing = match opened {
+                    Ok((response, outgoing)) => {
+                        let reader = read(response, Rc::clone(&waiting), Rc::clone(checks));
+                        tokio::task::spawn_local(reader);
+                        Some(outgoing)
+                    }
+                    Err(e) => {
+                        waiting.borrow_mut().ended = Some(Outcome::Transport(e.to_string()));
+                        None
+                    }
+                };
                 Stream {
                     _connection: connection,
-                    outgoing,
+                    outgoing: RefCell::new(outgoing),
                     waiting,
                 }
             })
@@ -107,7 +91,11 @@ impl Streams {
             let mut waiting = stream.waiting.borrow_mut();
             // Sent and queued at once, with no await between: the queue's order is the
             // stream's.
-            if stream.outgoing.send(self.body.clone()).is_err() {
+            let mut outgoing = stream.outgoing.borrow_mut();
+            let sent = outgoing
+                .as_mut()
+                .map(|outgoing| outgoing.send_data(self.body.clone(), false));
+            if !matches!(sent, Some(Ok(()))) {
                 return Outcome::Transport("the stream no longer sends".into()).into();
             }
             waiting.callers.push_back(caller);
@@ -119,11 +107,7 @@ impl Streams {
 }
 
 /// Reads a stream's answers until it ends, then fails whoever still waits with why.
-async fn read(
-    response: impl Future<Output = hyper::Result<Response<Incoming>>>,
-    waiting: Rc<RefCell<Waiting>>,
-    checks: Rc<Checks>,
-) {
+async fn read(response: ResponseFuture, waiting: Rc<RefCell<Waiting>>, checks: Rc<Checks>) {
     let end = answer_all(response, &waiting, &checks).await;
     let mut waiting = waiting.borrow_mut();
     for caller in waiting.callers.drain(..) {
@@ -134,7 +118,7 @@ async fn read(
 
 /// Hands each answer to the caller that has waited longest; returns why the stream ended.
 async fn answer_all(
-    response: impl Future<Output = hyper::Result<Response<Incoming>>>,
+    response: ResponseFuture,
     waiting: &RefCell<Waiting>,
     checks: &Checks,
 ) -> Outcome {
@@ -150,12 +134,10 @@ async fn answer_all(
     }
     let mut body = response.into_body();
     let mut messages = Messages::default();
-    while let Some(frame) = body.frame().await {
-        let data = match frame.map(Frame::into_data) {
-            Ok(Ok(data)) => data,
-            Ok(Err(trailers)) => {
-                return ended(trailers.trailers_ref().and_then(grpc::status));
-            }
+    let last = LastAnswer::default();
+    while let Some(data) = grpc::data(&mut body).await {
+        let data = match data {
+            Ok(data) => data,
             Err(e) => return Outcome::Transport(e.to_string()),
         };
         messages.push(&data);
@@ -168,10 +150,13 @@ async fn answer_all(
             let Some(caller) = waiting.borrow_mut().callers.pop_front() else {
                 return Outcome::BadAnswer("an answer to no message".into());
             };
-            let _ = caller.send(answer(message, checks));
+            let _ = caller.send(last.check(message, |message| answer(message.clone(), checks)));
         }
     }
-    ended(None)
+    match body.trailers().await {
+        Ok(trailers) => ended(trailers.as_ref().and_then(grpc::status)),
+        Err(e) => Outcome::Transport(e.to_string()),
+    }
 }
 
 /// Why a stream ended, from its final status.
