@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 INSTALLED := $(VENV)/.installed
 MODEL ?= examples/wine/model
 
-.PHONY: help venv build dev example-model serve-example test test-rust test-python lint lint-deploy image fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-observability bench-soak fuzz
+.PHONY: help venv build dev example-model serve-example test test-rust test-python lint lint-deploy image fmt protos loadgen perf-analyzer postgres bench-floors bench-micro bench-batching bench-compare bench-swap bench-env bench-routing bench-observability bench-startup bench-profile bench-soak fuzz
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -145,6 +145,12 @@ bench-routing: build example-model loadgen ## W1 to a model in an environment of
 
 bench-observability: build example-model loadgen ## W1 with the access log and with tracing at 10% and 100% vs neither
 	$(PY) benchmarks/observability.py
+
+bench-startup: build example-model ## process start to ready, first start and from a snapshot, beside import mlflow.pyfunc
+	$(PY) benchmarks/startup.py
+
+bench-profile: build example-model loadgen ## where each microsecond of a W1 and a W2 request goes (py-spy and perf)
+	$(PY) benchmarks/profiles.py
 
 SOAK_ARGS ?=
 bench-soak: build example-model loadgen ## soak and chaos: 30 min, 2 workers, hostile requests, SIGKILL every 5 min (SOAK_ARGS="--duration 120")

@@ -2,15 +2,17 @@
 
 The server (one worker) runs pinned to core 0 and arrowsmith-bench drives it from core 1,
 as in compare.py (W1: one row, typed FP32, 32 in flight; W2: 4,096 rows raw, 8 in flight).
-Each workload runs twice under the same load: once sampled by py-spy (every thread, native
-frames too, so the Rust under a Python call is named) and once by perf (call graphs, so the
-tokio threads that never run Python are seen as well). py-spy samples without pausing the
-server (`--nonblocking`), so a sample can now and then be torn; perf's run is the one whose
-throughput stands for the server's. The server's CPU time per request is
-measured around each run; every profile entry is shown as its share of the samples and as
-microseconds per request (that share of the CPU per request).
+Each workload runs three times under the same load:
 
-    .venv/bin/python benchmarks/profiles.py [--duration 20] [--top 25]
+1. unprofiled: requests per second, and each server thread's CPU time per request (from
+   /proc; Python threads named as py-spy names them, the rest by their own names);
+2. under py-spy (Python frames of the model's runner thread; py-spy pauses the server for
+   each sample, so only the shares count): the runner's working samples split by frame,
+   scaled to the runner's CPU per request of run 1;
+3. under perf (every thread, native code): own time by library and by symbol, scaled to the
+   server's CPU per request of run 1.
+
+    .venv/bin/python benchmarks/profiles.py [--duration 12] [--top 20]
 
 Raw profiles go to results/profile-<workload>.* (py-spy's stacks, perf's data and reports).
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -26,96 +30,117 @@ from collections import Counter
 from pathlib import Path
 
 from bodies import w1_request, w2_request
-from floors import core_ticks
-from http_compare import free_port, group_cpu_seconds, server, wine_model
+from http_compare import free_port, server, wine_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCH = HERE.parent / "rust" / "target" / "release" / "arrowsmith-bench"
+PY_SPY = Path(sys.executable).parent / "py-spy"
 CLIENT_CORE = "1"
-SERVER_CORE = "0"
 WORKLOADS = {"W1": (w1_request, 1, 32), "W2": (w2_request, 4096, 8)}
-#: Frames that mean a Python thread is waiting, not working (for a batch, a lock, a socket).
-IDLE_FRAMES = ("__pymethod_next_batch__", "Condition.wait", "Event.wait", "select", "epoll")
-#: py-spy's samples per second of each thread.
-RATE = 1000
+WARMUP = 2.0
+RUNNER = "runner-wine"
+#: Frames that mean the runner is waiting for a batch, not working.
+IDLE_FRAMES = ("next_batch",)
 
 
-def load(port: int, body: Path, rows: int, in_flight: int, seconds: float) -> subprocess.Popen:
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU clock ticks (user + system) of each thread of `pid`."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> name: Python's names (py-spy dump), else the kernel's."""
+    names = {
+        int(t.name): (t / "comm").read_text().strip() for t in Path(f"/proc/{pid}/task").iterdir()
+    }
+    dump = subprocess.run([str(PY_SPY), "dump", "--pid", str(pid)], capture_output=True, text=True)
+    for match in re.finditer(r"^Thread (\d+) \(\w+\): \"([^\"]+)\"", dump.stdout, re.MULTILINE):
+        names[int(match.group(1))] = match.group(2)
+    return names
+
+
+def run_load(
+    port: int, body: Path, rows: int, in_flight: int, seconds: float, sampler: list[str] | None,
+    pid: int,
+) -> tuple[float, dict[int, int]]:  # fmt: skip
+    """One run of the load (the sampler attached after the warm-up): requests per second,
+    and each thread's CPU ticks over the measured part."""
     command = ["taskset", "-c", CLIENT_CORE, str(BENCH), "--target", f"127.0.0.1:{port}"]
     command += ["--body", str(body), "--concurrency", str(in_flight), "--expect-rows", str(rows)]
-    command += ["--duration", str(seconds), "--warmup", "2", "--json", str(body) + ".json"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
-
-
-def sampled(
-    port: int, group: int, body: Path, rows: int, in_flight: int, seconds: float,
-    sampler: list[str],
-) -> tuple[float, float]:  # fmt: skip
-    """Runs the load with the `sampler` command attached after the warm-up: the server's
-    CPU microseconds per request over the measured part, and requests per second."""
-    generator = load(port, body, rows, in_flight, seconds)
-    time.sleep(2)
-    cpu_before = group_cpu_seconds(group)
-    idle_before, total_before = core_ticks(SERVER_CORE)
-    profiler = subprocess.Popen(sampler, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command += ["--duration", str(seconds), "--warmup", str(WARMUP), "--json", f"{body}.json"]
+    generator = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    time.sleep(WARMUP)
+    before = thread_ticks(pid)
+    profiler = (
+        subprocess.Popen(sampler, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if sampler
+        else None
+    )
     if generator.wait() != 0:
         raise RuntimeError("arrowsmith-bench failed")
-    cpu = group_cpu_seconds(group) - cpu_before
-    idle_after, total_after = core_ticks(SERVER_CORE)
-    profiler.wait()
-    level = json.loads(Path(str(body) + ".json").read_text())["levels"][0]
-    requests = level["throughput_rps"] * seconds
-    idle = (idle_after - idle_before) / max(total_after - total_before, 1)
-    print(
-        f"  {level['throughput_rps']:,.0f} req/s, server CPU {cpu / requests * 1e6:.1f} us per "
-        f"request, core 0 idle {idle:.0%} (with the profiler attached)"
-    )
-    return cpu / requests * 1e6, float(level["throughput_rps"])
+    after = thread_ticks(pid)
+    if profiler is not None:
+        profiler.wait()
+    level = json.loads(Path(f"{body}.json").read_text())["levels"][0]
+    used = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    return float(level["throughput_rps"]), used
 
 
-def collapsed_stacks(path: Path) -> Counter[tuple[str, ...]]:
-    """py-spy's raw output: one `frame;frame;... count` line per distinct stack."""
-    stacks: Counter[tuple[str, ...]] = Counter()
+def report_threads(
+    rps: float, seconds: float, used: dict[int, int], names: dict[int, str]
+) -> dict[str, float]:
+    """Each thread's CPU microseconds per request; returns them by name."""
+    per_request = {}
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    for tid, ticks in sorted(used.items(), key=lambda item: -item[1]):
+        if ticks:
+            name = names.get(tid, str(tid))
+            per_request[name] = per_request.get(name, 0.0) + ticks * tick / (rps * seconds) * 1e6
+    print(f"  {rps:,.0f} req/s; server CPU by thread (us per request):")
+    for name, us in per_request.items():
+        print(f"    {us:8.2f} us  {name}")
+    print(f"    {sum(per_request.values()):8.2f} us  in all")
+    return per_request
+
+
+def report_pyspy(path: Path, runner_us: float, top: int) -> None:
+    """The runner's working samples by frame (inclusive and own), as shares of the runner's
+    CPU per request."""
+    working: Counter[tuple[str, ...]] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack:
-            stacks[tuple(stack.split(";"))] += int(count)
-    return stacks
-
-
-def report_pyspy(stacks: Counter[tuple[str, ...]], rps: float, top: int) -> None:
-    """Python threads' working time, as microseconds per request: each thread's, then the
-    frames under them (inclusive and own). py-spy sees only threads that run Python."""
-    working = Counter(
-        {s: n for s, n in stacks.items() if not any(i in f for f in s for i in IDLE_FRAMES)}
-    )
-
-    def us(samples: int) -> float:
-        return samples / RATE / rps * 1e6
-
-    threads: Counter[str] = Counter()
+        frames = tuple(stack.split(";"))
+        if RUNNER in frames[0] and not any(i in f for f in frames for i in IDLE_FRAMES):
+            working[frames[1:]] += int(count)
+    total = sum(working.values())
+    if not total:
+        print("  py-spy: no working sample of the runner")
+        return
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    for stack, count in working.items():
-        threads[stack[0]] += count
-        for frame in set(stack[1:]):
+    for frames, count in working.items():
+        for frame in set(frames):
             inclusive[frame] += count
-        own[stack[-1]] += count
-    print("  py-spy, working Python threads (us per request):")
-    for thread, count in threads.most_common(top):
-        print(f"    {us(count):8.2f} us  {thread}")
+        own[frames[-1]] += count
     for title, table in (("inclusive", inclusive), ("own", own)):
-        print(f"  py-spy, {title} (us per request):")
+        print(f"  py-spy, the runner's time by frame, {title} ({total} samples; us per request):")
         for frame, count in table.most_common(top):
-            print(f"    {us(count):8.2f} us  {frame[:120]}")
+            share = count / total
+            print(f"    {share:6.1%} {share * runner_us:8.2f} us  {frame[:110]}")
 
 
-def report_perf(path: Path, us_per_request: float, top: int) -> None:
-    """perf's samples of every thread of the server: own time by library, then by symbol."""
+def report_perf(path: Path, server_us: float, top: int) -> None:
+    """perf's samples of every thread: own time by library, then by symbol."""
     for sort, title in (("dso", "library"), ("dso,sym", "library and symbol")):
         text = subprocess.run(
-            ["perf", "report", "--stdio", "--no-children", "--sort", sort, "-i", str(path)],
+            ["perf", "report", "--stdio", "--no-children", "-g", "none", "--sort", sort,
+             "-i", str(path)],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         (RESULTS / f"{path.name}-{sort.replace(',', '-')}.txt").write_text(text)
@@ -125,13 +150,13 @@ def report_perf(path: Path, us_per_request: float, top: int) -> None:
         for fields in entries[:top]:
             share = float(fields[0].rstrip("%")) / 100
             what = " ".join(fields[1:])[:110]
-            print(f"    {share:6.1%} {share * us_per_request:8.1f} us  {what}")
+            print(f"    {share:6.1%} {share * server_us:8.2f} us  {what}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=20)
-    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--duration", type=float, default=12)
+    parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     model = wine_model(RESULTS)
@@ -142,27 +167,26 @@ def main() -> None:
         "--flight-port", "0", "--workers", "1",
     ]  # fmt: skip
     ready = f"http://127.0.0.1:{http_port}/v2/health/ready"
+    seconds = args.duration
     with server(command, ready, RESULTS / "profile-server.log") as process:
+        pid = process.pid
+        names = thread_names(pid)
         for workload, (request, rows, in_flight) in WORKLOADS.items():
             body = RESULTS / f"profile-{workload.lower()}.pb"
             body.write_bytes(request().SerializeToString())
-            pyspy = RESULTS / f"profile-{workload}.pyspy.txt"
+            print(f"{workload} ({rows} rows, {in_flight} in flight), unprofiled:")
+            rps, used = run_load(port, body, rows, in_flight, seconds, None, pid)
+            by_thread = report_threads(rps, seconds, used, names)
+            sampling = str(max(int(seconds - 1), 1))
+            stacks = RESULTS / f"profile-{workload}.pyspy.txt"
+            py_spy = [str(PY_SPY), "record", "--pid", str(pid), "--threads", "--rate", "250"]
+            py_spy += ["--format", "raw", "--duration", sampling, "--output", str(stacks)]
+            run_load(port, body, rows, in_flight, seconds, py_spy, pid)
+            report_pyspy(stacks, by_thread.get(RUNNER, 0.0), args.top)
             perf_data = RESULTS / f"profile-{workload}.perf"
-            seconds = args.duration
-            print(f"{workload} ({rows} rows, {in_flight} in flight), py-spy:")
-            sampling = str(int(seconds) - 4)
-            py_spy = [
-                str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid),
-                "--native", "--threads", "--nonblocking", "--rate", str(RATE), "--format", "raw",
-                "--duration", sampling, "--output", str(pyspy),
-            ]  # fmt: skip
-            _, rps = sampled(port, process.pid, body, rows, in_flight, seconds, py_spy)
-            report_pyspy(collapsed_stacks(pyspy), rps, args.top)
-            print(f"{workload}, perf:")
-            perf = ["perf", "record", "-F", "999", "-g", "-p", str(process.pid)]
-            perf += ["-o", str(perf_data), "--", "sleep", sampling]
-            us, _ = sampled(port, process.pid, body, rows, in_flight, seconds, perf)
-            report_perf(perf_data, us, args.top)
+            perf = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(perf_data)]
+            run_load(port, body, rows, in_flight, seconds, [*perf, "--", "sleep", sampling], pid)
+            report_perf(perf_data, sum(by_thread.values()), args.top)
 
 
 if __name__ == "__main__":
