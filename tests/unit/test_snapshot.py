@@ -95,6 +95,16 @@ def test_an_unreadable_snapshot_means_a_full_load(snapshots, wine_copy, caplog) 
     assert "unreadable" in caplog.text
 
 
+def test_a_snapshot_others_could_have_written_is_not_used(snapshots, wine_copy, caplog) -> None:
+    load_model(ModelConfig(str(wine_copy), "wine"))
+    (kept,) = snapshots.iterdir()
+    kept.chmod(0o777)
+    assert not restored(load_model(ModelConfig(str(wine_copy), "wine")))
+    assert "writable by its group or by others" in caplog.text
+    kept.chmod(0o700)
+    assert restored(load_model(ModelConfig(str(wine_copy), "wine")))
+
+
 def test_snapshots_can_be_turned_off(tmp_path, monkeypatch, wine_copy) -> None:
     monkeypatch.setenv("ARROWSMITH_SNAPSHOT_DIR", "off")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

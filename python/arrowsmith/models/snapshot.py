@@ -12,8 +12,9 @@ package version, a failed check) means a full load, as without snapshots.
 
 Snapshots live in `$ARROWSMITH_SNAPSHOT_DIR`, else `$XDG_CACHE_HOME/arrowsmith/snapshots`
 (`~/.cache/...`); `ARROWSMITH_SNAPSHOT_DIR=off` turns them off. The folder is created
-private to the user: a pickle is code, so whoever can write there can run code in the
-server, as whoever can write the model's own files can.
+private to the user, and a snapshot whose folders belong to another user or are writable
+by anyone else is not used: a pickle is code, so whoever can write there can run code in
+the server, as whoever can write the model's own files can.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def keep(model: Any, model_dir: Path) -> None:
 
 def _write(folder: Path, snapshot_key: str, model: Any, call: BlockCall) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdtemp's folder is private (0o700); it becomes the snapshot's as it is.
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=folder))
     try:
         estimator = call.predict.__self__  # type: ignore[attr-defined]
@@ -152,6 +154,10 @@ def restore(model_dir: Path) -> Restored | None:
     if folder is None or snapshot_key is None or not (folder / snapshot_key).is_dir():
         return None
     where = folder / snapshot_key
+    unsafe = _writable_by_others(folder, where)
+    if unsafe is not None:
+        logger.warning("snapshot %s is not used, loading in full: %s", where, unsafe)
+        return None
     try:
         restored = _read(where)
     except Exception as error:
@@ -161,6 +167,18 @@ def restore(model_dir: Path) -> Restored | None:
         logger.warning("snapshot %s no longer predicts as recorded, loading in full", where)
         return None
     return restored
+
+
+def _writable_by_others(*folders: Path) -> str | None:
+    """Why a snapshot may have been written by someone else (a pickle is code), or None:
+    its folders must belong to this user and be writable by no one else."""
+    for folder in folders:
+        status = folder.stat()
+        if status.st_uid != os.getuid():
+            return f"{folder} belongs to another user"
+        if status.st_mode & 0o022:
+            return f"{folder} is writable by its group or by others"
+    return None
 
 
 class Restored:
