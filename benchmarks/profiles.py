@@ -6,9 +6,10 @@ Each workload runs three times under the same load:
 
 1. unprofiled: requests per second, and each server thread's CPU time per request (from
    /proc; Python threads named as py-spy names them, the rest by their own names);
-2. under py-spy (Python frames of the model's runner thread; py-spy pauses the server for
-   each sample, so only the shares count): the runner's working samples split by frame,
-   scaled to the runner's CPU per request of run 1;
+2. under py-spy, sampling only threads that hold the GIL (`--gil`): the model's runner
+   thread's Python time by frame, as microseconds per request of that run. (Without
+   `--gil`, py-spy counts a thread woken but waiting for the core as busy: on one core
+   shared with the front, that is most of the runner's samples, all on `next_batch`.)
 3. under perf (every thread, native code): own time by library and by symbol, scaled to the
    server's CPU per request of run 1.
 
@@ -40,8 +41,8 @@ CLIENT_CORE = "1"
 WORKLOADS = {"W1": (w1_request, 1, 32), "W2": (w2_request, 4096, 8)}
 WARMUP = 2.0
 RUNNER = "runner-wine"
-#: Frames that mean the runner is waiting for a batch, not working.
-IDLE_FRAMES = ("next_batch",)
+#: py-spy's samples per second.
+RATE = 250
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -109,30 +110,33 @@ def report_threads(
     return per_request
 
 
-def report_pyspy(path: Path, runner_us: float, top: int) -> None:
-    """The runner's working samples by frame (inclusive and own), as shares of the runner's
-    CPU per request."""
-    working: Counter[tuple[str, ...]] = Counter()
+def report_pyspy(path: Path, rps: float, seconds: float, top: int) -> None:
+    """The runner's samples holding the GIL, by frame (inclusive and own), as microseconds
+    per request: each sample stands for 1/RATE s of the sampled run."""
+    held: Counter[tuple[str, ...]] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = tuple(stack.split(";"))
-        if RUNNER in frames[0] and not any(i in f for f in frames for i in IDLE_FRAMES):
-            working[frames[1:]] += int(count)
-    total = sum(working.values())
-    if not total:
-        print("  py-spy: no working sample of the runner")
-        return
+        if RUNNER in frames[0]:
+            held[frames[1:]] += int(count)
+    total = sum(held.values())
+    requests = rps * seconds
+
+    def us(samples: int) -> float:
+        return samples / RATE / requests * 1e6
+
+    print(f"  py-spy, the runner holding the GIL: {us(total):.2f} us per request", end="")
+    print(f" (at {rps:,.0f} req/s under py-spy)")
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    for frames, count in working.items():
+    for frames, count in held.items():
         for frame in set(frames):
             inclusive[frame] += count
         own[frames[-1]] += count
     for title, table in (("inclusive", inclusive), ("own", own)):
-        print(f"  py-spy, the runner's time by frame, {title} ({total} samples; us per request):")
+        print(f"  py-spy, the runner's Python by frame, {title} (us per request):")
         for frame, count in table.most_common(top):
-            share = count / total
-            print(f"    {share:6.1%} {share * runner_us:8.2f} us  {frame[:110]}")
+            print(f"    {us(count):8.2f} us  {frame[:110]}")
 
 
 def report_perf(path: Path, server_us: float, top: int) -> None:
@@ -179,10 +183,11 @@ def main() -> None:
             by_thread = report_threads(rps, seconds, used, names)
             sampling = str(max(int(seconds - 1), 1))
             stacks = RESULTS / f"profile-{workload}.pyspy.txt"
-            py_spy = [str(PY_SPY), "record", "--pid", str(pid), "--threads", "--rate", "250"]
-            py_spy += ["--format", "raw", "--duration", sampling, "--output", str(stacks)]
-            run_load(port, body, rows, in_flight, seconds, py_spy, pid)
-            report_pyspy(stacks, by_thread.get(RUNNER, 0.0), args.top)
+            py_spy = [str(PY_SPY), "record", "--pid", str(pid), "--threads", "--gil"]
+            py_spy += ["--rate", str(RATE), "--format", "raw", "--duration", sampling]
+            py_spy += ["--output", str(stacks)]
+            profiled_rps, _ = run_load(port, body, rows, in_flight, seconds, py_spy, pid)
+            report_pyspy(stacks, profiled_rps, float(sampling), args.top)
             perf_data = RESULTS / f"profile-{workload}.perf"
             perf = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(perf_data)]
             run_load(port, body, rows, in_flight, seconds, [*perf, "--", "sleep", sampling], pid)
