@@ -45,6 +45,7 @@ from test_enforcement import (
     column_datatypes,
     column_text,
     cycled,
+    draw_column_inputs,
     fixed_values,
     tensor_cases,
     v2_input,
@@ -212,22 +213,7 @@ def column_requests(draw: st.DrawFn) -> Request:
         for name in names
     ]
     rows = draw(st.sampled_from((0, 1, 1, 2, 3)))
-    inputs = []
-    if named:
-        for spec in specs:
-            fate = draw(st.sampled_from(("sent",) * 5 + ("missing", "renamed")))
-            if fate != "missing":
-                name = spec.name if fate == "sent" else spec.name.upper()
-                inputs.append(draw(column_input(name, spec.type, rows)))
-    else:
-        for position in range(draw(st.integers(count - 1, count + 1))):
-            column_type = specs[position].type if position < count else None
-            inputs.append(draw(column_input(f"input-{position}", column_type, rows)))
-    for extra in range(draw(st.integers(0 if inputs else 1, 2))):
-        inputs.append(draw(column_input(f"extra-{extra}", None, rows)))
-    if named:
-        inputs = draw(st.permutations(inputs))
-    sent = tuple(inputs)
+    sent = draw_column_inputs(draw, specs, rows, column_input, at_least_one=True)
     return Request(
         Schema(specs), sent, draw(forms("pd")), draw(input_marks(sent)), draw(st.booleans())
     )

@@ -44,6 +44,7 @@ import itertools
 import math
 import types
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,6 +314,21 @@ def column_cases(draw: st.DrawFn) -> Case:
         for name, column_type in zip(names, column_types, strict=True)
     ]
     rows = draw(st.sampled_from((0, 1, 1, 2, 3, 4, 5)))
+    inputs = draw_column_inputs(draw, specs, rows, column_input)
+    return Case(Schema(specs), inputs, draw(st.booleans()))
+
+
+def draw_column_inputs(
+    draw: st.DrawFn,
+    specs: list[ColSpec],
+    rows: int,
+    column_input: Callable[[str, Any, int], st.SearchStrategy[V2Input]],
+    at_least_one: bool = False,
+) -> tuple[V2Input, ...]:
+    """Inputs for column `specs`: by name when they are named (some missing, some misnamed,
+    in any order), else by position (one fewer to one more); then up to two extra inputs
+    (one at least when `at_least_one` and none came before)."""
+    named = specs[0].name is not None
     inputs = []
     if named:
         for spec in specs:
@@ -321,14 +337,16 @@ def column_cases(draw: st.DrawFn) -> Case:
                 name = spec.name if fate == "sent" else spec.name.upper()
                 inputs.append(draw(column_input(name, spec.type, rows)))
     else:
+        count = len(specs)
         for position in range(draw(st.integers(count - 1, count + 1))):
             column_type = specs[position].type if position < count else None
             inputs.append(draw(column_input(f"input-{position}", column_type, rows)))
-    for extra in range(draw(st.integers(0, 2))):
+    fewest_extras = 1 if at_least_one and not inputs else 0
+    for extra in range(draw(st.integers(fewest_extras, 2))):
         inputs.append(draw(column_input(f"extra-{extra}", None, rows)))
     if named:
         inputs = draw(st.permutations(inputs))
-    return Case(Schema(specs), tuple(inputs), draw(st.booleans()))
+    return tuple(inputs)
 
 
 def fed_unsupported_columns(case: Case) -> list[str]:
