@@ -5,6 +5,7 @@ and no transport."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +105,11 @@ def _restored(
     while MLflow's model object loads on a thread of its own; None without a snapshot."""
     if copy.download is not None or config.env_manager != "local":
         return None
+    steps = _Steps()
     found = snapshot.restore(copy.path)
     if found is None:
         return None
+    steps.done("snapshot read and checked")
     name = config.name or source.default_name
     warn_differences(name, copy.path)
     pyfunc = deferred.DeferredLoad(f"model {name}", lambda: loader.load_pyfunc(copy.path))
@@ -130,11 +133,12 @@ def _restored(
         content_type=found.content_type,
     )
     logger.info(
-        "model %s (version %s) from %s is restored from its snapshot: predict path %s",
+        "model %s (version %s) from %s is restored from its snapshot: predict path %s (%s)",
         model.name,
         model.version or "-",
         source.pinned_uri,
         model.predict_path,
+        steps,
     )
     return model
 
@@ -143,11 +147,13 @@ def _describe(
     config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy
 ) -> LoadedModel:
     path = copy.path
+    steps = _Steps()
     if config.env_manager == "local":
         warn_differences(config.name or source.default_name, path)
     else:
         check_fits(config.name or source.default_name, source.version, path)
     pyfunc = loader.load_pyfunc(path)
+    steps.done("MLflow's load")
     metadata = pyfunc.metadata
     input_schema = metadata.get_input_schema()
     params_schema = metadata.get_params_schema()
@@ -157,6 +163,8 @@ def _describe(
         )
     fast_predict = fast_path.flavor_predict(pyfunc)
     example = loader.input_example(pyfunc, path)
+    block_call = fast_path.block_call(pyfunc, fast_predict, example)
+    steps.done("input example and proof")
     model = LoadedModel(
         name=config.name or source.default_name,
         version=source.version or config.version or "",
@@ -172,19 +180,37 @@ def _describe(
         ),
         config=config,
         fast_predict=fast_predict,
-        block_call=fast_path.block_call(pyfunc, fast_predict, example),
+        block_call=block_call,
         local_copy=copy,
         loader_module=str(pyfunc.loader_module),
         content_type=default_content_type(input_schema),
     )
     warm_up(model, example)
+    steps.done("warm-up")
     logger.info(
-        "model %s (version %s) from %s is loaded: %d inputs, %d outputs, predict path %s",
+        "model %s (version %s) from %s is loaded: %d inputs, %d outputs, predict path %s (%s)",
         model.name,
         model.version or "-",
         source.pinned_uri,
         len(model.inputs),
         len(model.outputs),
         model.predict_path,
+        steps,
     )
     return model
+
+
+class _Steps:
+    """How long each step of a load took, for its log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._parts: list[str] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self._parts.append(f"{step} {now - self._last:.2f} s")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._parts)
