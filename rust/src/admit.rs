@@ -70,16 +70,21 @@ pub fn job_for(
         None => true,
         Some(form) => native_equals_as_sent(form, &request.inputs, signature),
     });
-    let (form, tensors) = match enforced_natively {
+    let (form, tensors, block) = match enforced_natively {
         Some(signature) => {
             let input = coerce(&request.inputs, signature)?;
             let form = match input {
                 ModelInput::Columns { .. } => "columns",
                 ModelInput::Tensors(_) => "tensors",
             };
-            (form.to_owned(), input.into_tensors())
+            let block = input.block();
+            (form.to_owned(), input.into_tensors(), block)
         }
-        None => (as_sent_form(&request.inputs, content_type)?, request.inputs),
+        None => (
+            as_sent_form(&request.inputs, content_type)?,
+            request.inputs,
+            None,
+        ),
     };
     Ok(Job::new(
         request.id,
@@ -89,6 +94,7 @@ pub fn job_for(
         tensors,
         deadline,
     )
+    .with_block(block)
     .with_output_regions(request.output_regions))
 }
 
@@ -492,5 +498,52 @@ mod tests {
         assert_eq!(job.form, "pd");
         let empty = job_for(request(Some("pd"), Vec::new()), Some(&signature), None);
         assert!(empty.is_err());
+    }
+
+    /// A batch of one request that admission cast into a block is that very block; two
+    /// such requests are gathered column by column as before.
+    #[test]
+    fn a_request_batched_alone_hands_over_its_cast_block() {
+        use crate::batch::{BatchConfig, Batcher};
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::Float64Type;
+
+        let signature = columns(&[("a", "double"), ("b", "double")]);
+        let config = BatchConfig {
+            max_batch_rows: 1024,
+            max_delay: std::time::Duration::ZERO,
+            max_queue: 8,
+        };
+        let batcher = Batcher::new(config, "m".to_owned(), String::new());
+        let admit = || {
+            let inputs = vec![floats("b", &[2, 1]), doubles("a", &[2])];
+            Arc::new(job_for(request(None, inputs), Some(&signature), None).unwrap())
+        };
+        let alone = admit();
+        batcher.submit(&alone).unwrap();
+        let block = batcher
+            .next_batch()
+            .unwrap()
+            .column_block()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            block.as_primitive::<Float64Type>().values(),
+            &[0.5, 0.5, 1.5, 1.5]
+        );
+        let kept = alone.block.clone().unwrap();
+        assert!(Arc::ptr_eq(&block, &kept), "the batch copied the block");
+
+        let (first, second) = (admit(), admit());
+        batcher.submit(&first).unwrap();
+        batcher.submit(&second).unwrap();
+        let gathered = batcher
+            .next_batch()
+            .unwrap()
+            .column_block()
+            .unwrap()
+            .unwrap();
+        let expected = [0.5, 0.5, 0.5, 0.5, 1.5, 1.5, 1.5, 1.5];
+        assert_eq!(gathered.as_primitive::<Float64Type>().values(), &expected);
     }
 }

@@ -75,6 +75,9 @@ pub struct Job {
     ran: OnceLock<(Instant, Instant)>,
     /// Outputs the client asked to have written into shared memory.
     output_regions: Vec<OutputRegion>,
+    /// The tensors' values end to end in one array (columns x rows), when admission's cast
+    /// built one: a batch of this job alone is that block.
+    pub(crate) block: Option<ArrayRef>,
 }
 
 /// Where a settled job's time went.
@@ -147,6 +150,7 @@ impl Job {
             trace: OnceLock::new(),
             ran: OnceLock::new(),
             output_regions: Vec::new(),
+            block: None,
         }
     }
 
@@ -154,6 +158,14 @@ impl Job {
     #[must_use]
     pub fn with_output_regions(mut self, regions: Vec<OutputRegion>) -> Self {
         self.output_regions = regions;
+        self
+    }
+
+    /// The tensors' block (`coerce::ModelInput::block`), laid out as `Batch::column_block`
+    /// lays out a batch of this job alone.
+    #[must_use]
+    pub fn with_block(mut self, block: Option<ArrayRef>) -> Self {
+        self.block = block;
         self
     }
 
@@ -525,6 +537,11 @@ pub struct Batch {
 
 /// `values` of `tensor`, checked to fill its shape and to have the key's type: the batch's
 /// last check before it trusts a request's numbers.
+/// How many values a job's tensors hold in all.
+fn job_values(job: &Job) -> usize {
+    job.tensors.iter().map(|t| t.values.len()).sum()
+}
+
 fn checked_values<'a>(job: &'a Job, index: usize, lead: &Tensor) -> Result<&'a Tensor> {
     let refuse = |what: &str| {
         Error::Internal(format!(
@@ -708,6 +725,11 @@ impl Batch {
             return Ok(None);
         }
         self.check_members()?;
+        if let [job] = self.jobs.as_slice() {
+            if let Some(block) = job.block.as_ref().filter(|b| b.len() == job_values(job)) {
+                return Ok(Some(Arc::clone(block)));
+            }
+        }
         let mut parts: Vec<&dyn Array> = Vec::new();
         for (index, lead) in lead_tensors.iter().enumerate() {
             parts.extend(

@@ -19,7 +19,8 @@ use arrow_array::types::{
     Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
     UInt32Type, UInt8Type,
 };
-use arrow_array::{ArrayRef, StringArray};
+use arrow_array::{Array, ArrayRef, Float64Array, StringArray};
+use arrow_buffer::ScalarBuffer;
 
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
@@ -34,6 +35,10 @@ pub enum ModelInput {
         names: Vec<String>,
         columns: Vec<ArrayRef>,
         rows: usize,
+        /// The columns laid end to end in one array (columns x rows), when the cast to
+        /// double wrote them there in one pass (`columns` are views of it): a request
+        /// batched alone hands the model this block without another copy.
+        block: Option<ArrayRef>,
     },
     /// Tensors in signature order.
     Tensors(Vec<Tensor>),
@@ -49,6 +54,7 @@ impl ModelInput {
                 names,
                 columns,
                 rows,
+                ..
             } => names
                 .into_iter()
                 .zip(columns)
@@ -60,6 +66,16 @@ impl ModelInput {
                     parameters: crate::tensor::Parameters::new(),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl ModelInput {
+    /// The columns' block, when the conversion built one.
+    pub fn block(&self) -> Option<ArrayRef> {
+        match self {
+            ModelInput::Columns { block, .. } => block.clone(),
+            ModelInput::Tensors(_) => None,
         }
     }
 }
@@ -183,14 +199,96 @@ fn coerce_columns(inputs: &[Tensor], specs: &[ColumnSpec]) -> Result<ModelInput>
             Some(_) => {}
             None => rows = Some((n, &tensor.name)),
         }
-        columns.push(convert_column(&name, tensor, &spec.ty)?);
+        columns.push(if for_double_block(tensor, &spec.ty) {
+            Column::Double(tensor)
+        } else {
+            Column::Ready(convert_column(&name, tensor, &spec.ty)?)
+        });
         names.push(name);
     }
+    let rows = rows.map_or(0, |(n, _)| n);
+    let (columns, block) = finish_columns(columns, rows);
     Ok(ModelInput::Columns {
         names,
         columns,
-        rows: rows.map_or(0, |(n, _)| n),
+        rows,
+        block,
     })
+}
+
+/// A column converted, or one for a double column from FP32 or FP64 values, converted once
+/// every column is known: together they may be cast into one block.
+enum Column<'a> {
+    Ready(ArrayRef),
+    Double(&'a Tensor),
+}
+
+/// Whether a column goes to a double column from FP32 or FP64 values (the only conversions
+/// that can meet there, neither of which can be refused).
+fn for_double_block(tensor: &Tensor, target: &ColumnType) -> bool {
+    matches!(target, ColumnType::Double)
+        && matches!(tensor.datatype, DataType::Fp32 | DataType::Fp64)
+        && !is_text(tensor)
+        && tensor.values.null_count() == 0
+}
+
+/// The columns, and their block when every one of several is a double column from FP32 or
+/// FP64 values and one at least needs the cast (which then writes the block: one pass, as a
+/// column at a time would take). Otherwise each column as `convert_column` gives it.
+fn finish_columns(columns: Vec<Column<'_>>, rows: usize) -> (Vec<ArrayRef>, Option<ArrayRef>) {
+    let doubles: Vec<&Tensor> = columns
+        .iter()
+        .filter_map(|column| match column {
+            Column::Double(tensor) => Some(*tensor),
+            Column::Ready(_) => None,
+        })
+        .collect();
+    let cast_needed = doubles.iter().any(|t| t.datatype == DataType::Fp32);
+    if doubles.len() == columns.len() && doubles.len() > 1 && cast_needed {
+        if let Some((views, block)) = double_block(&doubles, rows) {
+            return (views, Some(block));
+        }
+    }
+    let converted = columns
+        .into_iter()
+        .map(|column| match column {
+            Column::Ready(values) => values,
+            Column::Double(tensor) => double_column(tensor),
+        })
+        .collect();
+    (converted, None)
+}
+
+/// One column as double: FP64 as it is, FP32 cast.
+fn double_column(tensor: &Tensor) -> ArrayRef {
+    match tensor.values.as_primitive_opt::<Float32Type>() {
+        Some(values) => Arc::new(values.unary::<_, Float64Type>(f64::from)),
+        None => Arc::clone(&tensor.values),
+    }
+}
+
+/// The columns cast (or copied) end to end into one double array, and a view of each;
+/// None if a column's values are not `rows` FP32 or FP64 values.
+fn double_block(tensors: &[&Tensor], rows: usize) -> Option<(Vec<ArrayRef>, ArrayRef)> {
+    let mut values: Vec<f64> = Vec::with_capacity(tensors.len().checked_mul(rows)?);
+    for tensor in tensors {
+        if tensor.values.len() != rows {
+            return None;
+        }
+        if let Some(singles) = tensor.values.as_primitive_opt::<Float32Type>() {
+            values.extend(singles.values().iter().map(|&v| f64::from(v)));
+        } else {
+            values.extend_from_slice(tensor.values.as_primitive_opt::<Float64Type>()?.values());
+        }
+    }
+    let buffer = ScalarBuffer::from(values);
+    let views = (0..tensors.len())
+        .map(|index| {
+            let start = index.checked_mul(rows)?;
+            Some(Arc::new(Float64Array::new(buffer.slice(start, rows), None)) as ArrayRef)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((views, Arc::new(Float64Array::new(buffer, None))))
 }
 
 /// A column arrives as shape `[n]` or `[n, 1]`.

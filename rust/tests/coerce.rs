@@ -37,6 +37,7 @@ fn columns(input: ModelInput) -> (Vec<String>, Vec<ArrayRef>, usize) {
             names,
             columns,
             rows,
+            ..
         } => (names, columns, rows),
         ModelInput::Tensors(_) => panic!("expected columns"),
     }
@@ -271,4 +272,68 @@ fn tensor_specs_are_strict() {
     assert!(
         refusal(coerce(&[wrong], &signature)).contains("does not match expected shape [-1, 2, 2]")
     );
+}
+
+#[test]
+fn fp32_columns_for_double_are_cast_into_one_block_and_seen_through_it() {
+    let signature = Signature::Columns(vec![column("a", "double"), column("b", "double")]);
+    let inputs = [
+        tensor(
+            "b",
+            DataType::Fp64,
+            &[2, 1],
+            Arc::new(arrow_array::Float64Array::from(vec![3.25, 4.5])),
+        ),
+        tensor(
+            "a",
+            DataType::Fp32,
+            &[2],
+            Arc::new(Float32Array::from(vec![1.5, 0.1])),
+        ),
+    ];
+    let input = coerce(&inputs, &signature).unwrap();
+    let block = input.block().expect("a block for double columns from FP32");
+    let block = block.as_primitive::<Float64Type>().values().to_vec();
+    assert_eq!(block, vec![1.5, f64::from(0.1f32), 3.25, 4.5]);
+    let (names, columns, rows) = columns(input);
+    assert_eq!((names, rows), (vec!["a".to_owned(), "b".to_owned()], 2));
+    let seen: Vec<Vec<f64>> = columns
+        .iter()
+        .map(|c| c.as_primitive::<Float64Type>().values().to_vec())
+        .collect();
+    assert_eq!(seen, vec![vec![1.5, f64::from(0.1f32)], vec![3.25, 4.5]]);
+}
+
+#[test]
+fn columns_that_need_no_cast_or_are_not_all_doubles_build_no_block() {
+    let doubles = Signature::Columns(vec![column("a", "double"), column("b", "double")]);
+    let fp64 = |name: &str| {
+        tensor(
+            name,
+            DataType::Fp64,
+            &[1],
+            Arc::new(arrow_array::Float64Array::from(vec![2.0])),
+        )
+    };
+    let borrowed = coerce(&[fp64("a"), fp64("b")], &doubles).unwrap();
+    assert!(
+        borrowed.block().is_none(),
+        "FP64 columns stay where they are"
+    );
+    let mixed = Signature::Columns(vec![column("a", "double"), column("b", "long")]);
+    let inputs = [
+        tensor(
+            "a",
+            DataType::Fp32,
+            &[1],
+            Arc::new(Float32Array::from(vec![1.0])),
+        ),
+        tensor(
+            "b",
+            DataType::Int64,
+            &[1],
+            Arc::new(Int64Array::from(vec![7])),
+        ),
+    ];
+    assert!(coerce(&inputs, &mixed).unwrap().block().is_none());
 }
