@@ -535,13 +535,13 @@ pub struct Batch {
     trace: Mutex<Option<BatchTrace>>,
 }
 
-/// `values` of `tensor`, checked to fill its shape and to have the key's type: the batch's
-/// last check before it trusts a request's numbers.
 /// How many values a job's tensors hold in all.
 fn job_values(job: &Job) -> usize {
     job.tensors.iter().map(|t| t.values.len()).sum()
 }
 
+/// `values` of `tensor`, checked to fill its shape and to have the key's type: the batch's
+/// last check before it trusts a request's numbers.
 fn checked_values<'a>(job: &'a Job, index: usize, lead: &Tensor) -> Result<&'a Tensor> {
     let refuse = |what: &str| {
         Error::Internal(format!(

@@ -207,7 +207,7 @@ fn coerce_columns(inputs: &[Tensor], specs: &[ColumnSpec]) -> Result<ModelInput>
         names.push(name);
     }
     let rows = rows.map_or(0, |(n, _)| n);
-    let (columns, block) = finish_columns(columns, rows);
+    let (columns, block) = finish_columns(&names, columns, rows)?;
     Ok(ModelInput::Columns {
         names,
         columns,
@@ -235,7 +235,11 @@ fn for_double_block(tensor: &Tensor, target: &ColumnType) -> bool {
 /// The columns, and their block when every one of several is a double column from FP32 or
 /// FP64 values and one at least needs the cast (which then writes the block: one pass, as a
 /// column at a time would take). Otherwise each column as `convert_column` gives it.
-fn finish_columns(columns: Vec<Column<'_>>, rows: usize) -> (Vec<ArrayRef>, Option<ArrayRef>) {
+fn finish_columns(
+    names: &[String],
+    columns: Vec<Column<'_>>,
+    rows: usize,
+) -> Result<(Vec<ArrayRef>, Option<ArrayRef>)> {
     let doubles: Vec<&Tensor> = columns
         .iter()
         .filter_map(|column| match column {
@@ -246,35 +250,29 @@ fn finish_columns(columns: Vec<Column<'_>>, rows: usize) -> (Vec<ArrayRef>, Opti
     let cast_needed = doubles.iter().any(|t| t.datatype == DataType::Fp32);
     if doubles.len() == columns.len() && doubles.len() > 1 && cast_needed {
         if let Some((views, block)) = double_block(&doubles, rows) {
-            return (views, Some(block));
+            return Ok((views, Some(block)));
         }
     }
-    let converted = columns
-        .into_iter()
-        .map(|column| match column {
-            Column::Ready(values) => values,
-            Column::Double(tensor) => double_column(tensor),
+    let converted = names
+        .iter()
+        .zip(columns)
+        .map(|(name, column)| match column {
+            Column::Ready(values) => Ok(values),
+            Column::Double(tensor) => convert_column(name, tensor, &ColumnType::Double),
         })
-        .collect();
-    (converted, None)
-}
-
-/// One column as double: FP64 as it is, FP32 cast.
-fn double_column(tensor: &Tensor) -> ArrayRef {
-    match tensor.values.as_primitive_opt::<Float32Type>() {
-        Some(values) => Arc::new(values.unary::<_, Float64Type>(f64::from)),
-        None => Arc::clone(&tensor.values),
-    }
+        .collect::<Result<Vec<_>>>()?;
+    Ok((converted, None))
 }
 
 /// The columns cast (or copied) end to end into one double array, and a view of each;
 /// None if a column's values are not `rows` FP32 or FP64 values.
 fn double_block(tensors: &[&Tensor], rows: usize) -> Option<(Vec<ArrayRef>, ArrayRef)> {
+    // Every column's values are counted before anything is allocated for them.
+    if tensors.iter().any(|tensor| tensor.values.len() != rows) {
+        return None;
+    }
     let mut values: Vec<f64> = Vec::with_capacity(tensors.len().checked_mul(rows)?);
     for tensor in tensors {
-        if tensor.values.len() != rows {
-            return None;
-        }
         if let Some(singles) = tensor.values.as_primitive_opt::<Float32Type>() {
             values.extend(singles.values().iter().map(|&v| f64::from(v)));
         } else {
