@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arrowsmith import _native
@@ -86,27 +87,29 @@ def load_model(config: ModelConfig, source: loader.ModelSource | None = None) ->
     source = source if source is not None else loader.resolve(config.uri)
     copy = loader.local_copy(source)
     try:
-        restored = _restored(config, source, copy)
+        # Only a local folder served in this environment has a snapshot.
+        local = copy.download is None and config.env_manager == "local"
+        kept_at = snapshot.place(copy.path) if local else None
+        restored = _restored(config, source, copy, kept_at) if kept_at is not None else None
         if restored is not None:
             return restored
         model = _describe(config, source, copy)
     except BaseException:
         copy.remove()
         raise
-    if copy.download is None and config.env_manager == "local":
-        snapshot.keep(model, copy.path)
+    if kept_at is not None:
+        snapshot.keep(model, kept_at)
     return model
 
 
 def _restored(
-    config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy
+    config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy, kept_at: Path
 ) -> LoadedModel | None:
-    """The model from its snapshot (models/snapshot.py), serving its block call at once
-    while MLflow's model object loads on a thread of its own; None without a snapshot."""
-    if copy.download is not None or config.env_manager != "local":
-        return None
+    """The model from its snapshot at `kept_at` (models/snapshot.py), serving its block
+    call at once while MLflow's model object loads on a thread of its own; None without a
+    sound snapshot."""
     steps = _Steps()
-    found = snapshot.restore(copy.path)
+    found = snapshot.restore(kept_at)
     if found is None:
         return None
     steps.done("snapshot read and checked")

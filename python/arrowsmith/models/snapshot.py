@@ -89,23 +89,31 @@ def _installed_distributions() -> list[str]:
     return sorted(found)
 
 
-def keep(model: Any, model_dir: Path) -> None:
-    """Writes the snapshot of a fully loaded `model` (a LoadedModel on the block call);
-    failing to is logged, never fatal."""
+def place(model_dir: Path) -> Path | None:
+    """Where the snapshot of the model in `model_dir` is (or would be) kept; None when
+    snapshots are off or the model is too large for one. Worked out once per load: it
+    hashes the model's files."""
     folder = root()
+    if folder is None:
+        return None
+    snapshot_key = key(model_dir)
+    return folder / snapshot_key if snapshot_key is not None else None
+
+
+def keep(model: Any, where: Path) -> None:
+    """Writes the snapshot of a fully loaded `model` (a LoadedModel on the block call) at
+    `where` (`place`); failing to is logged, never fatal."""
     call = model.block_call
-    if folder is None or call is None:
+    if call is None or where.is_dir():
         return
     try:
-        snapshot_key = key(model_dir)
-        if snapshot_key is None or (folder / snapshot_key).is_dir():
-            return
-        _write(folder, snapshot_key, model, call)
+        _write(where, model, call)
     except Exception as error:
         logger.warning("no snapshot of model %s was kept: %s", model.name, error)
 
 
-def _write(folder: Path, snapshot_key: str, model: Any, call: BlockCall) -> None:
+def _write(where: Path, model: Any, call: BlockCall) -> None:
+    folder = where.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkdtemp's folder is private (0o700); it becomes the snapshot's as it is.
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=folder))
@@ -118,13 +126,17 @@ def _write(folder: Path, snapshot_key: str, model: Any, call: BlockCall) -> None
             arrays[f"expected_{i}"] = np.asarray(expected)
         np.savez(staging / _PROOF, **arrays)  # type: ignore[arg-type]
         (staging / _DESCRIPTION).write_text(json.dumps(_description(model, call)))
-        staging.rename(folder / snapshot_key)
+        try:
+            staging.rename(where)
+        except OSError:
+            if not where.is_dir():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            return  # another worker kept the same snapshot first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if (folder / snapshot_key).is_dir():
-            return  # another worker kept the same snapshot first
         raise
-    logger.info("model %s: snapshot %s kept for the next start", model.name, snapshot_key)
+    logger.info("model %s: snapshot %s kept for the next start", model.name, where.name)
 
 
 def _description(model: Any, call: BlockCall) -> dict[str, Any]:
@@ -147,21 +159,18 @@ def _tensor(metadata: TensorMetadata) -> list[Any]:
     return [metadata.name, metadata.datatype, list(metadata.shape), metadata.content_type]
 
 
-def restore(model_dir: Path) -> Restored | None:
-    """The snapshot of the model in `model_dir`, checked; None without a sound one."""
-    folder = root()
-    snapshot_key = key(model_dir) if folder is not None else None
-    if folder is None or snapshot_key is None or not (folder / snapshot_key).is_dir():
+def restore(where: Path) -> Restored | None:
+    """The snapshot at `where` (`place`), checked; None without a sound one."""
+    if not where.is_dir():
         return None
-    where = folder / snapshot_key
-    unsafe = _writable_by_others(folder, where)
+    unsafe = _writable_by_others(where.parent, where)
     if unsafe is not None:
         logger.warning("snapshot %s is not used, loading in full: %s", where, unsafe)
         return None
     try:
         restored = _read(where)
     except Exception as error:
-        logger.warning("snapshot %s is unreadable, loading in full: %s", snapshot_key, error)
+        logger.warning("snapshot %s is unreadable, loading in full: %s", where, error)
         return None
     if not restored.call.holds():
         logger.warning("snapshot %s no longer predicts as recorded, loading in full", where)
