@@ -123,10 +123,35 @@ def test_a_failed_deferred_load_fails_each_use_with_its_reason() -> None:
     def fail() -> None:
         raise SystemExit("model code exited")
 
-    load = DeferredLoad("model m", fail)
+    reasons: list[str] = []
+    load = DeferredLoad("model m", fail, on_failure=reasons.append)
     load.start()
     stand_in = Deferred(load.value)
     with pytest.raises(RuntimeError, match="model m could not be loaded: model code exited"):
         stand_in.metadata  # noqa: B018
     with pytest.raises(RuntimeError, match="could not be loaded"):
         stand_in()
+    assert reasons == ["model m could not be loaded: model code exited"]
+
+
+def test_a_restored_model_mlflow_cannot_load_drops_its_snapshot_and_is_fatal(
+    snapshots, wine_copy, monkeypatch
+) -> None:
+    """As without a snapshot, where MLflow's failing load would leave the model unserved:
+    the process is to be replaced, and its next start loads in full."""
+    from arrowsmith.models import loader
+
+    load_model(ModelConfig(str(wine_copy), "wine"))
+    (kept,) = snapshots.iterdir()
+
+    def broken(path: pathlib.Path) -> None:
+        raise OSError(f"cannot read {path}")
+
+    monkeypatch.setattr(loader, "load_pyfunc", broken)
+    reasons: list[str] = []
+    model = load_model(ModelConfig(str(wine_copy), "wine"), fatal=reasons.append)
+    assert restored(model)
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        model.pyfunc.metadata  # noqa: B018
+    assert reasons == [f"model wine could not be loaded: cannot read {wine_copy}"]
+    assert not kept.exists()

@@ -18,11 +18,14 @@ logger = logging.getLogger(__name__)
 
 class DeferredLoad:
     """One load run on a daemon thread; `value()` waits for it and returns (or raises)
-    what it gave."""
+    what it gave. `on_failure(reason)` is called once if the load fails."""
 
-    def __init__(self, what: str, load: Callable[[], Any]) -> None:
+    def __init__(
+        self, what: str, load: Callable[[], Any], on_failure: Callable[[str], None] | None = None
+    ) -> None:
         self._what = what
         self._load = load
+        self._on_failure = on_failure
         self._done = threading.Event()
         self._value: Any = None
         self._error: BaseException | None = None
@@ -35,9 +38,11 @@ class DeferredLoad:
         try:
             self._value = self._load()
         except BaseException as error:
-            # Kept for every caller that needs the value; the model's block call serves on.
+            # Kept for every caller that needs the value, and reported: the component is dead.
             logger.error("%s could not be loaded: %s", self._what, error, exc_info=True)
             self._error = error
+            if self._on_failure is not None:
+                self._on_failure(f"{self._what} could not be loaded: {error}")
         finally:
             self._done.set()
 

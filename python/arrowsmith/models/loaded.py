@@ -81,16 +81,22 @@ class LoadedModel:
         return properties
 
 
-def load_model(config: ModelConfig, source: loader.ModelSource | None = None) -> LoadedModel:
+def load_model(
+    config: ModelConfig,
+    source: loader.ModelSource | None = None,
+    fatal: Callable[[str], None] | None = None,
+) -> LoadedModel:
     """Loads, describes and warms up one model: `config.uri`, or the version `source`
-    already resolved it to."""
+    already resolved it to. `fatal(reason)`: called if a model restored from its snapshot
+    then fails MLflow's own load (models/deferred.py), for the process to be replaced; the
+    snapshot is dropped first, so the next start loads in full and fails as MLflow does."""
     source = source if source is not None else loader.resolve(config.uri)
     copy = loader.local_copy(source)
     try:
         # Only a local folder served in this environment has a snapshot.
         local = copy.download is None and config.env_manager == "local"
         kept_at = snapshot.place(copy.path) if local else None
-        restored = _restored(config, source, copy, kept_at) if kept_at is not None else None
+        restored = _restored(config, source, copy, kept_at, fatal) if kept_at is not None else None
         if restored is not None:
             return restored
         model = _describe(config, source, copy)
@@ -103,7 +109,11 @@ def load_model(config: ModelConfig, source: loader.ModelSource | None = None) ->
 
 
 def _restored(
-    config: ModelConfig, source: loader.ModelSource, copy: loader.LocalCopy, kept_at: Path
+    config: ModelConfig,
+    source: loader.ModelSource,
+    copy: loader.LocalCopy,
+    kept_at: Path,
+    fatal: Callable[[str], None] | None,
 ) -> LoadedModel | None:
     """The model from its snapshot at `kept_at` (models/snapshot.py), serving its block
     call at once while MLflow's model object loads on a thread of its own; None without a
@@ -115,7 +125,15 @@ def _restored(
     steps.done("snapshot read and checked")
     name = config.name or source.default_name
     warn_differences(name, copy.path)
-    pyfunc = deferred.DeferredLoad(f"model {name}", lambda: loader.load_pyfunc(copy.path))
+
+    def failed(reason: str) -> None:
+        snapshot.forget(kept_at)
+        if fatal is not None:
+            fatal(reason)
+
+    pyfunc = deferred.DeferredLoad(
+        f"model {name}", lambda: loader.load_pyfunc(copy.path), on_failure=failed
+    )
     pyfunc.start()
     model = LoadedModel(
         name=name,

@@ -8,7 +8,9 @@ on each). A start finding one for the same files and the same installed packages
 the estimator, checks that it still predicts every proof block bitwise as MLflow did, and
 is ready; MLflow's model object is loaded on a thread of its own meanwhile
 (models/deferred.py) for the paths that need it. Anything amiss (no snapshot, another
-package version, a failed check) means a full load, as without snapshots.
+package version, a failed check) means a full load, as without snapshots; so does a start
+after MLflow's own load failed behind a restored model (the snapshot is dropped, and the
+process replaced).
 
 Snapshots live in `$ARROWSMITH_SNAPSHOT_DIR`, else `$XDG_CACHE_HOME/arrowsmith/snapshots`
 (`~/.cache/...`); `ARROWSMITH_SNAPSHOT_DIR=off` turns them off. The folder is created
@@ -110,6 +112,12 @@ def keep(model: Any, where: Path) -> None:
         _write(where, model, call)
     except Exception as error:
         logger.warning("no snapshot of model %s was kept: %s", model.name, error)
+
+
+def forget(where: Path) -> None:
+    """Drops the snapshot at `where`: the model it stands for no longer loads as it did."""
+    shutil.rmtree(where, ignore_errors=True)
+    logger.warning("snapshot %s dropped", where)
 
 
 def _write(where: Path, model: Any, call: BlockCall) -> None:

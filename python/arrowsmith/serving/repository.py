@@ -369,7 +369,7 @@ class ModelRepository:
         name = config.served_name
         self._notes.loading[name] = source.version
         try:
-            model = load_model(config, source)
+            model = load_model(config, source, self._watch.fatal)
         except NeedsOtherEnvironment as error:
             # Not a failure: this version runs once workers run in its environment.
             self._notes.failed[name] = (source.version, str(error))
