@@ -301,6 +301,7 @@ impl Server {
     fn start(setup: Setup) -> Server {
         let server = Server::launch(setup);
         server.serve();
+        server.front.set_serving(true);
         server
     }
 
@@ -1274,9 +1275,10 @@ fn model_metadata(server: &Server, name: &str, version: &str) -> Reply {
     server.ask("ModelMetadata", &asked)
 }
 
-/// ServerReady is false until every expected model is served, true then, false again while
-/// one is not ready; ModelReady follows the model's readiness, and ModelMetadata of a model
-/// not ready is UNAVAILABLE.
+/// ServerReady is false until every expected model is served and the server is published
+/// as serving (all its fronts listen), true then, false again while one is not ready or once
+/// it no longer serves; ModelReady follows the model's readiness, and ModelMetadata of a
+/// model not ready is UNAVAILABLE.
 #[test]
 fn server_ready_follows_the_expected_models() {
     let server = Server::launch(Setup::default());
@@ -1284,6 +1286,12 @@ fn server_ready_follows_the_expected_models() {
     assert!(!echo_ready(&server));
 
     server.serve();
+    assert!(echo_ready(&server));
+    assert!(
+        !server_ready(&server),
+        "ready before it was published as serving"
+    );
+    server.front.set_serving(true);
     assert!(server_ready(&server));
     assert!(echo_ready(&server));
 
@@ -1300,6 +1308,10 @@ fn server_ready_follows_the_expected_models() {
         model_metadata(&server, MODEL, "").decoded::<ModelMetadataResponse>(),
         echo_metadata()
     );
+
+    server.front.set_serving(false);
+    assert!(!server_ready(&server), "ready once it no longer serves");
+    assert!(echo_ready(&server));
 }
 
 /// A model the server expects but does not serve yet is UNAVAILABLE, as loading, for
@@ -2831,6 +2843,7 @@ fn a_routed_model_is_answered_by_the_process_serving_it() {
         ..Setup::default()
     });
     router.front.route_to(MODEL, Some(path.clone()));
+    router.front.set_serving(true);
 
     let ready = |server: &Server| -> bool {
         let answer: ServerReadyResponse =

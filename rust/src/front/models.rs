@@ -299,10 +299,13 @@ impl ModelTable {
         }
     }
 
-    /// Every expected name has a ready default version.
+    /// Every expected name has a ready default version, and the server was last published
+    /// as serving: a process says so once all its fronts listen, so a client that finds it
+    /// ready over gRPC does not find its HTTP port still closed, and never while it stops.
     pub(super) fn server_ready(&self) -> bool {
+        let serving = *self.serving.lock().unwrap_or_else(PoisonError::into_inner);
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        table.expected.iter().all(|name| table.default_ready(name))
+        serving == Some(true) && table.expected.iter().all(|name| table.default_ready(name))
     }
 
     /// The served version `version` of `name` (the default when empty), ready or not.
