@@ -8,7 +8,7 @@ seconds); each server is a real `arrowsmith serve` process on its own free port.
 import contextlib
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 
 import pandas as pd
 import pytest
@@ -127,9 +127,31 @@ def string_server(
         yield server
 
 
+#: The dedicated servers each test started, by test id, for the report of a failure.
+_STARTED: dict[str, list[ServerHandle]] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the log tail of each server it started: a server
+    gone by the time a test looks is otherwise a riddle."""
+    report = yield
+    if report.failed:
+        for server in _STARTED.get(item.nodeid, []):
+            report.sections.append((f"log of the server on :{server.port}", server.log_tail()))
+    if report.when == "teardown":
+        _STARTED.pop(item.nodeid, None)
+    return report
+
+
 @pytest.fixture
-def start_server(server_logs: pathlib.Path) -> Iterator[StartServer]:
+def start_server(
+    server_logs: pathlib.Path, request: pytest.FixtureRequest
+) -> Iterator[StartServer]:
     """Start dedicated servers (e.g. with special flags); they stop when the test ends."""
+    started = _STARTED.setdefault(request.node.nodeid, [])
     with contextlib.ExitStack() as stack:
 
         def start(
@@ -147,7 +169,9 @@ def start_server(server_logs: pathlib.Path) -> Iterator[StartServer]:
                 listening=listening,
                 env=env,
             )
-            return stack.enter_context(server)
+            handle = stack.enter_context(server)
+            started.append(handle)
+            return handle
 
         yield start
 
