@@ -380,3 +380,42 @@ fn plan_input(name: &str) -> InputPlan {
         content_type: None,
     }
 }
+
+/// The Python binding's runner waits for a batch without the interpreter lock and takes it
+/// once the lock is back: jobs submitted between the wait and the take join that batch; a
+/// take that finds nothing ready (its job abandoned meanwhile) is None, and the wait then
+/// blocks again; a closed, drained batcher has nothing to wait for.
+#[test]
+fn a_batch_taken_after_its_wait_holds_what_arrived_in_between() {
+    let config = BatchConfig {
+        max_batch_rows: 64,
+        max_delay: Duration::ZERO,
+        max_queue: 64,
+    };
+    let batcher = Batcher::new(config, "echo".into(), "1".into());
+    let plan = JobPlan {
+        form: "pd",
+        inputs: vec![plan_input("a")],
+        parameter: None,
+        requested_outputs: vec![],
+    };
+    let jobs: Vec<_> = (0..3).map(|j| job(&plan, j).0).collect();
+    batcher.submit(&jobs[0]).unwrap();
+    assert!(batcher.wait_for_batch());
+    batcher.submit(&jobs[1]).unwrap();
+    batcher.submit(&jobs[2]).unwrap();
+    let batch = batcher.take_ready().expect("a batch is ready");
+    assert_eq!(batch.len(), 3, "the arrivals joined the batch");
+    assert_eq!(batch.rows(), vec![1, 1, 1]);
+    assert_eq!(batcher.depth(), 0);
+
+    let abandoned = job(&plan, 3).0;
+    batcher.submit(&abandoned).unwrap();
+    assert!(batcher.wait_for_batch());
+    abandoned.abandon();
+    assert!(batcher.take_ready().is_none(), "a batch of an abandoned job");
+
+    batcher.close();
+    assert!(!batcher.wait_for_batch());
+    assert!(batcher.next_batch().is_none());
+}

@@ -10,8 +10,6 @@ model returned and written by MLflow's `predictions_to_json`."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib
 import io
 import json
 import time
@@ -23,6 +21,7 @@ from arrowsmith.dataplane import DataPlane
 from arrowsmith.errors import HTTP_STATUS, MLFLOW_ERROR_CODE, ArrowsmithError, ErrorCode
 from arrowsmith.http import mlflow_codec, split_fast_path
 from arrowsmith.http.asgi import JSON, Disconnect, Request, Response, refused
+from arrowsmith.http.scoring_json import render, scoring_server
 
 if TYPE_CHECKING:
     from arrowsmith.models.loaded import LoadedModel
@@ -31,13 +30,6 @@ PROTOCOL = "mlflow"
 _TEXT = "text/plain; charset=utf-8"
 _CSV = "text/csv"
 _PARQUET = "application/vnd.apache.parquet"
-
-
-@functools.cache
-def _scoring_server() -> Any:
-    """MLflow's scoring server module (untyped), imported on first use: MLflow is heavy, and
-    the model loader imports it anyway."""
-    return importlib.import_module("mlflow.pyfunc.scoring_server")
 
 
 def mlflow_error_response(error: Any) -> Response:
@@ -57,7 +49,7 @@ def error_response(error: ArrowsmithError) -> Response:
 
 def _unsupported_media(content_type: str | None) -> Response | None:
     """MLflow's 415 answers: a charset other than UTF-8, another parameter, another type."""
-    scoring_server = _scoring_server()
+    server = scoring_server()
     mime, *options = (part.strip() for part in (content_type or "").split(";"))
     parameters = dict(option.partition("=")[::2] for option in options)
     if parameters.get("charset", "utf-8").lower() != "utf-8":
@@ -66,13 +58,13 @@ def _unsupported_media(content_type: str | None) -> Response | None:
     if unknown:
         message = (
             f"Unrecognized content type parameters: {', '.join(unknown)}. "
-            f"{scoring_server.SCORING_PROTOCOL_CHANGE_INFO}"
+            f"{server.SCORING_PROTOCOL_CHANGE_INFO}"
         )
         return Response(415, message.encode(), _TEXT)
-    if mime not in scoring_server.CONTENT_TYPES:
+    if mime not in server.CONTENT_TYPES:
         message = (
             "This predictor only supports the following content types: "
-            f"Types: {scoring_server.CONTENT_TYPES}. Got '{content_type}'."
+            f"Types: {server.CONTENT_TYPES}. Got '{content_type}'."
         )
         return Response(415, message.encode(), _TEXT)
     return None
@@ -80,30 +72,20 @@ def _unsupported_media(content_type: str | None) -> Response | None:
 
 def _parse(mime: str, body: bytes, model: LoadedModel) -> tuple[Any, Any, bool]:
     """(model input, params, whether the answer goes unwrapped), by MLflow's helpers."""
-    scoring_server = _scoring_server()
+    server = scoring_server()
     schema = model.input_schema
     if mime == _CSV:
         try:
             text = body.decode()
         except UnicodeDecodeError as error:
-            raise scoring_server.MlflowInvalidInputException(
+            raise server.MlflowInvalidInputException(
                 f"Ensure that input is a valid UTF-8 encoded string. Error: '{error!r}'"
             ) from error
-        return scoring_server.parse_csv_input(io.StringIO(text), schema), None, False
+        return server.parse_csv_input(io.StringIO(text), schema), None, False
     if mime == _PARQUET:
-        return scoring_server.parse_parquet_input(io.BytesIO(body)), None, False
-    parsed = scoring_server._parse_json_data(body, model.pyfunc.metadata, schema)
+        return server.parse_parquet_input(io.BytesIO(body)), None, False
+    parsed = server._parse_json_data(body, model.pyfunc.metadata, schema)
     return parsed.data, parsed.params, parsed.is_unified_llm_input
-
-
-def _render(predictions: Any, unwrapped: bool) -> bytes:
-    scoring_server = _scoring_server()
-    output = io.StringIO()
-    if unwrapped:
-        scoring_server.unwrapped_predictions_to_json(predictions, output)
-    else:
-        scoring_server.predictions_to_json(predictions, output)
-    return output.getvalue().encode()
 
 
 class MlflowScoring:
@@ -166,7 +148,7 @@ class MlflowScoring:
 
     def _rendered(self, model: LoadedModel, response_bytes: bytes, unwrapped: bool) -> Response:
         started = time.perf_counter()
-        body = _render(mlflow_codec.predictions(response_bytes), unwrapped)
+        body = render(mlflow_codec.predictions(response_bytes), unwrapped)
         metrics.observe_stage(model.name, PROTOCOL, "render", time.perf_counter() - started)
         return Response(200, body, JSON)
 

@@ -156,6 +156,8 @@ class HttpFront:
                 log_config=None,
                 access_log=False,
                 server_header=False,
+                # Nothing here reads the client's address: X-Forwarded-* is left unread.
+                proxy_headers=False,
                 backlog=_BACKLOG,
                 # Past it, uvicorn answers 503 at once.
                 limit_concurrency=self._max_connections,

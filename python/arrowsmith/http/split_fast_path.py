@@ -7,6 +7,7 @@ own parser, which also words every refusal."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,17 +90,26 @@ def request_bytes(body: bytes, model: LoadedModel, dtypes: dict[str, ColumnType]
     if parsed is None:
         return None
     columns, values = parsed
-    request = pb.ModelInferRequest(model_name=model.name, model_version=model.version)
-    rows = values.shape[0]
-    for index, name in enumerate(columns):
-        column_type = dtypes.get(name)
-        if column_type is None:
-            continue  # MLflow's enforcement drops columns the signature does not name
-        dtype, datatype = column_type
-        request.inputs.add(name=name, datatype=datatype, shape=[rows])
-        request.raw_input_contents.append(values[:, index].astype(dtype).tobytes())
+    # MLflow's enforcement drops columns the signature does not name.
+    kept = [(index, name, dtypes[name]) for index, name in enumerate(columns) if name in dtypes]
+    inputs = tuple((name, datatype) for _, name, (_, datatype) in kept)
+    head = _head(model.name, model.version, inputs, values.shape[0])
+    raw = [values[:, index].astype(dtype).tobytes() for index, _, (dtype, _) in kept]
+    rest = pb.ModelInferRequest(raw_input_contents=raw)
     if params and model.param_names is not None:
-        set_parameters(request.parameters, params, "MLflow")
+        set_parameters(rest.parameters, params, "MLflow")
+    return head + bytes(rest.SerializeToString())
+
+
+@functools.lru_cache(maxsize=256)
+def _head(name: str, version: str, inputs: tuple[tuple[str, str], ...], rows: int) -> bytes:
+    """A request's fields but its raw contents and parameters, serialized once per model,
+    columns and row count: serialized messages appended one to another decode as their
+    merge, so each request serializes only its own values and appends them. The key holds
+    only the model's own column names, so clients cannot grow the cache past its bound."""
+    request = pb.ModelInferRequest(model_name=name, model_version=version)
+    for input_name, datatype in inputs:
+        request.inputs.add(name=input_name, datatype=datatype, shape=[rows])
     return bytes(request.SerializeToString())
 
 
