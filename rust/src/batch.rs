@@ -7,8 +7,7 @@
 //! Threads: request threads `submit` and then `wait` (holding no interpreter lock in the
 //! Python binding), or an async front submits and polls `poll_answer`; one runner thread
 //! per model calls `next_batch`, predicts, and calls `complete` or `fail`. Lock order: the
-//! interpreter lock (the Python binding takes a batch holding it), then the queue's, then
-//! any job's; nothing waits for the interpreter lock while it holds the queue's.
+//! queue's lock before any job's.
 //!
 //! Rows, shapes and names here come from clients: nothing indexes by them or does unchecked
 //! arithmetic with them, and the compiler holds the module to that. Requests batch together
@@ -287,18 +286,6 @@ struct Queue {
     unavailable: Option<String>,
 }
 
-/// What the queue asks of its runner.
-enum Readiness {
-    /// A batch led by this job is ready.
-    Take(Arc<Job>),
-    /// Nothing waits: wait for an arrival.
-    Arrival,
-    /// A batch is open until then (or until it fills).
-    Until(Instant),
-    /// Closed, and nothing waits.
-    Drained,
-}
-
 /// One model's queue.
 pub struct Batcher {
     config: BatchConfig,
@@ -344,8 +331,6 @@ impl Batcher {
         }
         *lock(&job.enqueued) = Some(Instant::now());
         queue.jobs.push_back(Arc::clone(job));
-        // Woken with the queue unlocked, the runner does not wake only to wait for the lock.
-        drop(queue);
         self.arrivals.notify_one();
         Ok(())
     }
@@ -454,71 +439,38 @@ impl Batcher {
 
     /// The next batch: blocks while the queue is empty; None once closed and drained.
     pub fn next_batch(&self) -> Option<Batch> {
-        loop {
-            if !self.wait_for_batch() {
-                return None;
-            }
-            if let Some(batch) = self.take_ready() {
-                return Some(batch);
-            }
-        }
-    }
-
-    /// Blocks until a batch is ready to take: a job waits whose batch window has closed (or
-    /// whose batch is full). False once the batcher is closed and drained.
-    pub fn wait_for_batch(&self) -> bool {
         let mut queue = lock(&self.queue);
         loop {
-            queue = match self.readiness(&mut queue) {
-                Readiness::Take(_) => return true,
-                Readiness::Drained => return false,
-                Readiness::Arrival => self
+            Self::prune(&mut queue, Instant::now(), &self.model_name);
+            let Some(first) = queue.jobs.front().cloned() else {
+                if queue.closed {
+                    return None;
+                }
+                queue = self
                     .arrivals
                     .wait(queue)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Readiness::Until(close_at) => {
-                    self.arrivals
-                        .wait_timeout(queue, close_at.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            if !self.config.max_delay.is_zero() && !queue.closed {
+                // Hold the batch open until its first request has waited max_delay, unless
+                // it is full already; every arrival re-evaluates.
+                let opened = lock(&first.enqueued).unwrap_or_else(Instant::now);
+                let close_at = opened.checked_add(self.config.max_delay).unwrap_or(opened);
+                let now = Instant::now();
+                if now < close_at
+                    && Self::rows_like(&queue, &first.key) < self.config.max_batch_rows
+                {
+                    queue = self
+                        .arrivals
+                        .wait_timeout(queue, close_at.saturating_duration_since(now))
                         .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                        .0;
+                    continue;
                 }
-            };
-        }
-    }
-
-    /// The batch ready now, with every job that joined it since `wait_for_batch` returned
-    /// (a runner that then waited for the interpreter lock takes what arrived meanwhile);
-    /// None when none is ready (its jobs were cancelled or expired in between).
-    pub fn take_ready(&self) -> Option<Batch> {
-        let mut queue = lock(&self.queue);
-        match self.readiness(&mut queue) {
-            Readiness::Take(first) => Some(self.take_batch(&mut queue, &first)),
-            Readiness::Arrival | Readiness::Until(_) | Readiness::Drained => None,
-        }
-    }
-
-    /// What the runner can do with the queue as it stands (expired jobs pruned first).
-    fn readiness(&self, queue: &mut Queue) -> Readiness {
-        Self::prune(queue, Instant::now(), &self.model_name);
-        let Some(first) = queue.jobs.front().cloned() else {
-            return if queue.closed {
-                Readiness::Drained
-            } else {
-                Readiness::Arrival
-            };
-        };
-        if !self.config.max_delay.is_zero() && !queue.closed {
-            // Hold the batch open until its first request has waited max_delay, unless it
-            // is full already; every arrival re-evaluates.
-            let opened = lock(&first.enqueued).unwrap_or_else(Instant::now);
-            let close_at = opened.checked_add(self.config.max_delay).unwrap_or(opened);
-            if Instant::now() < close_at
-                && Self::rows_like(queue, &first.key) < self.config.max_batch_rows
-            {
-                return Readiness::Until(close_at);
             }
+            return Some(self.take_batch(&mut queue, &first));
         }
-        Readiness::Take(first)
     }
 
     /// Removes from the queue the first job and every later one with its key that fits.

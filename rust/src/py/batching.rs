@@ -122,19 +122,10 @@ impl Batcher {
     }
 
     /// The next batch, waiting for one without the interpreter lock; None once closed and
-    /// drained. The batch is taken once the lock is back: requests that arrived while this
-    /// thread waited for it (a request thread holding it, say) join the batch instead of
-    /// waiting for the next one.
+    /// drained.
     fn next_batch(&self, py: Python<'_>) -> Option<Batch> {
-        loop {
-            let batcher = Arc::clone(&self.0);
-            if !py.detach(move || batcher.wait_for_batch()) {
-                return None;
-            }
-            if let Some(batch) = self.0.take_ready() {
-                return Some(Batch(batch));
-            }
-        }
+        let batcher = Arc::clone(&self.0);
+        py.detach(move || batcher.next_batch()).map(Batch)
     }
 
     /// Refuses new requests; the runner drains the queue, then `next_batch` returns None.
