@@ -3,10 +3,12 @@ side fails the batch INTERNAL, a loop that breaks answers everything waiting and
 fatal fault, and a call past the predict timeout is answered and makes the model not ready
 until it returns."""
 
+import os
 import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from arrowsmith.batching.runner import BatchRunner
 from arrowsmith.batching.watch import RunnerWatch
 
@@ -20,12 +22,16 @@ class FakeBatch:
         self.requests = requests
         self.failed: list[tuple[str, str]] = []
         self.single_batches: list[FakeBatch] = []
+        self.completed = False
 
     def __len__(self) -> int:
         return self.requests
 
     def fail(self, code: str, message: str) -> None:
         self.failed.append((code, message))
+
+    def complete(self, outputs: list[object], parameters: dict[str, str]) -> None:
+        self.completed = True
 
     def singles(self) -> list["FakeBatch"]:
         self.single_batches = [FakeBatch() for _ in range(self.requests)]
@@ -166,3 +172,30 @@ def test_a_call_past_the_predict_timeout() -> None:
     model_runner.check_call(time.monotonic() + 1.6)
     assert events.fatal and "has not returned" in events.fatal[0]
     assert [code for code, _ in batcher.aborted] == ["MODEL_NOT_READY"]
+
+
+class DrainingBatcher(FakeBatcher):
+    """Hands out its batches, then None: closed and drained."""
+
+    def next_batch(self) -> FakeBatch | None:
+        return self.batches.pop(0) if self.batches else None
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_the_runner_thread_is_scheduled_as_a_batch_job() -> None:
+    """Woken by an arrival, the runner must not preempt the thread that queued it: its
+    thread runs under SCHED_BATCH, and the thread that started it is left as it was."""
+    policies: list[int] = []
+
+    def answer(batch: object) -> tuple[list[object], dict[str, str]]:
+        policies.append(os.sched_getscheduler(0))
+        return [], {}
+
+    batch = FakeBatch()
+    model_runner = runner(DrainingBatcher(batch), Events(), answer=answer)
+    model_runner.begin_stop()
+    model_runner.start()
+    assert model_runner.stop(10)
+    assert batch.completed
+    assert policies == [os.SCHED_BATCH]
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH
