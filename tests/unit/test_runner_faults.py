@@ -181,10 +181,9 @@ class DrainingBatcher(FakeBatcher):
         return self.batches.pop(0) if self.batches else None
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-def test_the_runner_thread_is_scheduled_as_a_batch_job() -> None:
-    """Woken by an arrival, the runner must not preempt the thread that queued it: its
-    thread runs under SCHED_BATCH, and the thread that started it is left as it was."""
+def serve_one_batch() -> tuple[FakeBatch, list[int]]:
+    """A runner's whole life over one batch: the batch, and the scheduling policy its
+    thread had while answering it."""
     policies: list[int] = []
 
     def answer(batch: object) -> tuple[list[object], dict[str, str]]:
@@ -196,6 +195,28 @@ def test_the_runner_thread_is_scheduled_as_a_batch_job() -> None:
     model_runner.begin_stop()
     model_runner.start()
     assert model_runner.stop(10)
+    return batch, policies
+
+
+def test_the_runner_thread_is_scheduled_as_a_batch_job() -> None:
+    """Woken by an arrival, the runner must not preempt the thread that queued it: its
+    thread runs under SCHED_BATCH, and the thread that started it is left as it was."""
+    batch, policies = serve_one_batch()
     assert batch.completed
     assert policies == [os.SCHED_BATCH]
     assert os.sched_getscheduler(0) != os.SCHED_BATCH
+
+
+def test_a_runner_the_kernel_refuses_the_policy_serves_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sandbox that forbids the policy change (seccomp, a container's profile) leaves the
+    runner on the default policy, serving."""
+
+    def refused(pid: int, policy: int, parameter: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    batch, policies = serve_one_batch()
+    assert batch.completed
+    assert policies == [os.SCHED_OTHER]
