@@ -68,9 +68,7 @@ impl ModelInput {
                 .collect(),
         }
     }
-}
 
-impl ModelInput {
     /// The columns' block, when the conversion built one.
     pub fn block(&self) -> Option<ArrayRef> {
         match self {
